@@ -13,8 +13,8 @@ jax.config.update("jax_enable_x64", False)
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Each test session gets its own bnexp data/cache directory unless a test sets one."""
+    """Each test session gets its own bnexp cache directory ($BNEXP_DATA_DIR) unless a test sets one."""
     if "BNEXP_TEST_KEEP_CACHE" not in os.environ:
         cache = tmp_path_factory.getbasetemp() / "bnexp-cache"
-        monkeypatch.setenv("BNEXP_CACHE_DIR", str(cache))
+        monkeypatch.setenv("BNEXP_DATA_DIR", str(cache))
     yield
