@@ -572,7 +572,12 @@ def verdict_text(verdict: Any) -> str | None:
     if isinstance(verdict, str):
         return verdict
     if isinstance(verdict, Mapping):
-        return str(verdict.get("outcome")) if verdict.get("outcome") is not None else None
+        if verdict.get("outcome") is not None:
+            return str(verdict["outcome"])
+        if "reproduced" in verdict:  # experiments.base.Verdict: reproduced True/False/None
+            labels = {True: "REPRODUCED", False: "NOT REPRODUCED", None: "inconclusive"}
+            return labels.get(verdict["reproduced"])
+        return None
     outcomes = [o for o in (verdict_text(v) for v in verdict) if o]
     if not outcomes:
         return None

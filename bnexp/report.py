@@ -1,0 +1,367 @@
+"""Rich rendering: result tables, verdict lines, run listings and sweep progress.
+
+The library returns data; this module (with plots.py and cli.py) is where it is drawn. Cells are
+formatted by a column's kind, or by the value's type:
+
+- accuracies (kind "acc"; also "auto" columns whose key contains "acc"): fractions shown as
+  percentages with 2 decimals, "97.85%"; a metrics.Summary (or its dict) as "97.85 ± 0.12%" when it
+  has a 95% interval (>= 3 seeds);
+- speedups (metrics.Speedup or its dict): "3.4x", lower bounds ">12x", "n/a";
+- diverged values (a Summary with no finite member, a {"diverged_at": step} dict, or a string that
+  starts with "diverged") as "diverged @ 1200" in red;
+- steps-to-target None as "not reached"; other None / NaN as "–".
+
+Progress goes to stderr so that `--json` on stdout stays clean; without a terminal (or with
+NO_COLOR / TERM=dumb) it is printed as plain lines instead of live bars.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from bnexp.metrics import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Speedup, Summary
+
+KINDS = ("auto", "text", "acc", "speedup", "steps", "int", "float", "lr")
+DIVERGED_STYLE = "bold red"
+DIM = "dim"
+OUTCOME_STYLE = {REPRODUCED: "bold green", NOT_REPRODUCED: "bold red", INCONCLUSIVE: "bold yellow"}
+
+
+# ---- consoles --------------------------------------------------------------------------------
+
+
+def make_console(stderr: bool = False, width: int | None = None) -> Console:
+    """A Console for stdout (tables) or stderr (progress).
+
+    Rich already drops colour when the stream is not a terminal or NO_COLOR is set; here we also
+    widen non-terminal output (80 columns would wrap tables in logs and pipes).
+    """
+    console = Console(stderr=stderr, width=width)
+    if width is None and not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(stderr=stderr, width=160)
+    return console
+
+
+def is_plain(console: Console) -> bool:
+    """No live display: not a terminal, NO_COLOR set, or a dumb terminal."""
+    return not console.is_terminal or console.is_dumb_terminal or bool(os.environ.get("NO_COLOR"))
+
+
+# ---- cells -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    """A table column: the row key, its header (default: the key) and how to format it."""
+
+    key: str
+    header: str | None = None
+    kind: str = "auto"  # one of KINDS
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"column kind must be one of {KINDS}, got {self.kind!r}")
+
+
+def _is_speedup(v: Any) -> bool:
+    return isinstance(v, Speedup) or (isinstance(v, Mapping) and "lower_bound" in v and "text" in v)
+
+
+def _is_summary(v: Any) -> bool:
+    return isinstance(v, Summary) or (isinstance(v, Mapping) and "n_diverged" in v and "mean" in v)
+
+
+def _number(x: float, kind: str) -> str:
+    if kind == "acc":
+        return f"{100 * x:.2f}%"
+    if kind in ("steps", "int") and float(x).is_integer():
+        return str(int(x))
+    if kind == "lr":
+        return f"{x:g}"
+    return f"{x:.4g}"
+
+
+def _diverged_text(steps: Sequence[int], total: int) -> Text:
+    where = f" @ {min(steps)}" if steps else ""
+    of = f" ({len(steps) or total}/{total} seeds)" if total > 1 else ""
+    return Text(f"diverged{where}{of}", style=DIVERGED_STYLE)
+
+
+def _summary_cell(s: Summary, kind: str) -> Text:
+    if s.mean is None:
+        return _diverged_text(s.diverged_at, s.total)
+    if s.half_width is not None:
+        if kind == "acc":
+            text = Text(f"{100 * s.mean:.2f} ± {100 * s.half_width:.2f}%")
+        else:
+            text = Text(f"{_number(s.mean, 'float')} ± {_number(s.half_width, 'float')}")
+    else:
+        text = Text(_number(s.mean, kind))
+    if s.n_diverged:
+        where = f" @ {min(s.diverged_at)}" if s.diverged_at else ""
+        text.append(f" ({s.n_diverged}/{s.total} diverged{where})", style=DIVERGED_STYLE)
+    return text
+
+
+def format_cell(value: Any, kind: str = "auto", key: str = "") -> Text:
+    """One table cell as styled Text (plain text when the console has no colour)."""
+    if kind == "auto" and "acc" in key.lower():
+        kind = "acc"
+    if kind == "text":
+        return Text("" if value is None else str(value))
+    if _is_speedup(value):
+        sp = value if isinstance(value, Speedup) else Speedup.from_dict(value)
+        return Text(sp.text, style=DIM if sp.value is None else "bold" if sp.lower_bound else "")
+    if _is_summary(value):
+        return _summary_cell(
+            value if isinstance(value, Summary) else Summary.from_dict(value), kind
+        )
+    if isinstance(value, Mapping) and isinstance(value.get("diverged_at"), int):
+        return _diverged_text([value["diverged_at"]], 1)
+    if value is None:
+        return Text("not reached" if kind == "steps" else "–", style=DIM)
+    if isinstance(value, bool):
+        return Text("yes" if value else "no")
+    if isinstance(value, int | float) or hasattr(value, "dtype"):
+        x = float(value)
+        if not math.isfinite(x):
+            return Text("–", style=DIM)
+        return Text(_number(x, kind))
+    text = str(value)
+    if text.startswith("diverged"):
+        return Text(text, style=DIVERGED_STYLE)
+    if text in ("n/a", "never", "-", "–", "not reached"):
+        return Text(text, style=DIM)
+    return Text(text)
+
+
+# ---- tables and verdicts ---------------------------------------------------------------------
+
+
+def _columns(columns: Iterable[Column | str]) -> list[Column]:
+    return [c if isinstance(c, Column) else Column(str(c)) for c in columns]
+
+
+def build_table(
+    title: str,
+    columns: Iterable[Column | str],
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    plain: bool = False,
+    caption: str | None = None,
+) -> Table:
+    """A rich Table of rows (dicts); keys not named by a column are not shown."""
+    cols = _columns(columns)
+    table = Table(
+        title=Text(title, style="bold"),
+        caption=Text(caption) if caption else None,
+        box=box.MARKDOWN if plain else box.SIMPLE_HEAVY,
+        title_justify="left",
+        header_style="bold",
+    )
+    rows = list(rows)
+    for c in cols:
+        numeric = c.kind in ("acc", "speedup", "steps", "int", "float", "lr") or any(
+            isinstance(r.get(c.key), int | float | Summary | Speedup) for r in rows
+        )
+        table.add_column(Text(c.header or c.key), justify="right" if numeric else "left")
+    for r in rows:
+        table.add_row(*(format_cell(r.get(c.key), c.kind, c.key) for c in cols))
+    return table
+
+
+def _outcome(v: Any) -> tuple[str, str, str]:
+    """(claim, outcome, evidence) of a metrics.Verdict, an experiments Verdict, or their dicts."""
+    get = v.get if isinstance(v, Mapping) else lambda k, d=None: getattr(v, k, d)
+    outcome = get("outcome")
+    if outcome is None:
+        rep = get("reproduced", "missing")
+        outcome = {True: REPRODUCED, False: NOT_REPRODUCED, None: INCONCLUSIVE}.get(rep, "?")
+    return str(get("claim", "") or ""), str(outcome), str(get("evidence", "") or "")
+
+
+def verdict_line(verdict: Any) -> Text:
+    """'Claim: <claim>  ->  REPRODUCED' then '  evidence: ...' (outcome coloured)."""
+    claim, outcome, evidence = _outcome(verdict)
+    line = Text.assemble(
+        ("Claim: ", "bold"), claim, "  ->  ", (outcome, OUTCOME_STYLE.get(outcome, "bold"))
+    )
+    if evidence:
+        line.append("\n  evidence: ", style=DIM)
+        line.append(evidence)
+    return line
+
+
+def render_verdict(verdict: Any, console: Console) -> None:
+    for v in verdict if isinstance(verdict, list | tuple) else [verdict]:
+        console.print(verdict_line(v), soft_wrap=not console.is_terminal)
+
+
+def render_table(
+    title: str,
+    columns: Iterable[Column | str],
+    rows: Iterable[Mapping[str, Any]],
+    console: Console | None = None,
+    *,
+    verdict: Any = None,
+    caption: str | None = None,
+) -> Table:
+    """Print a table (and, if given, the verdict line(s) under it); returns the Table."""
+    console = console or make_console()
+    table = build_table(title, columns, rows, plain=is_plain(console), caption=caption)
+    console.print(table)
+    if verdict is not None:
+        render_verdict(verdict, console)
+        console.print()
+    return table
+
+
+def render_runs(runs: Iterable[Any], console: Console | None = None) -> Table:
+    """The `bnexp runs` listing from results.list_runs()."""
+    rows = [
+        {
+            "name": r.name,
+            "experiment": r.experiment or "?",
+            "preset": r.preset or "?",
+            "date": r.date.strftime("%Y-%m-%d %H:%M") if r.date else "?",
+            "status": r.status,
+            "verdict": r.verdict or "–",
+            "trials": r.trials,
+        }
+        for r in runs
+    ]
+    cols = [
+        "name",
+        "experiment",
+        "preset",
+        "date",
+        "status",
+        "verdict",
+        Column("trials", kind="int"),
+    ]
+    return render_table("Runs", cols, rows, console)
+
+
+# ---- progress --------------------------------------------------------------------------------
+
+
+class SweepProgress:
+    """A sweep `progress` callback drawing one bar per group (ETA excludes compile time).
+
+    Use as a context manager around run_sweep. Plain mode prints a line when a group starts
+    compiling, at each quarter of its steps, and when it is done.
+    """
+
+    def __init__(self, console: Console | None = None, *, plain: bool | None = None) -> None:
+        self.console = console or make_console(stderr=True)
+        self.plain = is_plain(self.console) if plain is None else plain
+        self._lock = threading.Lock()
+        self._tasks: dict[int, TaskID] = {}
+        self._state: dict[int, dict[str, Any]] = {}
+        self._started: set[int] = set()
+        self._progress: Progress | None = None
+        if not self.plain:
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("steps"),
+                TextColumn("{task.fields[phase]}"),
+                TimeElapsedColumn(),
+                TextColumn("ETA"),
+                TimeRemainingColumn(),
+                console=self.console,
+            )
+
+    def __enter__(self) -> SweepProgress:
+        if self._progress is not None:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    @staticmethod
+    def _label(event: Any) -> str:
+        # 0-based group indices (group < groups) are shown 1-based
+        g = event.group + 1 if event.group < event.groups else event.group
+        return f"group {g}/{event.groups} ({event.members} members)"
+
+    def __call__(self, event: Any) -> None:
+        with self._lock:
+            if self.plain:
+                self._plain(event)
+            else:
+                self._rich(event)
+
+    def _rich(self, event: Any) -> None:
+        p = self._progress
+        assert p is not None
+        tid = self._tasks.get(event.group)
+        if tid is None:
+            tid = p.add_task(self._label(event), total=event.total, start=False, phase="")
+            self._tasks[event.group] = tid
+        if event.phase == "compiling":
+            p.update(tid, phase=Text("compiling…", style="yellow"))
+        elif event.phase == "training":
+            if event.group not in self._started:
+                self._started.add(event.group)
+                p.start_task(tid)
+            p.update(tid, completed=event.step, total=event.total, phase=Text("training"))
+        elif event.phase == "done":
+            p.update(tid, completed=event.total, total=event.total, phase=Text("done", "green"))
+            p.stop_task(tid)
+
+    def _plain(self, event: Any) -> None:
+        st = self._state.setdefault(event.group, {"quarter": 0, "t0": time.monotonic()})
+        label = self._label(event)
+        line = None
+        if event.phase == "compiling" and not st.get("compiling"):
+            st["compiling"] = True
+            line = f"{label}: compiling"
+        elif event.phase == "training":
+            if "train_t0" not in st:
+                st["train_t0"] = time.monotonic()
+            quarter = int(4 * event.step / max(event.total, 1))
+            if quarter > st["quarter"] and event.step < event.total:
+                st["quarter"] = quarter
+                pct = 100 * event.step // max(event.total, 1)
+                line = f"{label}: step {event.step}/{event.total} ({pct}%)"
+        elif event.phase == "done" and not st.get("done"):
+            st["done"] = True
+            now = time.monotonic()
+            compile_s = st.get("train_t0", now) - st["t0"]
+            total_s = now - st["t0"]
+            line = (
+                f"{label}: done, {event.total} steps in {total_s:.1f}s (compile {compile_s:.1f}s)"
+            )
+        if line:
+            self.console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def sweep_progress(console: Console | None = None, plain: bool | None = None) -> SweepProgress:
+    """The progress display for run_sweep(progress=...); a context manager."""
+    return SweepProgress(console, plain=plain)

@@ -1,0 +1,141 @@
+"""Tables, verdict lines and progress render readable plain text."""
+
+import io
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from bnexp import metrics as M
+from bnexp import report
+from bnexp.results import RunInfo, to_jsonable
+from bnexp.sweep import ProgressEvent
+
+ROWS = [
+    {"arm": "bn", "final_acc": M.summarize([0.97, 0.98, 0.99]), "speedup": M.speedup(None, 400, 5000),
+     "steps": 1200, "lr": 0.5},
+    {"arm": "baseline", "final_acc": M.summarize([None], [1200]), "speedup": M.speedup(3400, 1000, 5000),
+     "steps": None, "lr": 5.0},
+    {"arm": "gn", "final_acc": M.summarize([0.9, None, 0.91], [None, 700, None]),
+     "speedup": M.speedup(3400, None, 5000), "steps": 300, "lr": 1e-3},
+]  # fmt: skip
+COLS = ["arm", report.Column("final_acc", "final accuracy"), "speedup",
+        report.Column("steps", "steps to 97%", kind="steps"), report.Column("lr", kind="lr")]  # fmt: skip
+
+
+def _plain_console(width=120):
+    buf = io.StringIO()
+    return Console(file=buf, width=width), buf
+
+
+def test_table_plain_text_contents():
+    console, buf = _plain_console()
+    verdict = M.Verdict("BN reaches [97%] faster", M.REPRODUCED, "3.4x to 97%")
+    report.render_table("Compare", COLS, ROWS, console, verdict=verdict)
+    out = buf.getvalue()
+    assert "\x1b[" not in out  # no escape codes when not a terminal
+    assert "98.00 ± 2.48%" in out  # t(2)=4.303 * 0.01 / sqrt(3) = 2.48 points
+    assert ">12x" in out and "3.4x" in out and "n/a" in out
+    assert "diverged @ 1200" in out
+    assert "90.50% (1/3 diverged @ 700)" in out
+    assert "not reached" in out and "0.001" in out
+    assert "Claim: BN reaches [97%] faster  ->  REPRODUCED" in out  # brackets are not markup
+    assert "evidence: 3.4x to 97%" in out
+    assert "| arm" in out  # markdown-style box for logs and pipes
+
+
+def test_rows_from_summary_json_render_the_same():
+    console, buf = _plain_console()
+    report.render_table("Compare", COLS, to_jsonable(ROWS), console)
+    out = buf.getvalue()
+    assert "98.00 ± 2.48%" in out and ">12x" in out and "diverged @ 1200" in out
+
+
+def test_diverged_cells_are_red_on_a_terminal():
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, force_terminal=True, color_system="standard")
+    report.render_table("t", ["arm", "acc"], [{"arm": "a", "acc": "diverged @ 1200"}], console)
+    assert "\x1b[1;31mdiverged @ 1200" in buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "text"),
+    [
+        (0.98765, "acc", "98.77%"),
+        (0.5, "auto", "0.5"),
+        (float("nan"), "float", "–"),
+        (None, "auto", "–"),
+        (None, "steps", "not reached"),
+        (1200.0, "steps", "1200"),
+        ({"diverged_at": 300}, "auto", "diverged @ 300"),
+        (M.summarize([None, None], [300, 200]), "acc", "diverged @ 200 (2/2 seeds)"),
+        (M.summarize([0.5, 0.7]), "acc", "60.00%"),
+        (True, "auto", "yes"),
+        ("text [x]", "auto", "text [x]"),
+    ],
+)
+def test_format_cell(value, kind, text):
+    assert report.format_cell(value, kind).plain == text
+
+
+def test_format_cell_infers_accuracy_from_key():
+    assert report.format_cell(0.9, key="test_acc").plain == "90.00%"
+    with pytest.raises(ValueError):
+        report.Column("x", kind="percent")
+
+
+def test_verdict_from_experiment_style_object():
+    class V:
+        claim, reproduced, evidence = "c", False, "e"
+
+    assert "->  NOT REPRODUCED" in report.verdict_line(V()).plain
+    assert "inconclusive" in report.verdict_line({"claim": "c", "reproduced": None}).plain
+
+
+def test_render_runs():
+    console, buf = _plain_console()
+    runs = [RunInfo("20250101-000000-compare-0123abcd", Path("x"), "compare", "smoke",
+                    datetime(2025, 1, 1), "complete", "REPRODUCED", 6)]  # fmt: skip
+    report.render_runs(runs, console)
+    out = buf.getvalue()
+    assert "20250101-000000-compare-0123abcd" in out and "2025-01-01 00:00" in out
+    assert "REPRODUCED" in out and "complete" in out
+
+
+def _feed(progress):
+    for g in range(2):
+        progress(ProgressEvent(g, 2, 0, 1000, 6, "compiling"))
+        for s in range(100, 1001, 100):
+            progress(ProgressEvent(g, 2, s, 1000, 6, "training"))
+        progress(ProgressEvent(g, 2, 1000, 1000, 6, "done"))
+
+
+def test_progress_plain_lines():
+    console, buf = _plain_console()
+    with report.sweep_progress(console) as p:
+        assert p.plain
+        _feed(p)
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "group 1/2 (6 members): compiling"
+    assert "group 1/2 (6 members): step 300/1000 (30%)" in lines
+    assert any(ln.startswith("group 2/2 (6 members): done, 1000 steps in") for ln in lines)
+    assert len(lines) == 10  # compiling, 3 quarter lines, done; per group
+
+
+def test_progress_rich_bars():
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, force_terminal=True)
+    with report.sweep_progress(console, plain=False) as p:
+        p(ProgressEvent(0, 2, 0, 1000, 6, "compiling"))
+        task = p._progress.tasks[0]
+        assert task.fields["phase"].plain == "compiling…"
+        assert not task.started  # compile time stays out of the ETA
+        _feed(p)
+        assert [t.completed for t in p._progress.tasks] == [1000, 1000]
+    out = buf.getvalue()
+    assert "group 2/2 (6 members)" in out and "1000/1000" in out and "done" in out
+
+
+def test_default_progress_console_is_stderr():
+    assert report.sweep_progress().console.stderr
