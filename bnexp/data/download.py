@@ -148,7 +148,7 @@ def _describe(exc: BaseException) -> tuple[str, bool]:
         return str(exc), True
     reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
     if isinstance(reason, socket.gaierror):
-        return "no network or unknown host (DNS lookup failed)", False
+        return "DNS lookup failed: no network or unknown host", False
     if isinstance(reason, ConnectionRefusedError):
         return "connection refused", False
     if isinstance(reason, TimeoutError | socket.timeout):
@@ -183,6 +183,12 @@ def _fetch_to(url: str, dest, label: str, expected: int | None, progress, timeou
             raise _Transient(f"truncated transfer ({done:,} of {total:,} bytes)")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def fetch_file(
     info: DatasetInfo,
     spec: RemoteFile,
@@ -206,6 +212,7 @@ def fetch_file(
                 with os.fdopen(fd, "wb") as dest:
                     _fetch_to(url, dest, spec.name, spec.size, progress, timeout)
                 check_file(tmp, spec)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; use the user's default
                 os.replace(tmp, final)
                 return final
             except VerificationError as e:
