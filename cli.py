@@ -6,8 +6,11 @@ exits 1; no tracebacks unless --debug.
 
 from __future__ import annotations
 
+import difflib
+import json
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -26,6 +29,14 @@ _DEBUG = False
 
 class UsageError(Exception):
     """Bad input from the user: one line on stderr, exit code 2."""
+
+
+class RuntimeFailure(Exception):
+    """A failure at run time: one line on stderr, exit code 1 (or the given code)."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -170,9 +181,232 @@ def download_cmd(
 
 # ---- section: run / compare / list / describe / runs / show / report (CLI issue) -----------------
 
+Out = Annotated[Path, typer.Option("--out", help="Directory for run directories.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+NoPlots = Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")]
+Preset = Annotated[str, typer.Option("--preset", help="smoke | quick | paper.")]
+Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Seeds per setting.")]  # noqa: UP045
+Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Dataset name (bnexp datasets).")]  # noqa: UP045
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Training steps per trial.")]  # noqa: UP045
+
+
+def _experiment(name: str):
+    from experiments import REGISTRY
+
+    if name not in REGISTRY:
+        close = difflib.get_close_matches(name, REGISTRY, n=1, cutoff=0.4)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown experiment {name!r}{hint}; see `bnexp list`")
+    return REGISTRY[name]
+
+
+def _resolve_config(exp, preset: str, seeds, dataset, steps, sets: list[str]):
+    from experiments.base import apply_overrides
+    from experiments.runner import replace
+
+    cfg = exp.preset(preset)
+    changes = {k: v for k, v in (("seeds", seeds), ("dataset", dataset), ("steps", steps))
+               if v is not None}
+    cfg = replace(cfg, **changes)
+    return apply_overrides(cfg, sets)
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".bnexp-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise RuntimeFailure(f"output directory {out} is not writable ({e.strerror or e})") from None
+
+
+def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_plots: bool):  # noqa: UP045
+    from bnexp import report, sweep
+    from experiments import runner
+
+    if resume is None:
+        _check_out(out)
+    sweep.configure_host_devices()
+    sweep.enable_compilation_cache()
+    err = report.make_console(stderr=True)
+    try:
+        with report.sweep_progress(err) as progress:
+            outcome = runner.run(exp, cfg, out=out, resume=resume, progress=progress,
+                                 make_plots=not no_plots, argv=sys.argv)
+    except runner.RunInterrupted as e:
+        raise RuntimeFailure(str(e), code=130) from None
+    if json_out:
+        from bnexp.results import to_jsonable
+
+        typer.echo(json.dumps(to_jsonable(runner.outcome_json(outcome)), allow_nan=False))
+        return outcome
+    _render(outcome.analysis.tables, runner.verdict_dict(outcome.analysis),
+            header=f"{exp.name} ({outcome.config.preset} preset)")
+    con = report.make_console()
+    t = outcome.timing
+    con.print(f"run directory: {outcome.run_dir}  (wall time {t['wall_time_seconds']:.1f} s, "
+              f"compile {t['compile_seconds']:.1f} s)")
+    for p in outcome.analysis.plots:
+        con.print(f"plot: {p}")
+    return outcome
+
+
+def _render(tables, verdict, *, header: str) -> None:
+    from bnexp import report
+
+    con = report.make_console()
+    con.rule(header)
+    tables = [t if isinstance(t, dict) else {"title": t.title, "columns": t.columns,
+                                               "rows": t.rows} for t in tables]
+    for i, t in enumerate(tables):
+        report.render_table(t["title"], t["columns"], t["rows"], con,
+                            verdict=verdict if i == len(tables) - 1 else None)
+
+
+@app.command("run")
+def run_cmd(
+    name: Annotated[str, typer.Argument(help="Experiment name (see `bnexp list`).")],
+    preset: Preset = "quick",
+    seeds: Seeds = None,
+    dataset: Dataset = None,
+    steps: Steps = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field: key=value (repeatable).")] = None,  # noqa: UP045
+    out: Out = Path("runs"),
+    json_out: Json = False,
+    no_plots: NoPlots = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Finish an interrupted run directory.")] = None,  # noqa: UP045
+) -> None:
+    """Run a named experiment, print its tables and verdict, write a run directory."""
+    exp = _experiment(name)
+    if resume is not None and not (resume / "config.json").is_file():
+        raise UsageError(f"--resume {resume}: not a bnexp run directory (no config.json)")
+    cfg = _resolve_config(exp, preset, seeds, dataset, steps, set_ or [])
+    _execute(exp, cfg, out=out, resume=resume, json_out=json_out, no_plots=no_plots)
+
+
+@app.command("compare")
+def compare_cmd(
+    bn: Annotated[bool, typer.Option("--bn/--no-bn", help="Include the BN arm.")] = True,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Include the unnormalized arm.")] = True,
+    norm: Annotated[Optional[list[str]], typer.Option("--norm", help="Add an arm with this norm (repeatable).")] = None,  # noqa: UP045
+    activation: Annotated[Optional[str], typer.Option("--activation", help="sigmoid | tanh | relu.")] = None,  # noqa: UP045
+    lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")] = None,  # noqa: UP045
+    steps: Steps = None,
+    preset: Preset = "quick",
+    seeds: Seeds = None,
+    dataset: Dataset = None,
+    out: Out = Path("runs"),
+    json_out: Json = False,
+    no_plots: NoPlots = False,
+) -> None:
+    """Paired arms (same seeds, data order and initial weights): BN vs the unnormalized baseline."""
+    from bnexp import norms as norms_mod
+
+    exp = _experiment("compare")
+    arms = (["batch"] if bn else []) + (["none"] if baseline else [])
+    for n in norm or []:
+        if n not in norms_mod.names():
+            raise UsageError(f"unknown norm {n!r}; choose from {', '.join(norms_mod.names())}")
+        if n not in arms:
+            arms.append(n)
+    if not arms:
+        raise UsageError("no arms left: use --bn, --baseline or --norm NAME")
+    sets = [f"arms={','.join(arms)}"]
+    if activation is not None:
+        sets.append(f"activation={activation}")
+    if lr is not None:
+        sets.append(f"lr={lr}")
+    cfg = _resolve_config(exp, preset, seeds, dataset, steps, sets)
+    _execute(exp, cfg, out=out, resume=None, json_out=json_out, no_plots=no_plots)
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """Every experiment, the claim it tests and its source."""
+    from bnexp import report
+    from experiments import REGISTRY
+
+    rows = [{"name": e.name, "claim": e.claim, "source": e.source} for e in REGISTRY.values()]
+    report.render_table("Experiments", ["name", "claim", "source"], rows, report.make_console())
+
+
+@app.command("describe")
+def describe_cmd(name: Annotated[str, typer.Argument(help="Experiment name.")]) -> None:
+    """An experiment's config fields with defaults per preset, and what its table shows."""
+    from bnexp import report
+    from experiments.base import config_dict, field_types
+
+    exp = _experiment(name)
+    con = report.make_console()
+    con.print(f"[bold]{exp.name}[/bold]: {exp.claim}\nsource: {exp.source}\nshows: {exp.shows}")
+    types_ = field_types(exp.config_type)
+    presets = {p: config_dict(c) for p, c in exp.presets.items()}
+    rows = [{"field": k, "type": getattr(t, "__name__", str(t)).replace("typing.", ""),
+             **{p: str(presets[p][k]) for p in presets}} for k, t in types_.items()]
+    report.render_table("Config fields (override with --set key=value)",
+                        ["field", "type", *presets], rows, con)
+
+
+@app.command("runs")
+def runs_cmd(out: Out = Path("runs")) -> None:
+    """Earlier runs: name, experiment, preset, date, status, verdict."""
+    from bnexp import report, results
+
+    report.render_runs(results.list_runs(out), report.make_console())
+
+
+def _run_dir(ref: Path, out: Path) -> Path:
+    from bnexp import results
+
+    try:
+        return results.resolve_run(out, str(ref))
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(str(e)) from None
+
+
+@app.command("show")
+def show_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (or its name under --out).")],
+             out: Out = Path("runs"), json_out: Json = False) -> None:
+    """Re-render a run's tables and verdict from its files, without training."""
+    from bnexp import results
+
+    path = _run_dir(run_dir, out)
+    run = results.load_run(path)
+    if run.summary is None:
+        raise RuntimeFailure(f"{path} has no summary yet (status {run.status}); finish it with "
+                             f"bnexp run {run.experiment} --resume {path}")
+    if json_out:
+        typer.echo(json.dumps(results.to_jsonable({"run_dir": str(path), **run.summary})))
+        return
+    _render(run.summary.get("tables", []), run.summary.get("verdict"),
+            header=f"{run.experiment} ({run.preset} preset) - {path.name}")
+
+
 # ---- section: bench (benchmark issue) -----------------------------------------------------------
 
 # ---- section: reproduce (reproduce issue) -------------------------------------------------------
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().strip("'\"")
+    return " ".join(text.split())
+
+
+def _known_error_code(e: BaseException) -> int | None:
+    """Exit code for the library's own error types: 2 for bad input, 1 for runtime failures."""
+    try:
+        from bnexp import data
+        from experiments.base import ConfigError
+    except Exception:  # noqa: BLE001 - a broken install must still report the original error
+        return None
+    if isinstance(e, ConfigError | data.UnknownDatasetError):
+        return 2
+    if isinstance(e, data.DatasetError):
+        return 1
+    if isinstance(e, ValueError) and "norm" in str(e).lower():
+        return 2  # e.g. a norm factory rejecting its options (groups not dividing channels)
+    return None
 
 
 def main() -> None:
@@ -187,6 +421,9 @@ def main() -> None:
     except UsageError as e:
         typer.echo(f"bnexp: error: {e}", err=True)
         sys.exit(2)
+    except RuntimeFailure as e:
+        typer.echo(f"bnexp: {'interrupted' if e.code == 130 else 'error'}: {e}", err=True)
+        sys.exit(e.code)
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if _DEBUG:
             raise
@@ -197,7 +434,12 @@ def main() -> None:
         if type(e).__name__ == "Abort":
             typer.echo("bnexp: aborted", err=True)
             sys.exit(130)
-        typer.echo(f"bnexp: error: {type(e).__name__}: {e}", err=True)
+        code = _known_error_code(e)
+        if code is not None:
+            typer.echo(f"bnexp: error: {_one_line(e)}", err=True)
+            sys.exit(code)
+        typer.echo(f"bnexp: error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for "
+                   "the traceback)", err=True)
         sys.exit(1)
 
 

@@ -2,4 +2,33 @@
 
 from __future__ import annotations
 
-REGISTRY: dict = {}
+from experiments import (
+    activations,
+    batch_size,
+    compare,
+    distributions,
+    init_sensitivity,
+    lr_sweep,
+)
+from experiments.base import Experiment
+
+_ALL = [
+    compare.EXPERIMENT,
+    lr_sweep.EXPERIMENT,
+    init_sensitivity.EXPERIMENT,
+    batch_size.EXPERIMENT,
+    activations.EXPERIMENT,
+    distributions.EXPERIMENT,
+]
+
+
+def _registry(experiments: list[Experiment]) -> dict[str, Experiment]:
+    out: dict[str, Experiment] = {}
+    for e in experiments:
+        if e.name in out:
+            raise RuntimeError(f"duplicate experiment name {e.name!r}")
+        out[e.name] = e
+    return out
+
+
+REGISTRY: dict[str, Experiment] = _registry(_ALL)

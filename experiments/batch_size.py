@@ -1,0 +1,180 @@
+"""`batch-size`: BN degrades at small batches; GroupNorm and LayerNorm do not; Batch Renorm
+recovers part of the loss.
+
+Sources: Wu & He 2018, Table 2 (ResNet-50 ImageNet val error by images per GPU 32/16/8/4/2:
+BN 23.6/23.7/24.8/27.3/34.7, GN 24.1/24.2/24.0/24.2/24.1; LR scaled 0.1*N/32, same epochs) and
+Ioffe 2017 (microbatch 4: BN 74.2% vs Batch Renorm 76.5%).
+
+Setup: the paper's MLP (BN before each sigmoid) with each norm in turn, at every batch size, for
+a fixed number of epochs (so small batches take more steps), with the learning rate scaled
+linearly with the batch size (lr * B / ref_batch, as Wu & He). Group norm on 100 features uses
+`groups` = 10 (Wu & He's G=32 assumes many more channels). Batch Renorm follows Ioffe 2017's
+r_max/d_max schedule scaled to the run length. The train/eval gap is the test accuracy with batch
+statistics (test set split into batches of B) minus that with running statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnexp import data, plots
+from bnexp.sweep import TrialResult
+from experiments import common
+from experiments.base import (
+    Analysis,
+    Config,
+    ConfigError,
+    Experiment,
+    Table,
+    Verdict,
+    make_trial,
+    mlp,
+)
+
+CLAIM = "BN degrades at small batches while GroupNorm/LayerNorm do not; Batch Renorm recovers part"
+
+
+@dataclass(frozen=True)
+class BatchSizeConfig(Config):
+    batch_sizes: tuple[int, ...] = (2, 4, 8, 16, 32, 64)
+    norms: tuple[str, ...] = ("batch", "group", "layer", "renorm", "none")
+    epochs: float = 3.0
+    ref_batch: int = 32  # lr is cfg.lr at this batch size, scaled linearly elsewhere
+    lr: float = 0.5
+    groups: int = 10
+    evals: int = 10  # evaluation points per run
+    rise_tol: float = 0.02  # BN's error rise (smallest vs largest batch) that counts as degrading
+
+
+PRESETS = {
+    "smoke": BatchSizeConfig(preset="smoke", dataset="synthetic", seeds=1, batch_sizes=(2, 16),
+                             norms=("batch", "group", "layer", "renorm", "none"), epochs=0.1,
+                             evals=2),
+    "quick": BatchSizeConfig(preset="quick", seeds=2),
+    "paper": BatchSizeConfig(preset="paper", dataset="mnist", seeds=3, epochs=5.0,
+                             batch_sizes=(2, 4, 8, 16, 32, 64, 128)),
+}
+
+LABEL = {"batch": "BN", "group": "GN", "layer": "LN", "renorm": "BRN", "none": "none",
+         "instance": "IN", "ghost": "GhostBN"}
+
+
+def _num_train(cfg: BatchSizeConfig) -> int:
+    return int(data.load(cfg.dataset).x_train.shape[0])
+
+
+def _steps(cfg: BatchSizeConfig, b: int, n: int) -> tuple[int, int]:
+    steps = max(1, int(round(cfg.epochs * n / b)))
+    every = max(1, steps // max(1, cfg.evals))
+    return (steps // every) * every, every
+
+
+def trials(cfg: BatchSizeConfig):
+    n = _num_train(cfg)
+    out = []
+    for norm in cfg.norms:
+        opts = (("groups", cfg.groups),) if norm == "group" else ()
+        model = mlp(cfg, norm, norm_options=opts)
+        for b in cfg.batch_sizes:
+            steps, every = _steps(cfg, b, n)
+            out += [make_trial(cfg, model, seed=s, tag=f"{norm}@{b}", batch_size=b, steps=steps,
+                               eval_every=every, lr=cfg.lr * b / cfg.ref_batch)
+                    for s in range(cfg.seeds)]
+    return out
+
+
+def validate(cfg: BatchSizeConfig) -> None:
+    if not cfg.batch_sizes or min(cfg.batch_sizes) < 2:
+        raise ConfigError(f"batch sizes must be >= 2 (batch statistics), got {cfg.batch_sizes}")
+    if cfg.epochs <= 0:
+        raise ConfigError(f"epochs must be positive, got {cfg.epochs}")
+    if "group" in cfg.norms and any(h % cfg.groups for h in cfg.hidden):
+        raise ConfigError(f"groups={cfg.groups} must divide every hidden width {cfg.hidden}")
+    n = _num_train(cfg)
+    if max(cfg.batch_sizes) > n:
+        raise ConfigError(f"batch size {max(cfg.batch_sizes)} is larger than the training set "
+                          f"({n} examples of {cfg.dataset})")
+
+
+def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
+    by = common.arms(results)
+    err: dict[str, list[float]] = {}
+    gap: dict[str, list[float]] = {}
+    rows = []
+    for b in cfg.batch_sizes:
+        row: dict[str, Any] = {"batch": b, "lr": cfg.lr * b / cfg.ref_batch}
+        for norm in cfg.norms:
+            rs = by.get(f"{norm}@{b}", [])
+            nums, _ = common.summary_cell(common.finals(rs))
+            e = None if nums["mean"] is None else 1 - nums["mean"]
+            g = [common.train_eval_gap(r) for r in rs]
+            g = [v for v in g if v is not None]
+            gm = float(np.mean(g)) if g else None
+            err.setdefault(norm, []).append(np.nan if e is None else e)
+            gap.setdefault(norm, []).append(np.nan if gm is None else gm)
+            lab = LABEL.get(norm, norm)
+            row[f"{norm}_error"] = e
+            row[f"{norm}_ci95"] = nums["ci95"]
+            row[f"{norm}_train_eval_gap"] = gm
+            div = [r.diverged_at for r in rs if r.diverged_at is not None]
+            row[lab] = (f"diverged @ {int(np.median(div))}" if e is None and div
+                        else "n/a" if e is None else f"{100 * e:.2f}%")
+            if norm in ("batch", "renorm"):
+                row[f"{lab} gap"] = "n/a" if gm is None else f"{100 * gm:+.2f}"
+        rows.append(row)
+    cols = ["batch", *[LABEL.get(n, n) for n in cfg.norms]]
+    cols += [f"{LABEL[n]} gap" for n in ("batch", "renorm") if n in cfg.norms]
+    table = Table("Test error (eval mode) by batch size; train/eval gap in points", cols, rows)
+
+    def rise(norm: str) -> float | None:
+        if norm not in err:
+            return None
+        e = err[norm]
+        return None if not (np.isfinite(e[0]) and np.isfinite(e[-1])) else float(e[0] - e[-1])
+
+    order = np.argsort(cfg.batch_sizes)
+    if list(order) != list(range(len(order))):
+        raise ConfigError("batch_sizes must be given in increasing order")
+    r = {n: rise(n) for n in cfg.norms}
+    lo, hi = cfg.batch_sizes[0], cfg.batch_sizes[-1]
+    bn = r.get("batch")
+    flat_norms = [n for n in ("group", "layer") if r.get(n) is not None]
+    if bn is None or not flat_norms:
+        return Analysis([table], Verdict(CLAIM, None, "needs BN and GN or LN arms that trained"))
+    steep = bn >= cfg.rise_tol and all(bn > 2 * max(r[n], 0.0) for n in flat_norms)
+    brn = r.get("renorm")
+    between = brn is None or brn < bn
+    g_bn = gap["batch"]
+    gap_grows = (np.isfinite(g_bn[0]) and np.isfinite(g_bn[-1])
+                 and abs(g_bn[0]) > abs(g_bn[-1]))
+    fmt = lambda x: "n/a" if x is None else f"{100 * x:+.2f} pts"  # noqa: E731
+    ev = (f"error change from batch {hi} to {lo}: BN {fmt(bn)}, "
+          + ", ".join(f"{LABEL[n]} {fmt(r[n])}" for n in flat_norms)
+          + (f", BRN {fmt(brn)}" if brn is not None else "")
+          + f"; BN train/eval gap at batch {lo} {fmt(g_bn[0])} vs {fmt(g_bn[-1])} at {hi}")
+    rows.append({"batch": "rise", **{LABEL.get(n, n): fmt(r[n]) for n in cfg.norms},
+                 **{f"{n}_rise": r[n] for n in cfg.norms}})
+    return Analysis([table], Verdict(CLAIM, bool(steep and between and gap_grows), ev))
+
+
+def plot(cfg: BatchSizeConfig, results: list[TrialResult], analysis: Analysis, out: Path):
+    rows = [r for r in analysis.tables[0].rows if isinstance(r.get("batch"), int)]
+    bs = np.array([r["batch"] for r in rows], float)
+    err = {LABEL.get(n, n): np.array([np.nan if r[f"{n}_error"] is None else r[f"{n}_error"]
+                                      for r in rows]) for n in cfg.norms}
+    return [plots.error_vs_batch_size(bs, err, out / "batch_size.png")]
+
+
+EXPERIMENT = Experiment(
+    name="batch-size", claim=CLAIM,
+    source="Wu & He 2018, Table 2 (GN vs BN by batch size); Ioffe 2017 (Batch Renorm)",
+    config_type=BatchSizeConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    validate=validate,
+    shows="test error of each norm at each batch size (fixed epochs, LR scaled with batch), "
+          "BN's and BRN's train/eval gap, and the error rise from the largest to smallest batch",
+)
+

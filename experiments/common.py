@@ -1,0 +1,151 @@
+"""Analysis pieces shared by the experiments: arms, per-seed summaries, standard tables, plots.
+
+Every metric itself is defined once in `bnexp.metrics`; this module only arranges results into
+rows. Rows hold plain numbers (JSON-able) and the formatted cell text the table shows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnexp import metrics, plots
+from bnexp.sweep import TrialResult
+from experiments.base import Table
+
+
+def arms(results: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
+    """Results by arm tag, in first-seen order, seeds sorted."""
+    out: dict[str, list[TrialResult]] = {}
+    for r in results:
+        out.setdefault(r.trial.tag, []).append(r)
+    for v in out.values():
+        v.sort(key=lambda r: r.trial.seed)
+    return out
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None or not np.isfinite(x) else f"{100 * x:.2f}%"
+
+
+def finals(rs: Sequence[TrialResult]) -> list[float | None]:
+    return [r.final_test_accuracy for r in rs]
+
+
+def final_mean(rs: Sequence[TrialResult]) -> float | None:
+    vals = [v for v in finals(rs) if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def summary_cell(values: Sequence[float | None]) -> tuple[dict[str, Any], str]:
+    """(numbers, text) for a per-seed quantity: mean and 95% interval when >= 3 seeds."""
+    s = metrics.summarize(values)
+    ci = None if s.low is None else [s.low, s.high]
+    nums = {"mean": s.mean, "std": s.std, "n": s.n, "ci95": ci, "diverged": s.n_diverged}
+    if s.mean is None:
+        return nums, "diverged"
+    text = pct(s.mean)
+    if s.half_width is not None:
+        text += f" ± {100 * s.half_width:.2f}"
+    if s.n_diverged:
+        text += f" ({s.n_diverged}/{s.total} diverged)"
+    return nums, text
+
+
+def seed_steps(rs: Sequence[TrialResult], target: float) -> list[int | None]:
+    return [metrics.steps_to_target(r.history["step"], r.history["test_acc"], target) for r in rs]
+
+
+def arm_steps(rs: Sequence[TrialResult], target: float) -> float | None:
+    """Steps for an arm to reach `target`: the median over seeds, or None when the median seed
+    never reaches it within the budget (a run that never reached it counts as +inf)."""
+    steps = [np.inf if s is None else s for s in seed_steps(rs, target)]
+    if not steps:
+        return None
+    med = float(np.median(steps))
+    return None if not np.isfinite(med) else med
+
+
+def curve_table(arm_results: dict[str, list[TrialResult]], *, title: str,
+                max_rows: int = 12) -> Table:
+    """Eval-mode test accuracy per arm at (a subsample of) the evaluation points."""
+    first = next(iter(arm_results.values()))[0]
+    steps = np.asarray(first.history["step"])
+    idx = np.unique(np.linspace(0, len(steps) - 1, min(max_rows, len(steps))).round().astype(int))
+    rows = []
+    for i in idx:
+        row: dict[str, Any] = {"step": int(steps[i])}
+        for arm, rs in arm_results.items():
+            vals = [float(r.history["test_acc"][i]) for r in rs]
+            vals = [v if np.isfinite(v) else None for v in vals]
+            nums, text = summary_cell(vals)
+            row[arm] = text
+            row[f"{arm}_mean"] = nums["mean"]
+        rows.append(row)
+    return Table(title, ["step", *arm_results], rows)
+
+
+def target_table(arm_results: dict[str, list[TrialResult]], targets: Sequence[float],
+                 total_steps: int, *, baseline: str) -> Table:
+    """Steps to each target per arm and the speedup of each arm over the baseline."""
+    rows = []
+    others = [a for a in arm_results if a != baseline]
+    for t in targets:
+        row: dict[str, Any] = {"target": f"{t:.0%}", "target_accuracy": t}
+        base = arm_steps(arm_results[baseline], t) if baseline in arm_results else None
+        for arm, rs in arm_results.items():
+            s = arm_steps(rs, t)
+            row[f"{arm}_steps"] = s
+            row[arm] = "never" if s is None else f"{int(s)}"
+        for arm in others:
+            if baseline not in arm_results:
+                continue
+            sp = metrics.speedup(base, arm_steps(arm_results[arm], t), total_steps)
+            row[f"speedup_{arm}"] = sp.value
+            row[f"speedup_{arm}_lower_bound"] = sp.lower_bound
+            row[f"{arm} speedup"] = sp.text
+        rows.append(row)
+    cols = ["target", *arm_results]
+    if baseline in arm_results:
+        cols += [f"{a} speedup" for a in others]
+    return Table(f"Steps to target accuracy (median over seeds; speedup over {baseline})",
+                 cols, rows)
+
+
+def final_table(arm_results: dict[str, list[TrialResult]], *, baseline: str | None = None,
+                gap: bool = True) -> Table:
+    """Final eval-mode accuracy per arm (mean and 95% interval over seeds), divergences, gap."""
+    rows = []
+    for arm, rs in arm_results.items():
+        nums, text = summary_cell(finals(rs))
+        div = [r.diverged_at for r in rs if r.diverged_at is not None]
+        row: dict[str, Any] = {"arm": arm, "final accuracy": text, "final_accuracy": nums["mean"],
+                               "ci95": nums["ci95"], "seeds": len(rs), "diverged": len(div)}
+        row["diverged at"] = ", ".join(f"diverged @ {d}" for d in div) if div else "-"
+        if gap:
+            g = [train_eval_gap(r) for r in rs]
+            g = [v for v in g if v is not None]
+            row["train_eval_gap"] = float(np.mean(g)) if g else None
+            row["train/eval gap"] = "n/a" if not g else f"{100 * np.mean(g):+.2f} pts"
+        rows.append(row)
+    cols = ["arm", "final accuracy", "diverged at"] + (["train/eval gap"] if gap else [])
+    return Table("Final test accuracy (eval mode, running statistics)", cols, rows)
+
+
+def train_eval_gap(r: TrialResult) -> float | None:
+    """Accuracy with batch statistics minus accuracy with running statistics, at the end."""
+    if r.diverged_at is not None or "test_acc_batch" not in r.history:
+        return None
+    return metrics.train_eval_gap(float(r.history["test_acc_batch"][-1]),
+                                  float(r.history["test_acc"][-1]))
+
+
+def plot_curves(arm_results: dict[str, list[TrialResult]], path: Path, *, title: str) -> Path:
+    first = next(iter(arm_results.values()))[0]
+    steps = np.asarray(first.history["step"])
+    curves = {arm: np.stack([np.asarray(r.history["test_acc"], float) for r in rs])
+              for arm, rs in arm_results.items()}
+    return plots.learning_curves(steps, curves, path, title=title)

@@ -1,0 +1,97 @@
+"""`distributions`: without BN the input distribution of a sigmoid drifts; with BN it is stable.
+
+Source: Ioffe & Szegedy 2015, Fig. 1b,c: the 15th, 50th and 85th percentiles of the input to one
+sigmoid of the last hidden layer over training, without and with BN.
+
+Setup: the `compare` network; the engine's "percentiles" probe records, at every evaluation point
+and inside the compiled program, the percentiles of unit 0 of the last hidden layer's
+pre-activation over a fixed probe batch of training images (eval mode). Drift is
+`bnexp.metrics.percentile_drift`: the range of the median plus the range of the 85-15 spread over
+training, in sigmoid-input units. "Much more" means the baseline's drift is at least `ratio` times
+BN's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnexp import metrics, plots
+from bnexp.sweep import TrialResult
+from experiments import common
+from experiments.base import Analysis, Config, Experiment, Table, Verdict, make_trial, mlp
+
+CLAIM = "without BN the input distribution of a sigmoid drifts; with BN it is stable"
+
+
+@dataclass(frozen=True)
+class DistributionsConfig(Config):
+    ratio: float = 2.0  # baseline drift must be at least this multiple of BN's
+
+
+PRESETS = {
+    "smoke": DistributionsConfig(preset="smoke", dataset="synthetic", seeds=1, steps=60,
+                                 eval_every=20),
+    "quick": DistributionsConfig(preset="quick", steps=3000, eval_every=100, seeds=2),
+    "paper": DistributionsConfig(preset="paper", dataset="mnist", steps=50_000, eval_every=1000,
+                                 seeds=3),
+}
+
+ARMS = (("baseline", "none"), ("bn", "batch"))
+
+
+def trials(cfg: DistributionsConfig):
+    return [make_trial(cfg, mlp(cfg, norm), seed=s, tag=tag, probes=("percentiles",))
+            for tag, norm in ARMS for s in range(cfg.seeds)]
+
+
+def _percentiles(rs: list[TrialResult]) -> np.ndarray:
+    return np.stack([np.asarray(r.history["percentiles"], float) for r in rs])  # (S, E, 3)
+
+
+def analyze(cfg: DistributionsConfig, results: list[TrialResult]) -> Analysis:
+    by = common.arms(results)
+    rows, drift = [], {}
+    for tag, _ in ARMS:
+        d = metrics.percentile_drift(_percentiles(by[tag]))
+        p = np.nanmean(_percentiles(by[tag]), axis=0)
+        drift[tag] = d
+        row: dict[str, Any] = {"arm": tag, **{f"drift_{k}": v for k, v in d.to_dict().items()}}
+        row["first (15/50/85)"] = "/".join(f"{v:+.2f}" for v in p[0])
+        row["last (15/50/85)"] = "/".join(f"{v:+.2f}" for v in p[-1])
+        row["median range"] = "n/a" if d.median_range is None else f"{d.median_range:.3f}"
+        row["spread range"] = "n/a" if d.spread_range is None else f"{d.spread_range:.3f}"
+        row["drift"] = "n/a" if d.value is None else f"{d.value:.3f}"
+        rows.append(row)
+    table = Table("Sigmoid input percentiles (last hidden layer, unit 0) over training",
+                  ["arm", "first (15/50/85)", "last (15/50/85)", "median range", "spread range",
+                   "drift"], rows)
+    final = common.final_table(by, gap=False)
+    db, dn = drift["baseline"].value, drift["bn"].value
+    if db is None or dn is None:
+        return Analysis([table, final], Verdict(CLAIM, None, "too few finite evaluation points"))
+    ratio = db / dn if dn > 0 else float("inf")
+    ev = (f"drift (median range + spread range, sigmoid-input units): baseline {db:.3f}, "
+          f"BN {dn:.3f}, ratio {ratio:.1f}x (needs >= {cfg.ratio:g}x)")
+    return Analysis([table, final], Verdict(CLAIM, bool(ratio >= cfg.ratio), ev))
+
+
+def plot(cfg: DistributionsConfig, results: list[TrialResult], analysis: Analysis, out: Path):
+    by = common.arms(results)
+    steps = np.asarray(by["baseline"][0].history["step"])
+    bands = {tag: np.nanmean(_percentiles(by[tag]), axis=0) for tag, _ in ARMS}
+    return [plots.percentile_bands(steps, bands, out / "distributions.png",
+                                   title="Sigmoid input: 15/50/85th percentiles (Fig. 1b,c)"),
+            common.plot_curves(by, out / "learning_curves.png", title="Test accuracy")]
+
+
+EXPERIMENT = Experiment(
+    name="distributions", claim=CLAIM,
+    source="Ioffe & Szegedy 2015, Fig. 1b,c",
+    config_type=DistributionsConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    shows="first/last 15/50/85th percentiles of one last-layer sigmoid input per arm, and the "
+          "drift number",
+)

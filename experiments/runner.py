@@ -1,0 +1,189 @@
+"""Run a named experiment end to end: validate, train (resuming what is saved), analyze, save.
+
+Nothing computed is lost: every group's results are written as soon as the group finishes, Ctrl-C
+and SIGTERM mark the run "interrupted" and keep what is saved, and `resume` trains only the trials
+that have no saved result, then produces the same summary as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bnexp import data, metrics, results
+from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
+from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
+
+
+class RunInterrupted(Exception):
+    """Raised (from KeyboardInterrupt or SIGTERM) after the run directory was marked."""
+
+    def __init__(self, run_dir: Path, done: int, total: int):
+        super().__init__(f"interrupted; {done}/{total} trials saved in {run_dir} "
+                         f"(finish with --resume {run_dir})")
+        self.run_dir = run_dir
+
+
+@dataclass
+class Outcome:
+    experiment: Experiment
+    config: Config
+    run_dir: Path
+    trials: list[Trial]
+    results: list[TrialResult]
+    analysis: Analysis
+    timing: dict[str, float]
+
+
+def targets(cfg: Config) -> tuple[float, ...]:
+    """The accuracy targets an experiment reports steps-to-target for."""
+    if hasattr(cfg, "targets"):
+        return tuple(cfg.targets)
+    if hasattr(cfg, "target"):
+        return (cfg.target,)
+    return (0.5, 0.8, 0.9)
+
+
+def prepare(exp: Experiment, cfg: Config) -> list[Trial]:
+    """Check the config and the dataset, then expand the grid (raises ConfigError or
+    data.DatasetError with one clear line)."""
+    ds = data.load(cfg.dataset)  # missing dataset offline -> DatasetError before any training
+    check_common(cfg, num_train=int(ds.x_train.shape[0]))
+    if exp.validate is not None:
+        exp.validate(cfg)
+    return exp.trials(cfg)
+
+
+def load_config(exp: Experiment, run_dir: Path) -> Config:
+    run = results.load_run(run_dir)
+    if run.experiment != exp.name:
+        raise ConfigError(f"{run_dir} is a run of {run.experiment!r}, not {exp.name!r}")
+    return results.dataclass_from_dict(exp.config_type, run.config)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def run(exp: Experiment, cfg: Config, *, out: Path, resume: Path | None = None,
+        progress: Callable[[ProgressEvent], None] | None = None, make_plots: bool = True,
+        argv: Sequence[str] | None = None) -> Outcome:
+    """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary."""
+    t0 = time.perf_counter()
+    if resume is not None:
+        cfg = load_config(exp, resume)
+    trials = prepare(exp, cfg)
+    if resume is not None:
+        run_dir = Path(resume)
+        results.set_status(run_dir, "running")
+    else:
+        run_dir = results.new_run_dir(out, exp.name, config_dict(cfg), preset=cfg.preset,
+                                      argv=list(argv) if argv is not None else None)
+    saved = {tid: r for tid, r in
+             ((results.trial_id(t), r) for t, r in
+              zip(trials, results.load_run(run_dir).results_for(trials), strict=True))
+             if r is not None}
+    todo = [t for t in trials if results.trial_id(t) not in saved]
+    compile_s = 0.0
+
+    def on_group_done(group: list[TrialResult]) -> None:
+        nonlocal compile_s
+        results.save_group(run_dir, group)
+        for r in group:
+            saved[results.trial_id(r.trial)] = r
+        compile_s += max((r.extra.get("compile_seconds", 0.0) for r in group), default=0.0)
+
+    with _sigterm_as_interrupt():
+        try:
+            with results.tracking_status(run_dir):
+                if todo:
+                    run_sweep(todo, progress=progress, on_group_done=on_group_done)
+                ordered = [saved[results.trial_id(t)] for t in trials]
+                analysis = exp.analyze(cfg, ordered)
+                train_s = time.perf_counter() - t0
+                if make_plots and exp.plot is not None:
+                    plot_dir = run_dir / "plots"
+                    plot_dir.mkdir(exist_ok=True)
+                    analysis.plots = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
+                timing = {"wall_time_seconds": time.perf_counter() - t0,
+                          "train_time_seconds": train_s, "compile_seconds": compile_s,
+                          "trials_run_now": len(todo), "trials_resumed": len(trials) - len(todo)}
+                results.write_summary(run_dir, summary_rows(analysis), verdict_dict(analysis),
+                                      timing, experiment=exp.name, preset=cfg.preset,
+                                      tables=tables_dict(analysis),
+                                      plots=[p.name for p in analysis.plots])
+        except KeyboardInterrupt:
+            raise RunInterrupted(run_dir, len(saved), len(trials)) from None
+    return Outcome(exp, cfg, run_dir, trials, ordered, analysis, timing)
+
+
+def summary_rows(analysis: Analysis) -> list[dict[str, Any]]:
+    return [dict(r, table=t.title) for t in analysis.tables for r in t.rows]
+
+
+def tables_dict(analysis: Analysis) -> list[dict[str, Any]]:
+    return [{"title": t.title, "columns": t.columns, "rows": t.rows} for t in analysis.tables]
+
+
+def verdict_dict(analysis: Analysis) -> dict[str, Any]:
+    v = analysis.verdict
+    return {"claim": v.claim, "reproduced": v.reproduced, "evidence": v.evidence,
+            "outcome": v.label}
+
+
+def trial_json(t: Trial, r: TrialResult, tgts: Sequence[float]) -> dict[str, Any]:
+    """One trial in the `--json` document (keys fixed by the CLI issue)."""
+    steps = {f"{x:g}": metrics.steps_to_target(r.history["step"], r.history["test_acc"], x)
+             for x in tgts}
+    return {
+        "config": results.trial_to_dict(t),
+        "tag": t.tag,
+        "seed": t.seed,
+        "final_test_accuracy": r.final_test_accuracy,
+        "steps_to_target": steps,
+        "diverged_at": r.diverged_at,
+        "seconds": r.seconds,
+    }
+
+
+def outcome_json(o: Outcome) -> dict[str, Any]:
+    tgts = targets(o.config)
+    return {
+        "experiment": o.experiment.name,
+        "preset": o.config.preset,
+        "run_dir": str(o.run_dir),
+        "config": config_dict(o.config),
+        "rows": summary_rows(o.analysis),
+        "tables": tables_dict(o.analysis),
+        "verdict": verdict_dict(o.analysis),
+        "trials": [trial_json(t, r, tgts) for t, r in zip(o.trials, o.results, strict=True)],
+        "plots": [str(p) for p in o.analysis.plots],
+        **o.timing,
+    }
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """dataclasses.replace, with unknown fields reported as a ConfigError."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    bad = [k for k in changes if k not in names]
+    if bad:
+        raise ConfigError(f"{type(cfg).__name__} has no field {bad[0]!r}")
+    return dataclasses.replace(cfg, **changes)

@@ -1,0 +1,183 @@
+"""The real command line, end to end: every experiment's smoke preset, bad input, interrupt/resume.
+
+Runs `python -m cli` / the `bnexp` entry point in subprocesses, as a user would, and asserts on the
+numbers in the JSON document rather than only the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from experiments import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def bnexp(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    e = dict(os.environ, NO_COLOR="1", **(env or {}))
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True,
+                          text=True, env=e, timeout=timeout, cwd=ROOT)
+
+
+def run_json(tmp_path: Path, *args: str) -> dict:
+    p = bnexp(*args, "--preset", "smoke", "--out", str(tmp_path / "runs"), "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout)  # the whole stdout is exactly one JSON document
+
+
+def check_document(doc: dict, name: str) -> None:
+    for key in ("experiment", "preset", "run_dir", "rows", "verdict", "trials"):
+        assert key in doc, key
+    assert doc["experiment"] == name and doc["preset"] == "smoke"
+    assert set(doc["verdict"]) >= {"claim", "reproduced", "evidence"}
+    assert doc["verdict"]["reproduced"] in (True, False, None)
+    assert doc["verdict"]["claim"] == REGISTRY[name].claim
+    assert doc["rows"], "an analysis without rows"
+    assert doc["trials"]
+    for t in doc["trials"]:
+        assert set(t) >= {"config", "seed", "final_test_accuracy", "steps_to_target",
+                          "diverged_at"}
+        acc = t["final_test_accuracy"]
+        if t["diverged_at"] is None:
+            assert acc is not None and 0.0 <= acc <= 1.0 and math.isfinite(acc)
+        else:
+            assert acc is None and t["diverged_at"] > 0
+        total = t["config"]["steps"]
+        for target, step in t["steps_to_target"].items():
+            assert 0 < float(target) <= 1
+            assert step is None or 0 < step <= total
+    run_dir = Path(doc["run_dir"])
+    assert (run_dir / "summary.json").is_file() and (run_dir / "config.json").is_file()
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "complete"
+    assert len(list((run_dir / "trials").glob("*.npz"))) == len(doc["trials"])
+
+
+@pytest.mark.parametrize("name", ["lr-sweep", "init-sensitivity", "batch-size", "activations",
+                                  "distributions", "compare"])
+def test_every_experiment_smoke_through_cli(tmp_path, name):
+    doc = run_json(tmp_path, "run", name)
+    check_document(doc, name)
+    plots = list((Path(doc["run_dir"]) / "plots").glob("*.png"))
+    assert plots and all(p.stat().st_size > 5000 for p in plots)
+
+
+def test_registry_covers_every_experiment_with_presets():
+    for name, exp in REGISTRY.items():
+        assert set(exp.presets) == {"smoke", "quick", "paper"}, name
+        assert exp.presets["quick"].dataset == "mnist-5k", name
+
+
+def test_compare_speedups_match_steps_to_target(tmp_path):
+    doc = run_json(tmp_path, "compare", "--seeds", "1", "--steps", "120")
+    check_document(doc, "compare")
+    rows = [r for r in doc["rows"] if "target_accuracy" in r]
+    assert rows
+    for r in rows:
+        base, bn = r["baseline_steps"], r["bn_steps"]
+        sp = r["speedup_bn"]
+        if bn is None:
+            assert sp is None
+        elif base is None:  # lower bound total/steps, never infinity
+            assert r["speedup_bn_lower_bound"] and sp == pytest.approx(120 / bn)
+        else:
+            assert not r["speedup_bn_lower_bound"] and sp == pytest.approx(base / bn)
+    # paired arms: same seeds and data order for both arms
+    seeds = {(t["tag"], t["seed"], t["config"]["data_seed"]) for t in doc["trials"]}
+    assert {(s, d) for _, s, d in seeds if _ == "bn"} == {(s, d) for _, s, d in seeds
+                                                            if _ == "baseline"}
+
+
+def test_compare_no_bn_and_extra_norm(tmp_path):
+    doc = run_json(tmp_path, "compare", "--no-bn", "--norm", "layer", "--steps", "40")
+    assert {t["tag"] for t in doc["trials"]} == {"baseline", "layer"}
+
+
+def test_show_rerenders_saved_run(tmp_path):
+    doc = run_json(tmp_path, "run", "init-sensitivity")
+    p = bnexp("show", doc["run_dir"], "--json")
+    assert p.returncode == 0, p.stderr
+    shown = json.loads(p.stdout)
+    assert shown["verdict"]["evidence"] == doc["verdict"]["evidence"]
+    p = bnexp("show", doc["run_dir"])
+    assert p.returncode == 0 and "init scale" in p.stdout
+    p = bnexp("runs", "--out", str(tmp_path / "runs"))
+    assert p.returncode == 0 and "init-sensitivity" in p.stdout
+
+
+@pytest.mark.parametrize("args, code, needle", [
+    (["run", "lr-swep"], 2, "did you mean 'lr-sweep'"),
+    (["run", "lr-sweep", "--preset", "huge"], 2, "unknown preset"),
+    (["run", "lr-sweep", "--set", "lrr=1"], 2, "valid keys"),
+    (["run", "lr-sweep", "--set", "steps=abc"], 2, "expected an integer"),
+    (["run", "lr-sweep", "--set", "lrs=0,-1"], 2, "positive"),
+    (["run", "lr-sweep", "--steps", "0"], 2, "steps must be positive"),
+    (["run", "compare", "--set", "batch_size=100000"], 2, "larger than the training set"),
+    (["run", "compare", "--set", "arms=group,none", "--set", "norm_groups=7"], 2, "divide"),
+    (["run", "lr-sweep", "--dataset", "mnist"], 1, "bnexp download mnist"),
+    (["run", "lr-sweep", "--dataset", "imagenet"], 2, "unknown dataset"),
+    (["compare", "--no-bn", "--no-baseline"], 2, "no arms"),
+    (["show", "/nonexistent/run"], 2, "run"),
+])
+def test_bad_input_is_one_line(tmp_path, args, code, needle):
+    p = bnexp(*args, "--out", str(tmp_path / "r"), env={"BNEXP_DATA_DIR": str(tmp_path / "d")}) \
+        if args[0] in ("run", "compare") else bnexp(*args)
+    assert p.returncode == code, (p.returncode, p.stderr)
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, p.stderr
+    assert "Traceback" not in p.stderr and needle in lines[0], lines[0]
+
+
+def test_unwritable_output_directory(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # running as root: permissions do not bind
+        target = Path("/proc/bnexp-cannot-write-here")
+    else:
+        target = locked / "runs"
+    p = bnexp("run", "lr-sweep", "--preset", "smoke", "--out", str(target))
+    assert p.returncode == 1, p.stderr
+    assert "not writable" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_interrupt_then_resume_gives_the_same_summary(tmp_path):
+    out = tmp_path / "runs"
+    e = dict(os.environ, NO_COLOR="1")
+    args = [sys.executable, str(ROOT / "cli.py"), "run", "batch-size", "--preset", "smoke",
+            "--out", str(out), "--json", "--no-plots"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=e, cwd=ROOT)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        saved = list(out.glob("*/trials/*.json"))
+        if saved or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    run_dir = next(out.iterdir())
+    assert "--resume" in err and str(run_dir) in err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    n_saved = len(list((run_dir / "trials").glob("*.json")))
+    assert 0 < n_saved < 10  # 5 norms x 2 batch sizes x 1 seed
+    p = bnexp("run", "batch-size", "--resume", str(run_dir), "--json", "--no-plots")
+    assert p.returncode == 0, p.stderr
+    resumed = json.loads(p.stdout)
+    full = run_json(tmp_path, "run", "batch-size", "--no-plots")
+    assert resumed["run_dir"] == str(run_dir)
+    assert resumed["rows"] == full["rows"]
+    assert resumed["verdict"] == full["verdict"]
+    assert [t["final_test_accuracy"] for t in resumed["trials"]] == \
+        [t["final_test_accuracy"] for t in full["trials"]]
