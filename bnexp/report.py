@@ -164,7 +164,7 @@ def _columns(columns: Iterable[Column | str]) -> list[Column]:
 
 
 def build_table(
-    title: str,
+    title: str | None,
     columns: Iterable[Column | str],
     rows: Iterable[Mapping[str, Any]],
     *,
@@ -174,9 +174,10 @@ def build_table(
     """A rich Table of rows (dicts); keys not named by a column are not shown."""
     cols = _columns(columns)
     table = Table(
-        title=Text(title, style="bold"),
+        title=Text(title, style="bold") if title else None,
         caption=Text(caption) if caption else None,
         box=box.MARKDOWN if plain else box.SIMPLE_HEAVY,
+        show_edge=not plain,
         title_justify="left",
         header_style="bold",
     )
@@ -227,13 +228,17 @@ def render_table(
     verdict: Any = None,
     caption: str | None = None,
 ) -> Table:
-    """Print a table (and, if given, the verdict line(s) under it); returns the Table."""
+    """Print the title, the table and, if given, the verdict line(s) under it; returns the Table.
+
+    The title is its own line (not the table's title) so a narrow table never wraps it.
+    """
     console = console or make_console()
-    table = build_table(title, columns, rows, plain=is_plain(console), caption=caption)
+    table = build_table(None, columns, rows, plain=is_plain(console), caption=caption)
+    console.print(Text(title, style="bold"), soft_wrap=True)
     console.print(table)
     if verdict is not None:
         render_verdict(verdict, console)
-        console.print()
+    console.print()
     return table
 
 
@@ -308,7 +313,8 @@ class SweepProgress:
     def _label(event: Any) -> str:
         # 0-based group indices (group < groups) are shown 1-based
         g = event.group + 1 if event.group < event.groups else event.group
-        return f"group {g}/{event.groups} ({event.members} members)"
+        members = f"{event.members} member{'s' if event.members != 1 else ''}"
+        return f"group {g}/{event.groups} ({members})"
 
     def __call__(self, event: Any) -> None:
         with self._lock:
@@ -356,7 +362,8 @@ class SweepProgress:
             compile_s = st.get("train_t0", now) - st["t0"]
             total_s = now - st["t0"]
             line = (
-                f"{label}: done, {event.total} steps in {total_s:.1f}s (compile {compile_s:.1f}s)"
+                f"{label}: done, {event.total} steps in {total_s:.1f}s "
+                f"({compile_s:.1f}s of it compiling, until the first progress report)"
             )
         if line:
             self.console.print(line, markup=False, highlight=False, soft_wrap=True)

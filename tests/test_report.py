@@ -42,7 +42,8 @@ def test_table_plain_text_contents():
     assert "not reached" in out and "0.001" in out
     assert "Claim: BN reaches [97%] faster  ->  REPRODUCED" in out  # brackets are not markup
     assert "evidence: 3.4x to 97%" in out
-    assert "| arm" in out  # markdown-style box for logs and pipes
+    assert "arm " in out and "|-" in out  # markdown-style rules for logs and pipes
+    assert out.startswith("Compare\n")  # the title on its own line, never wrapped
 
 
 def test_rows_from_summary_json_render_the_same():
@@ -121,6 +122,9 @@ def test_progress_plain_lines():
     assert "group 1/2 (6 members): step 300/1000 (30%)" in lines
     assert any(ln.startswith("group 2/2 (6 members): done, 1000 steps in") for ln in lines)
     assert len(lines) == 10  # compiling, 3 quarter lines, done; per group
+    console, buf = _plain_console()
+    report.sweep_progress(console)(ProgressEvent(0, 1, 0, 10, 1, "compiling"))
+    assert buf.getvalue() == "group 1/1 (1 member): compiling\n"
 
 
 def test_progress_rich_bars():
