@@ -15,7 +15,7 @@ nothing is unpickled.
 
 from .batching import batch_indices, epoch_permutation
 from .dataset import LAYOUTS, STANDARDIZE, Dataset, clear_cache, load, preprocess
-from .download import ProgressFn, VerificationError, download, local_status, mirrors_for
+from .fetch import ProgressFn, VerificationError, download, local_status, mirrors_for
 from .formats import parse_cifar_records, parse_idx
 from .registry import (
     DATASETS,

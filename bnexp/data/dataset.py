@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import sources
-from .download import VerificationError, check_file, read_members
+from .fetch import VerificationError, check_file, read_members
 from .formats import idx_images_labels, parse_cifar_records, parse_idx
 from .registry import DatasetError, DatasetInfo, cache_dir, dataset_dir, lookup
 
@@ -183,7 +183,11 @@ def load(name: str, *, layout: str = "flat", **options) -> Dataset:
 @functools.lru_cache(maxsize=8)
 def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Dataset:
     opts = dict(options)
+    num_classes = info.num_classes
     if info.kind == "synthetic":
+        # The registry entry holds the defaults shown by `bnexp datasets`.
+        opts = {"n_train": info.n_train, "n_test": info.n_test, "num_classes": num_classes} | opts
+        num_classes = int(opts["num_classes"])
         x_tr, y_tr, x_te, y_te, shape = sources.synthetic(**opts)
         if layout == "nhwc" and len(shape) != 3:
             raise ValueError("synthetic data in layout 'nhwc' needs image_shape=(H, W, C)")
@@ -206,7 +210,7 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
     ]
     for a in arrays:
         a.flags.writeable = False
-    return Dataset(info.name, *arrays, info.num_classes, tuple(int(s) for s in shape), source)
+    return Dataset(info.name, *arrays, num_classes, tuple(int(s) for s in shape), source)
 
 
 def clear_cache() -> None:
