@@ -29,8 +29,9 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from .registry import DatasetError, DatasetInfo, RemoteFile, dataset_dir, lookup
 
@@ -51,7 +52,7 @@ class _Transient(Exception):
     """A failure worth retrying on the same mirror (timeout, reset, truncation, HTTP 5xx)."""
 
 
-def _check_digest(data_chunks, digest: str, what: str) -> None:
+def _check_digest(data_chunks: Iterable[bytes], digest: str, what: str) -> None:
     algo, _, want = digest.partition(":")
     h = hashlib.new(algo)
     for chunk in data_chunks:
@@ -61,7 +62,7 @@ def _check_digest(data_chunks, digest: str, what: str) -> None:
         raise VerificationError(f"checksum mismatch: {algo} of {what} is {got}, expected {want}")
 
 
-def _file_chunks(path: Path):
+def _file_chunks(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             yield chunk
@@ -166,7 +167,14 @@ def _describe(exc: BaseException) -> tuple[str, bool]:
     return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__, False
 
 
-def _fetch_to(url: str, dest, label: str, expected: int | None, progress, timeout: float) -> None:
+def _fetch_to(
+    url: str,
+    dest: BinaryIO,
+    label: str,
+    expected: int | None,
+    progress: ProgressFn | None,
+    timeout: float,
+) -> None:
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     with urllib.request.urlopen(request, timeout=timeout) as response:
         header = response.headers.get("Content-Length")
