@@ -412,7 +412,7 @@ def _known_error_code(e: BaseException) -> int | None:
 def main() -> None:
     """Console-script entry point: run the app, turning unexpected errors into one line."""
     try:
-        app(standalone_mode=False)
+        sys.exit(app(standalone_mode=False) or 0)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:

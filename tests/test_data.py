@@ -659,12 +659,6 @@ def test_cli_unknown_dataset_is_a_usage_error(cli_app):
     assert "did you mean 'mnist'" in result.stderr and "Traceback" not in result.output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cli.main() ignores the exit code that app(standalone_mode=False) returns for "
-    "typer.Exit, so every fail() exits 0; the fix (sys.exit(app(standalone_mode=False) or 0)) "
-    "is outside the datasets section. Remove this marker once main() is fixed.",
-)
 def test_console_entry_point_exit_codes(tmp_path, refused_url):
     """Through cli.main(), as the installed `bnexp` script runs: exit codes and one stderr line."""
     setup = (
