@@ -91,6 +91,8 @@ class Experiment:
     plot: Callable[[Any, list[TrialResult], Analysis, Path], list[Path]] | None = None
     shows: str = ""  # what the table shows, for `bnexp describe`
     validate: Callable[[Any], None] | None = None
+    # The paper's own number(s) for the claim, for the report's claims table ("" when none exists)
+    paper: str = ""
 
     def preset(self, name: str) -> Config:
         if name not in self.presets:

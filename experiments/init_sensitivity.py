@@ -114,5 +114,6 @@ EXPERIMENT = Experiment(
     source="Ioffe & Szegedy 2015, Sec. 3.3 (scale invariance of BN)",
     config_type=InitConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
     validate=validate,
+    paper="no number: an argument (BN(aWu) = BN(Wu), dBN/d(aW) = (1/a) dBN/dW)",
     shows="final accuracy of baseline and BN at each init scale, and the spread across scales",
 )
