@@ -1,0 +1,476 @@
+"""The reproduction report: one Markdown file and one self-contained HTML page from run directories.
+
+The report is a pure function of the run files (config.json, status.json, environment.json,
+summary.json, plots/*.png) and of the registry text each `Entry` carries (claim, source, the
+paper's number, the re-run command): the same runs give a byte-identical report. Nothing here reads
+the clock, the network or the environment.
+
+report.html is one file: CSS inline, plots embedded as PNG data URIs, no script, no external URL,
+and well-formed XML (every tag closed, so a strict parser reads it). A narrow screen shows the
+claims table as one card per claim; print gives one experiment per page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bnexp import results
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+_CSS_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "bad", INCONCLUSIVE: "unsure"}
+CLAIM_COLUMNS = ("experiment", "claim", "source", "paper", "bnexp measured", "verdict", "preset",
+                 "seeds", "wall time")
+DEFAULT_TITLE = "Which Batch Normalization claims hold?"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One experiment of the report: its run directory and what the registry says about it."""
+
+    run_dir: Path
+    name: str
+    claim: str = ""
+    source: str = ""
+    paper: str = ""  # the paper's own number(s); "" when none exists
+    command: str = ""  # the exact command that re-runs it
+
+
+@dataclass(frozen=True)
+class RunView:
+    """Everything the report shows about one run, read from its files."""
+
+    entry: Entry
+    path: str  # the run directory relative to the report's directory (posix)
+    config: dict[str, Any]
+    status: dict[str, Any]
+    environment: dict[str, Any]
+    summary: dict[str, Any] | None
+    plots: list[tuple[str, bytes]] = field(default_factory=list)  # (file name, PNG bytes)
+
+    @property
+    def verdicts(self) -> list[dict[str, Any]]:
+        v = (self.summary or {}).get("verdict")
+        if isinstance(v, Mapping):
+            return [dict(v)]
+        if isinstance(v, list):
+            return [dict(x) for x in v if isinstance(x, Mapping)]
+        return []
+
+    @property
+    def outcome(self) -> str:
+        """reproduced / not reproduced / inconclusive, or "no result (<status>)"."""
+        reps = [v.get("reproduced") for v in self.verdicts]
+        if not reps:
+            return f"no result ({self.status.get('status', 'unknown')})"
+        if all(r is True for r in reps):
+            return REPRODUCED
+        if any(r is False for r in reps):
+            return NOT_REPRODUCED
+        return INCONCLUSIVE
+
+    @property
+    def claim(self) -> str:
+        claims = [str(v["claim"]) for v in self.verdicts if v.get("claim")]
+        return "; ".join(claims) if claims else self.entry.claim
+
+    @property
+    def measured(self) -> str:
+        ev = [str(v["evidence"]) for v in self.verdicts if v.get("evidence")]
+        if ev:
+            return "; ".join(ev)
+        if self.status.get("error"):
+            return f"run {self.status.get('status', 'failed')}: {self.status['error']}"
+        return f"no summary yet (status {self.status.get('status', 'unknown')})"
+
+    @property
+    def wall_time(self) -> float | None:
+        t = (self.summary or {}).get("timing", {}).get("wall_time_seconds")
+        return float(t) if isinstance(t, int | float) else None
+
+    @property
+    def anchor(self) -> str:
+        return "exp-" + re.sub(r"[^A-Za-z0-9_-]+", "-", self.entry.name)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def _json(path: Path) -> Any:
+    try:
+        return results.read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def load(entry: Entry, report_dir: Path) -> RunView:
+    """Read one run directory (missing or broken files become empty)."""
+    d = Path(entry.run_dir)
+    if not (d / "config.json").is_file():
+        raise FileNotFoundError(f"{d} is not a bnexp run directory (no config.json)")
+    summary = _json(d / "summary.json")
+    summary = summary if isinstance(summary, dict) else None
+    names = summary.get("plots") if summary else None
+    if not isinstance(names, list):
+        names = sorted(p.name for p in (d / "plots").glob("*.png"))
+    plots = [(str(n), (d / "plots" / str(n)).read_bytes()) for n in names
+             if (d / "plots" / str(n)).is_file()]
+    rel = Path(os.path.relpath(d.resolve(), Path(report_dir).resolve())).as_posix()
+
+    def as_dict(x: Any) -> dict[str, Any]:
+        return x if isinstance(x, dict) else {}
+
+    return RunView(entry, rel, as_dict(_json(d / "config.json")), as_dict(_json(d / "status.json")),
+                   as_dict(_json(d / "environment.json")), summary, plots)
+
+
+# ---- text pieces shared by both formats -------------------------------------------------------
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(round(seconds), 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    return f"{h} h {m:02d} min"
+
+
+def value_text(v: Any) -> str:
+    """A config value as the --set syntax writes it (lists comma-separated)."""
+    if isinstance(v, list | tuple):
+        return ",".join(value_text(x) for x in v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    return str(v)
+
+
+def cell_text(value: Any, key: str) -> str:
+    """A table cell as the terminal shows it (bnexp.report's formatting, without colour)."""
+    from bnexp.report import format_cell  # lazy: rich is only needed for table cells
+
+    return format_cell(value, "auto", key).plain
+
+
+def claim_cells(v: RunView) -> dict[str, str]:
+    return {
+        "experiment": v.entry.name,
+        "claim": v.claim,
+        "source": v.entry.source or "–",
+        "paper": v.entry.paper or "–",
+        "bnexp measured": v.measured,
+        "verdict": v.outcome,
+        "preset": str(v.config.get("preset", v.status.get("preset", "?"))),
+        "seeds": value_text(v.config.get("seeds", "?")),
+        "wall time": duration(v.wall_time),
+    }
+
+
+def tally(views: Sequence[RunView]) -> str:
+    counts = {k: sum(v.outcome == k for v in views) for k in (REPRODUCED, NOT_REPRODUCED,
+                                                               INCONCLUSIVE)}
+    other = len(views) - sum(counts.values())
+    parts = [f"{n} {k}" for k, n in counts.items()] + ([f"{other} without a result"]
+                                                        if other else [])
+    presets = sorted({claim_cells(v)["preset"] for v in views})
+    total = sum(v.wall_time or 0.0 for v in views)
+    return (f"{len(views)} claim{'s' if len(views) != 1 else ''} tested: {', '.join(parts)}. "
+            f"Preset: {', '.join(presets) or '?'}. Wall time of the runs: {duration(total)}.")
+
+
+def run_line(v: RunView) -> str:
+    t = (v.summary or {}).get("timing", {})
+    bits = [f"status {v.status.get('status', 'unknown')}"]
+    if v.status.get("created"):
+        bits.append(f"created {v.status['created']}")
+    if t.get("wall_time_seconds") is not None:
+        bits.append(f"wall time {duration(t['wall_time_seconds'])}")
+    if t.get("compile_seconds") is not None:
+        bits.append(f"compile {duration(t['compile_seconds'])}")
+    if t.get("trials_run_now") is not None:
+        n = t.get("trials_run_now", 0) + t.get("trials_resumed", 0)
+        bits.append(f"{n} trials")
+    return ", ".join(bits)
+
+
+def environment_line(v: RunView) -> str:
+    e = v.environment
+    bits = [f"{k} {e[k]}" for k in ("bnexp", "jax", "python") if e.get(k)]
+    if e.get("backend"):
+        bits.append(f"backend {e['backend']}")
+    if e.get("devices"):
+        bits.append(str(e["devices"]))
+    if e.get("git_commit"):
+        bits.append(f"git {str(e['git_commit'])[:10]}{' (dirty)' if e.get('git_dirty') else ''}")
+    return ", ".join(bits) or "–"
+
+
+def _tables(v: RunView) -> list[tuple[str, list[str], list[list[str]]]]:
+    out = []
+    for t in (v.summary or {}).get("tables") or []:
+        if not isinstance(t, Mapping):
+            continue
+        cols = [str(c) for c in t.get("columns") or []]
+        rows = [[cell_text(r.get(c), c) for c in cols] for r in t.get("rows") or []
+                if isinstance(r, Mapping)]
+        out.append((str(t.get("title", "")), cols, rows))
+    return out
+
+
+# ---- Markdown --------------------------------------------------------------------------------
+
+
+def _md(text: Any) -> str:
+    return " ".join(str(text).split()).replace("\\", "\\\\").replace("|", "\\|")
+
+
+def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(_md(c) for c in columns) + " |",
+             "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
+    return lines + [""]
+
+
+def render_markdown(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str:
+    lines = [f"# {_md(title)}", "", tally(views), ""]
+    lines += _md_table(CLAIM_COLUMNS, [list(claim_cells(v).values()) for v in views])
+    lines += ["Verdicts are computed from the measured numbers by each experiment's rule "
+              "(`bnexp describe NAME`); a smoke preset proves the machinery and claims no science.",
+              ""]
+    for v in views:
+        lines += [f"## {_md(v.entry.name)}: {v.outcome}", "",
+                  f"- **Claim:** {_md(v.claim)}",
+                  f"- **Source:** {_md(v.entry.source or '–')}",
+                  f"- **Paper:** {_md(v.entry.paper or '–')}",
+                  f"- **Measured:** {_md(v.measured)}",
+                  f"- **Run:** `{v.path}` ({_md(run_line(v))})",
+                  f"- **Environment:** {_md(environment_line(v))}", ""]
+        if v.entry.command:
+            lines += ["Re-run it:", "", "```bash", v.entry.command, "```", ""]
+        for t_title, cols, rows in _tables(v):
+            lines += [f"### {_md(t_title)}", ""] + _md_table(cols, rows)
+        if v.plots:
+            lines += ["### Plots", ""]
+            lines += [f"![{_md(Path(n).stem)}]({v.path}/plots/{n})" for n, _ in v.plots] + [""]
+        lines += ["### Config", ""]
+        lines += _md_table(["field", "value"], [[k, value_text(x)] for k, x in v.config.items()])
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# ---- HTML ------------------------------------------------------------------------------------
+
+_CSS = """
+:root { --fg: #1d2430; --muted: #5b6575; --line: #d9dee6; --bg: #ffffff; --head: #f3f5f8;
+  --ok: #17643a; --ok-bg: #e3f4ea; --bad: #a32020; --bad-bg: #fbe6e6;
+  --unsure: #7a5a00; --unsure-bg: #fff4d6; --none-bg: #eceff3; }
+* { box-sizing: border-box; }
+html { -webkit-text-size-adjust: 100%; text-size-adjust: 100%; }
+body { margin: 0; color: var(--fg); background: var(--bg); line-height: 1.5;
+  font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+.page { max-width: 78rem; margin: 0 auto; padding: 1.5rem 1.25rem 3rem; }
+h1 { font-size: 1.9rem; line-height: 1.2; margin: 0.5rem 0 0.5rem; }
+h2 { font-size: 1.45rem; margin: 2.5rem 0 0.75rem; padding-top: 0.5rem;
+  border-top: 2px solid var(--line); }
+h3 { font-size: 1.15rem; margin: 1.75rem 0 0.5rem; }
+h4 { font-size: 1rem; margin: 1.25rem 0 0.4rem; }
+p.lede { font-size: 1.1rem; color: var(--muted); margin: 0 0 1rem; }
+p.note, footer { color: var(--muted); font-size: 0.9rem; }
+a { color: #1a4fa0; }
+code, pre { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, monospace;
+  font-size: 0.88rem; }
+pre { background: var(--head); border: 1px solid var(--line); border-radius: 6px;
+  padding: 0.6rem 0.8rem; overflow-x: auto; white-space: pre-wrap; word-break: break-word; }
+.scroll { overflow-x: auto; -webkit-overflow-scrolling: touch; margin: 0.25rem 0 1rem; }
+table { border-collapse: collapse; font-size: 0.92rem; }
+th, td { border-bottom: 1px solid var(--line); padding: 0.35rem 0.6rem; text-align: left;
+  vertical-align: top; }
+th { background: var(--head); font-weight: 600; }
+table.data td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.data td.diverged { color: var(--bad); font-weight: 600; }
+table.claims { width: 100%; }
+table.claims td.nowrap { white-space: nowrap; }
+.badge { display: inline-block; padding: 0.05rem 0.55rem; border-radius: 999px;
+  font-weight: 700; font-size: 0.85rem; white-space: nowrap; border: 1px solid transparent;
+  background: var(--none-bg); }
+.badge.ok { color: var(--ok); background: var(--ok-bg); border-color: var(--ok); }
+.badge.bad { color: var(--bad); background: var(--bad-bg); border-color: var(--bad); }
+.badge.unsure { color: var(--unsure); background: var(--unsure-bg); border-color: var(--unsure); }
+h2 .badge { font-size: 0.95rem; vertical-align: middle; margin-left: 0.4rem; }
+dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 0.3rem 1rem;
+  margin: 0.5rem 0 1rem; }
+dl.facts dt { font-weight: 600; }
+dl.facts dd { margin: 0; }
+dl.config { display: grid; grid-template-columns: repeat(auto-fill, minmax(15rem, 1fr));
+  gap: 0.2rem 1.5rem; margin: 0.5rem 0; font-size: 0.9rem; }
+dl.config div { display: flex; justify-content: space-between; gap: 0.75rem;
+  border-bottom: 1px dotted var(--line); }
+dl.config dt { color: var(--muted); }
+dl.config dd { margin: 0; font-family: ui-monospace, Menlo, Consolas, monospace;
+  text-align: right; word-break: break-all; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 30rem), 1fr));
+  gap: 1rem; }
+figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 0.5rem;
+  background: #fff; }
+figure img { display: block; width: 100%; height: auto; }
+figcaption { color: var(--muted); font-size: 0.85rem; text-align: center; margin-top: 0.3rem; }
+nav.toc { font-size: 0.95rem; }
+nav.toc a { margin-right: 0.9rem; white-space: nowrap; }
+@media (max-width: 46rem) {
+  .page { padding: 1rem 0.75rem 2rem; }
+  h1 { font-size: 1.5rem; }
+  table.claims, table.claims tbody, table.claims tr, table.claims td { display: block; width: 100%; }
+  table.claims thead { display: none; }
+  table.claims tr { border: 1px solid var(--line); border-radius: 8px; margin: 0 0 0.9rem;
+    padding: 0.3rem 0.6rem; }
+  table.claims td { border: 0; padding: 0.2rem 0; }
+  table.claims td::before { content: attr(data-label); display: block; color: var(--muted);
+    font-size: 0.78rem; text-transform: uppercase; letter-spacing: 0.03em; }
+  table.claims td.nowrap { white-space: normal; }
+  dl.facts { grid-template-columns: 1fr; }
+  dl.facts dd { margin-bottom: 0.4rem; }
+}
+@media print {
+  * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
+  body { font-size: 10pt; }
+  .page { max-width: none; padding: 0; }
+  nav.toc { display: none; }
+  .scroll { overflow: visible; }
+  pre { white-space: pre-wrap; }
+  section.experiment { break-before: page; }
+  h2, h3, h4 { break-after: avoid; }
+  figure, tr, pre, dl.facts { break-inside: avoid; }
+  .plots { grid-template-columns: 1fr 1fr; }
+  a { color: inherit; text-decoration: none; }
+}
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _badge(outcome: str) -> str:
+    cls = _CSS_CLASS.get(outcome, "none")
+    return f'<span class="badge {cls}">{_e(outcome)}</span>'
+
+
+_NUMERIC = re.compile(r"^[<>~+\-−]?\d")
+
+
+def _data_table(title: str, cols: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    out = [f"<h4>{_e(title)}</h4>", '<div class="scroll"><table class="data">',
+           "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
+    for r in rows:
+        cells = []
+        for c in r:
+            cls = "diverged" if c.startswith("diverged") else "num" if _NUMERIC.match(c) else ""
+            cells.append(f'<td class="{cls}">{_e(c)}</td>' if cls else f"<td>{_e(c)}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    return out + ["</tbody></table></div>"]
+
+
+def _claims_table(views: Sequence[RunView]) -> list[str]:
+    out = ['<div class="scroll"><table class="claims" id="claims-table">',
+           "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in CLAIM_COLUMNS) + "</tr></thead>",
+           "<tbody>"]
+    for v in views:
+        cells = claim_cells(v)
+        tds = []
+        for k, text in cells.items():
+            if k == "experiment":
+                inner = f'<a href="#{v.anchor}">{_e(text)}</a>'
+            elif k == "verdict":
+                inner = _badge(text)
+            else:
+                inner = _e(text)
+            cls = ' class="nowrap"' if k in ("experiment", "preset", "seeds", "wall time") else ""
+            tds.append(f'<td data-label="{_e(k)}"{cls}>{inner}</td>')
+        out.append(f'<tr data-experiment="{_e(v.entry.name)}" data-verdict="{_e(v.outcome)}">'
+                   + "".join(tds) + "</tr>")
+    return out + ["</tbody></table></div>"]
+
+
+def _section(v: RunView) -> list[str]:
+    out = [f'<section class="experiment" id="{_e(v.anchor)}">',
+           f"<h2>{_e(v.entry.name)} {_badge(v.outcome)}</h2>", '<dl class="facts">']
+    facts = [("Claim", v.claim), ("Source", v.entry.source or "–"),
+             ("Paper", v.entry.paper or "–"), ("Measured", v.measured),
+             ("Run", None), ("Environment", environment_line(v))]
+    for k, text in facts:
+        if k == "Run":
+            out.append(f"<dt>Run</dt><dd><code>{_e(v.path)}</code> ({_e(run_line(v))})</dd>")
+        else:
+            out.append(f"<dt>{_e(k)}</dt><dd>{_e(text)}</dd>")
+    out.append("</dl>")
+    if v.entry.command:
+        out += ["<h3>Re-run it</h3>", f"<pre><code>{_e(v.entry.command)}</code></pre>"]
+    tables = _tables(v)
+    if tables:
+        out.append("<h3>Results</h3>")
+        for t in tables:
+            out += _data_table(*t)
+    if v.plots:
+        out += ["<h3>Plots</h3>", '<div class="plots">']
+        for name, data in v.plots:
+            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+            out.append(f'<figure><img src="{uri}" alt="{_e(v.entry.name)}: {_e(Path(name).stem)}"'
+                       f' /><figcaption>{_e(name)}</figcaption></figure>')
+        out.append("</div>")
+    out += ["<h3>Config</h3>", '<dl class="config">']
+    out += [f"<div><dt>{_e(k)}</dt><dd>{_e(value_text(x))}</dd></div>" for k, x in v.config.items()]
+    return out + ["</dl>", "</section>"]
+
+
+def render_html(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str:
+    """One self-contained page (well-formed XML, no script, no external URL)."""
+    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8" />',
+           '<meta name="viewport" content="width=device-width, initial-scale=1" />',
+           f"<title>{_e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
+           '<div class="page">', "<header>", f"<h1>{_e(title)}</h1>",
+           f'<p class="lede">{_e(tally(views))}</p>']
+    if len(views) > 1:
+        out.append('<nav class="toc">' + "".join(f'<a href="#{_e(v.anchor)}">{_e(v.entry.name)}</a>'
+                                                  for v in views) + "</nav>")
+    out += ["</header>", "<main>", '<section id="claims">', "<h2>Claims</h2>"]
+    out += _claims_table(views)
+    out += ['<p class="note">Verdicts are computed from the measured numbers by each experiment\'s '
+            "rule (<code>bnexp describe NAME</code>). The paper column quotes the source; "
+            "bnexp's numbers come from the run directories below. A smoke preset proves the "
+            "machinery and claims no science.</p>", "</section>"]
+    for v in views:
+        out += _section(v)
+    out += ["</main>", "<footer><p>Generated by bnexp from the run directories named above "
+            "(config.json, status.json, environment.json, summary.json, plots/); rendering the "
+            "same runs again gives this same page.</p></footer>", "</div>", "</body>", "</html>"]
+    return "\n".join(out) + "\n"
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def write(entries: Sequence[Entry], out_dir: Path, *, title: str = DEFAULT_TITLE,
+          html_file: bool = True, markdown: bool = True) -> dict[str, Path]:
+    """Write report.md and/or report.html into out_dir (atomically); returns {"md"|"html": path}."""
+    out_dir = Path(out_dir)
+    views = [load(e, out_dir) for e in entries]
+    paths: dict[str, Path] = {}
+    if markdown:
+        text = render_markdown(views, title)
+        paths["md"] = results._write_atomic(out_dir / "report.md",
+                                            lambda f: f.write(text.encode("utf-8")))
+    if html_file:
+        page = render_html(views, title)
+        paths["html"] = results._write_atomic(out_dir / "report.html",
+                                              lambda f: f.write(page.encode("utf-8")))
+    return paths
