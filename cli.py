@@ -387,6 +387,171 @@ def show_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (or i
 
 # ---- section: reproduce (reproduce issue) -------------------------------------------------------
 
+ReproducePreset = Annotated[str, typer.Option(
+    "--preset", help="quick (minutes on a laptop) | paper (paper scale) | smoke (machinery check).")]
+Only = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+    "--only", help="Run only these experiments: NAME,NAME,... (repeatable; default: all).")]
+ReproduceOut = Annotated[Optional[Path], typer.Option(  # noqa: UP045
+    "--out", help="Directory for the run directories and the report "
+    "(default: runs/reproduce-PRESET).")]
+
+
+def _nested_live_ok() -> bool:
+    """rich >= 14.1 nests Live displays (the per-group bars inside the overall one)."""
+    from importlib.metadata import version
+
+    try:
+        major, minor = (int(x) for x in version("rich").split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (14, 1)
+
+
+class _OverallProgress:
+    """One bar across experiments on stderr, a line per experiment; plain lines without a TTY."""
+
+    def __init__(self, console, total: int):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        from bnexp import report
+
+        self.console = console
+        self.progress = None
+        if not report.is_plain(console) and _nested_live_ok():
+            self.progress = Progress(TextColumn("[bold]reproduce"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("experiments"),
+                                     TimeElapsedColumn(), TextColumn("{task.description}"),
+                                     console=console)
+            self.task = self.progress.add_task("", total=total)
+
+    def __enter__(self):
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, step) -> None:
+        where = f"[{step.index + 1}/{step.total}] {step.name}"
+        verdict = f" -> {step.outcome}" if step.outcome else ""
+        took = f" ({step.seconds:.1f} s)" if step.seconds is not None else ""
+        lines = {
+            "reuse": f"{where}: reusing {step.run_dir}{verdict}",
+            "resume": f"{where}: resuming {step.run_dir}",
+            "run": f"{where}: running",
+            "done": f"{where}: done{took}{verdict}",
+            "failed": f"{where}: FAILED{took}: {step.error}",
+        }
+        self.console.print(lines[step.phase], markup=False, highlight=False, soft_wrap=True)
+        if self.progress is not None:
+            finished = step.phase in ("reuse", "done", "failed")
+            self.progress.update(self.task, advance=1 if finished else 0,
+                                 description="" if finished else step.name)
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    preset: ReproducePreset = "quick",
+    only: Only = None,
+    seeds: Seeds = None,
+    out: ReproduceOut = None,
+    json_out: Json = False,
+) -> None:
+    """Every claim in one command: run each experiment (reusing finished runs), write one report."""
+    from bnexp import report, results, sweep
+    from experiments import reproduce as rp
+    from experiments.base import PRESETS
+
+    if preset not in PRESETS:
+        close = difflib.get_close_matches(preset, PRESETS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UsageError(f"unknown preset {preset!r}{hint}; choose from {', '.join(PRESETS)}")
+    try:
+        exps = rp.select(only)
+    except rp.ConfigError as e:
+        raise UsageError(str(e)) from None
+    out = out if out is not None else Path("runs") / f"reproduce-{preset}"
+    _check_out(out)
+    names = [e.name for e in exps] if only else None
+    again = rp.reproduce_command(preset, names, seeds, out)
+    sweep.configure_host_devices()
+    sweep.enable_compilation_cache()
+    err = report.make_console(stderr=True)
+    try:
+        with _OverallProgress(err, len(exps)) as overall:
+            rep = rp.reproduce(out, preset=preset, only=names, seeds=seeds, on_step=overall,
+                               sweep_progress=lambda: report.sweep_progress(err),
+                               keep_going=not _DEBUG, argv=sys.argv)
+    except rp.ReproduceInterrupted as e:
+        raise RuntimeFailure(str(e), code=130) from None
+    except KeyboardInterrupt:
+        raise RuntimeFailure(f"stopped; finished experiments are kept in {out}; to continue, run "
+                             f"the same command again: {again}", code=130) from None
+    verdicts = {i.experiment.name: (results.read_json(i.run_dir / "summary.json")["verdict"]
+                                    if i.run_dir and (i.run_dir / "summary.json").is_file()
+                                    else None) for i in rep.items}
+    if json_out:
+        doc = {
+            "out": str(out), "preset": preset, "wall_time_seconds": rep.wall_time_seconds,
+            "experiments": [{"name": i.experiment.name, "action": i.action,
+                             "run_dir": str(i.run_dir) if i.run_dir else None,
+                             "verdict": verdicts[i.experiment.name], "error": i.error}
+                            for i in rep.items],
+            "run_dirs": [str(i.run_dir) for i in rep.items if i.run_dir],
+            "verdicts": verdicts,
+            "reports": {k: str(p) for k, p in rep.reports.items()},
+            "index": str(rep.index),
+        }
+        typer.echo(json.dumps(results.to_jsonable(doc), allow_nan=False))
+    else:
+        rows = [{"experiment": i.experiment.name, "verdict": results.verdict_text(
+                    verdicts[i.experiment.name]) or f"no result ({i.action})",
+                 "measured": (verdicts[i.experiment.name] or {}).get("evidence") or i.error or "",
+                 "run": i.action} for i in rep.items]
+        con = report.make_console()
+        report.render_table(f"Claims ({preset} preset)", ["experiment", "verdict", "measured",
+                                                          "run"], rows, con)
+        for kind, p in rep.reports.items():
+            con.print(f"report ({kind}): {p}", markup=False, highlight=False)
+        con.print(f"wall time {rep.wall_time_seconds:.1f} s; runs and reproduce.json in {out}",
+                  markup=False, highlight=False)
+    if rep.failed:
+        what = "; ".join(f"{i.experiment.name}: {i.error}" for i in rep.failed)
+        raise RuntimeFailure(f"{len(rep.failed)} experiment(s) failed ({what}); the report shows "
+                             f"them; fix and run the same command again: {again}")
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(
+        help="A run directory (or its name under --out), or a `bnexp reproduce` output directory.")],
+    html_: Annotated[bool, typer.Option(
+        "--html", help="Also write report.html: one self-contained page (plots embedded).")] = False,
+    out: Out = Path("runs"),
+) -> None:
+    """Write report.md (and report.html) for one run, from its files; prints the paths."""
+    from bnexp import htmlreport, results
+    from experiments import reproduce as rp
+
+    if (run_dir / rp.INDEX).is_file():  # a reproduce directory: re-render its whole report
+        paths = rp.rerender(run_dir)
+    else:
+        path = _run_dir(run_dir, out)
+        entry = rp.run_entry(path)
+        preset = results.load_run(path).preset or "?"
+        paths = htmlreport.write([entry], path, html_file=html_,
+                                 title=f"bnexp report: {entry.name} ({preset} preset)")
+    for p in paths.values():
+        typer.echo(str(p))
+
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().strip("'\"")
