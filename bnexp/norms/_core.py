@@ -133,8 +133,8 @@ def moments(xf: Array, axes: tuple[int, ...], mask: Array | None = None,
             return v
         return jax.lax.psum(v, axis_name, axis_index_groups=axis_index_groups)
 
-    if mask is None:
-        n = total(jnp.asarray(math.prod(xf.shape[a] for a in axes), xf.dtype))
+    if mask is None:  # a trace-time constant
+        n = jnp.asarray(static_count(xf, axes, None, axis_name, axis_index_groups), xf.dtype)
         valid = xf
     else:
         n = total(jnp.sum(mask, axes, dtype=xf.dtype, keepdims=True))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bnexp.norms._core import (
     UNSET,
@@ -59,6 +60,30 @@ def _sequential_update(state: State, mean: Array, stat: Array, valid: Array,
             "count": count.astype(jnp.float32)}
 
 
+def _gather_rows(rows: tuple[Array, ...], axis_name: AxisName, axis_index_groups: AxisGroups
+                 ) -> tuple[Array, ...]:
+    """Concatenate each device's rows in device order, identical on every device.
+
+    Each device writes its block into zeros at its own position and the blocks are psum'd
+    (rather than all_gather'd) so the result is typed as replicated under shard_map."""
+    idx = jax.lax.axis_index(axis_name)
+    if axis_index_groups:
+        position = np.zeros(sum(len(g) for g in axis_index_groups), np.int32)
+        for group in axis_index_groups:
+            position[list(group)] = np.arange(len(group))
+        idx, size = jnp.asarray(position)[idx], len(axis_index_groups[0])
+    else:
+        size = jax.lax.axis_size(axis_name)
+
+    def gather(v: Array) -> Array:
+        block = jax.lax.dynamic_update_index_in_dim(jnp.zeros((size,) + v.shape, v.dtype), v,
+                                                    idx, 0)
+        block = jax.lax.psum(block, axis_name, axis_index_groups=axis_index_groups)
+        return block.reshape((size * v.shape[0],) + v.shape[1:])
+
+    return tuple(gather(v) for v in rows)
+
+
 def ghost_batch_norm(virtual_batch_size: int, momentum: float | None = UNSET, eps: float = 1e-5,
                      running_var: str | None = None, *, convention: str | None = None,
                      decay: float | None = None, axis_name: AxisName = None,
@@ -111,11 +136,12 @@ def ghost_batch_norm(virtual_batch_size: int, momentum: float | None = UNSET, ep
         c = x.shape[-1]
         stat = running_var_stat(st.var, st.count, rv).reshape(-1, c)
         valid = jnp.broadcast_to(jnp.reshape(st.count > 1, (-1, 1)), (shape[0], 1))
-        rows = (st.mean.reshape(-1, c), stat, valid)
+        rows = (st.mean.reshape(-1, c), stat, valid.astype(stat.dtype))
         if axis_name is not None:
-            rows = jax.lax.all_gather(rows, axis_name, axis_index_groups=axis_index_groups,
-                                      tiled=True)
-        return y.astype(x.dtype), _sequential_update(state, *rows, rate)
+            rows = _gather_rows(rows, axis_name, axis_index_groups)
+        mean_rows, stat_rows, valid_rows = rows
+        return y.astype(x.dtype), _sequential_update(state, mean_rows, stat_rows,
+                                                     valid_rows > 0, rate)
 
     return Norm("ghost", lambda c: (affine_init(c), running_init(c)), apply, options=options)
 
