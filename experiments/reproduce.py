@@ -127,7 +127,8 @@ def reproduce_command(preset: str, names: Sequence[str] | None, seeds: int | Non
 
 def find_run(out: Path, exp: Experiment, cfg: Config) -> tuple[str, Path] | None:
     """("reuse", dir) for a complete run of exactly this config, ("resume", dir) for an
-    interrupted or failed one (newest first), else None."""
+    interrupted or failed one (newest first), else None. A run still going (its process alive)
+    is neither."""
     want = results.canonical_json(config_dict(cfg))
     resumable = None
     for info in results.list_runs(out):  # newest first
@@ -141,7 +142,8 @@ def find_run(out: Path, exp: Experiment, cfg: Config) -> tuple[str, Path] | None
             continue
         if info.status == "complete" and (info.path / "summary.json").is_file():
             return "reuse", info.path
-        if info.status in ("interrupted", "failed") and resumable is None:
+        # "unknown": stopped while its directory was being created (no status.json yet)
+        if info.status in ("interrupted", "failed", "unknown") and resumable is None:
             resumable = info.path
     return ("resume", resumable) if resumable is not None else None
 
