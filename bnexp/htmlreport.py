@@ -297,6 +297,7 @@ th, td { border-bottom: 1px solid var(--line); padding: 0.35rem 0.6rem; text-ali
   vertical-align: top; }
 th { background: var(--head); font-weight: 600; }
 table.data td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+table.data td.muted { color: var(--muted); }
 table.data td.diverged { color: var(--bad); font-weight: 600; }
 table.claims { width: 100%; }
 table.claims td.nowrap { white-space: nowrap; }
@@ -317,7 +318,7 @@ dl.config div { display: flex; justify-content: space-between; gap: 0.75rem;
   border-bottom: 1px dotted var(--line); }
 dl.config dt { color: var(--muted); }
 dl.config dd { margin: 0; font-family: ui-monospace, Menlo, Consolas, monospace;
-  text-align: right; word-break: break-all; }
+  text-align: right; overflow-wrap: anywhere; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 30rem), 1fr));
   gap: 1rem; }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 0.5rem;
@@ -366,6 +367,7 @@ def _badge(outcome: str) -> str:
 
 
 _NUMERIC = re.compile(r"^[<>~+\-−]?\d")
+_EMPTY = ("never", "not reached", "n/a", "-", "–")
 
 
 def _data_table(title: str, cols: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
@@ -374,7 +376,8 @@ def _data_table(title: str, cols: Sequence[str], rows: Sequence[Sequence[str]]) 
     for r in rows:
         cells = []
         for c in r:
-            cls = "diverged" if c.startswith("diverged") else "num" if _NUMERIC.match(c) else ""
+            cls = ("diverged" if c.startswith("diverged") else "num" if _NUMERIC.match(c)
+                   else "num muted" if c in _EMPTY else "")
             cells.append(f'<td class="{cls}">{_e(c)}</td>' if cls else f"<td>{_e(c)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     return out + ["</tbody></table></div>"]
@@ -428,7 +431,8 @@ def _section(v: RunView) -> list[str]:
                        f' /><figcaption>{_e(name)}</figcaption></figure>')
         out.append("</div>")
     out += ["<h3>Config</h3>", '<dl class="config">']
-    out += [f"<div><dt>{_e(k)}</dt><dd>{_e(value_text(x))}</dd></div>" for k, x in v.config.items()]
+    out += [f"<div><dt>{_e(k)}</dt><dd>{_e(value_text(x)).replace(',', ',<wbr />')}</dd></div>"
+            for k, x in v.config.items()]  # <wbr />: long lists wrap after a comma
     return out + ["</dl>", "</section>"]
 
 
