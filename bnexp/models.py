@@ -1,6 +1,6 @@
 """Models as pure functions: MLP, CNN and deep linear networks, norm chosen by name.
 
-CONTRACT (the engine helper fills in the implementation; callers rely on these names):
+CONTRACT (callers rely on these names):
 
     spec = ModelSpec(kind="mlp", widths=(784, 100, 100, 100, 10), activation="sigmoid",
                      norm="batch", placement="before")
@@ -9,12 +9,48 @@ CONTRACT (the engine helper fills in the implementation; callers rely on these n
                                     norm_call={}, capture=False)
     # aux: dict; with capture=True it holds "preacts": list of each hidden layer's
     # pre-activation (the input of the nonlinearity), for probes.
+
+Layout of the pytrees (plain dicts and lists, so vmap/scan/optax see ordinary leaves):
+
+    params     = {"conv": [{"w", ["b"], "norm"}...], "hidden": [{"w", ["b"], "norm"}...],
+                  "out": {"w", "b"}}
+    norm_state = {"conv": [state...], "hidden": [state...]}
+
+Hidden layer ``l`` (conv blocks first, then dense layers; ``preacts[l]``) computes, with the
+paper's placement "before" (Ioffe & Szegedy 2015, Sec. 3.2: ``z = g(BN(Wu))``, the bias dropped
+because BN's shift replaces it), ``h = g(N(W u))``; with placement "after", ``h = N(g(W u + b))``.
+With ``norm="none"`` the bias is kept. ``preacts[l]`` is the input of ``g``. The final layer is a
+plain dense layer with bias and no norm. A CNN block is conv3x3 (SAME) -> norm -> g -> maxpool 2x2.
+``kind="linear"`` is a deep linear network: every ``g`` is the identity.
+
+Randomness: ``key`` is the per-step key (the trainer passes ``fold_in(member_key, step)``); norm
+layer ``l`` receives ``fold_in(key, l)`` (only stochastic norms, e.g. "noisy", use it) and dropout
+after dense layer ``l`` uses ``fold_in(key, DROPOUT_KEY_OFFSET + l)``.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bnexp import norms
+
+Array = jax.Array
+DROPOUT_KEY_OFFSET = 10_000
+ACTIVATIONS = {
+    "sigmoid": jax.nn.sigmoid,
+    "tanh": jnp.tanh,
+    "relu": jax.nn.relu,
+    "identity": lambda z: z,
+}
+KINDS = ("mlp", "cnn", "linear")
+INITS = ("gaussian", "glorot", "he")
 
 
 @dataclass(frozen=True)
@@ -26,11 +62,198 @@ class ModelSpec:
     channels: tuple[int, ...] = (32, 64)  # cnn: channels of each conv-norm-act-pool block
     dense: tuple[int, ...] = (128,)  # cnn: hidden dense widths after the conv blocks
     input_shape: tuple[int, ...] = (28, 28, 1)  # cnn: H, W, C
-    num_classes: int = 10
+    num_classes: int = 10  # cnn only; mlp/linear use widths[-1]
     activation: str = "sigmoid"  # "sigmoid" | "tanh" | "relu" | "identity"
     norm: str = "batch"  # any name in bnexp.norms ("none" = identity)
     norm_options: tuple[tuple[str, Any], ...] = ()  # static factory options, e.g. (("groups", 8),)
     placement: str = "before"  # "before": g(BN(Wu)), bias dropped; "after": BN(g(Wu + b))
-    dropout: float = 0.0
+    dropout: float = 0.0  # rate, after each hidden dense activation, train mode only
     init: str = "gaussian"  # "gaussian" (std=init_std, the paper's) | "glorot" | "he"
     init_std: float = 0.1
+    scale_output_layer: bool = True  # init_scale also multiplies the final layer's weights
+    dense_norm: str | None = None  # cnn dense layers' norm; None: norm ("none" for "instance")
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+        if self.placement not in ("before", "after"):
+            raise ValueError(f"placement must be 'before' or 'after', got {self.placement!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.kind != "cnn" and len(self.widths) < 2:
+            raise ValueError("widths needs at least an input and an output width")
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_classes if self.kind == "cnn" else self.widths[-1]
+
+    @property
+    def num_hidden(self) -> int:
+        """Number of hidden (normalized) layers = len(aux["preacts"])."""
+        if self.kind == "cnn":
+            return len(self.channels) + len(self.dense)
+        return len(self.widths) - 2
+
+    def norm_name(self, conv: bool = False) -> str:
+        """Norm of conv layers (conv=True) or dense hidden layers. Instance norm normalizes
+        spatial maps only, so a CNN's dense layers default to no norm under it."""
+        if conv or self.kind != "cnn":
+            return self.norm
+        if self.dense_norm is not None:
+            return self.dense_norm
+        return "none" if self.norm == "instance" else self.norm
+
+    def has_bias(self, conv: bool = False) -> bool:
+        """Hidden layers keep a bias unless a norm directly follows the affine map."""
+        return self.norm_name(conv) == "none" or self.placement == "after"
+
+
+@cache
+def norm_of(spec: ModelSpec, conv: bool = False) -> norms.Norm:
+    """The norm layer of the spec's conv (conv=True) or dense hidden layers (built once)."""
+    name = spec.norm_name(conv)
+    return norms.get(name, **(dict(spec.norm_options) if name == spec.norm else {}))
+
+
+def _activation(spec: ModelSpec):
+    return ACTIVATIONS["identity" if spec.kind == "linear" else spec.activation]
+
+
+def _std(spec: ModelSpec, fan_in: int, fan_out: int) -> float:
+    if spec.init == "gaussian":
+        return spec.init_std
+    if spec.init == "glorot":
+        return (2.0 / (fan_in + fan_out)) ** 0.5
+    return (2.0 / fan_in) ** 0.5  # he
+
+
+def _flat_dim(spec: ModelSpec) -> int:
+    h, w, _ = spec.input_shape
+    for _c in spec.channels:
+        h, w = h // 2, w // 2
+    return h * w * spec.channels[-1] if spec.channels else h * w * spec.input_shape[-1]
+
+
+def _layer_shapes(spec: ModelSpec) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]],
+                                            tuple[int, ...]]:
+    """(conv kernel shapes HWIO, hidden dense shapes, output dense shape)."""
+    if spec.kind != "cnn":
+        dims = list(zip(spec.widths[:-2], spec.widths[1:-1], strict=True))
+        return [], dims, (spec.widths[-2], spec.widths[-1])
+    cins = (spec.input_shape[-1],) + spec.channels[:-1]
+    convs = [(3, 3, ci, co) for ci, co in zip(cins, spec.channels, strict=True)]
+    d = (_flat_dim(spec),) + spec.dense
+    dense = list(zip(d[:-1], d[1:], strict=True))
+    return convs, dense, (d[-1], spec.num_classes)
+
+
+def _std_of(shape: tuple[int, ...], spec: ModelSpec) -> float:
+    receptive = math.prod(shape[:-2])
+    return _std(spec, receptive * shape[-2], receptive * shape[-1])
+
+
+def init(key: Array, spec: ModelSpec, init_scale: Array | float = 1.0) -> tuple[dict, dict]:
+    """Initial (params, norm_state). Weights (not biases, not norm parameters) are drawn from the
+    spec's scheme and multiplied by ``init_scale`` (traceable, for init-sensitivity sweeps).
+
+    All weights come from ONE standard-normal draw of ``key``, cut into layers in order (conv,
+    hidden, out): XLA CPU spends ~0.5 s compiling each separate normal sampler.
+    """
+    convs, dense, out = _layer_shapes(spec)
+    shapes = convs + dense + [out]
+    sizes = [math.prod(s) for s in shapes]
+    z = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    weights = [z[a:a + n].reshape(s) * _std_of(s, spec)
+               for a, n, s in zip(starts, sizes, shapes, strict=True)]
+    params: dict[str, Any] = {"conv": [], "hidden": []}
+    state: dict[str, Any] = {"conv": [], "hidden": []}
+    for group, group_shapes, first in (("conv", convs, 0), ("hidden", dense, len(convs))):
+        norm = norm_of(spec, group == "conv")
+        for i, shape in enumerate(group_shapes):
+            layer = {"w": weights[first + i] * init_scale}
+            if spec.has_bias(group == "conv"):
+                layer["b"] = jnp.zeros((shape[-1],), jnp.float32)
+            layer["norm"], s = norm.init(shape[-1])
+            params[group].append(layer)
+            state[group].append(s)
+    out_scale = init_scale if spec.scale_output_layer else 1.0
+    params["out"] = {"w": weights[-1] * out_scale, "b": jnp.zeros((out[1],), jnp.float32)}
+    return params, state
+
+
+def _channels_last(v: Array, ndim: int) -> Array:
+    """Reshape a (C,) vector to broadcast against channels-last data without rank promotion."""
+    return v.reshape((1,) * (ndim - 1) + (-1,))
+
+
+def _block(z: Array, p: dict, s: dict, spec: ModelSpec, layer: int, conv: bool, *, mode: str,
+           key: Array | None, norm_call: Mapping[str, Any]) -> tuple[Array, Array, dict]:
+    """Bias, norm and activation of one hidden layer: returns (h, preact, new_state)."""
+    norm, g = norm_of(spec, conv), _activation(spec)
+    if spec.norm_name(conv) != spec.norm:
+        norm_call = {}  # the per-call options belong to the spec's main norm
+    nkey = jax.random.fold_in(key, layer) if (key is not None and norm.stochastic) else None
+    if "b" in p:
+        z = z + _channels_last(p["b"], z.ndim)
+    if spec.placement == "before":
+        z, s = norm.apply(p["norm"], s, z, mode=mode, key=nkey, **norm_call)
+        return g(z), z, s
+    h, s = norm.apply(p["norm"], s, g(z), mode=mode, key=nkey, **norm_call)
+    return h, z, s
+
+
+def _dropout(h: Array, spec: ModelSpec, layer: int, mode: str, key: Array | None) -> Array:
+    if spec.dropout == 0.0 or mode != "train":
+        return h
+    if key is None:
+        raise ValueError("dropout in train mode needs a key")
+    keep = jax.random.bernoulli(jax.random.fold_in(key, DROPOUT_KEY_OFFSET + layer),
+                                1.0 - spec.dropout, h.shape)
+    return jnp.where(keep, h / (1.0 - spec.dropout), 0.0)
+
+
+def _maxpool2(h: Array) -> Array:
+    return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+def apply(params: dict, norm_state: dict, x: Array, spec: ModelSpec, *, mode: str = "train",
+          key: Array | None = None, norm_call: Mapping[str, Any] | None = None,
+          capture: bool = False) -> tuple[Array, dict, dict]:
+    """Logits (N, classes), the new norm state and aux (``{"preacts": [...]}`` if capture).
+
+    x: (N, D) for mlp/linear; (N, H, W, C) or flat (N, H*W*C) for cnn. mode: "train" | "eval" |
+    "batch" (see bnexp.norms). norm_call: per-call options forwarded to every norm layer.
+    """
+    norm_call = dict(norm_call or {})
+    preacts: list[Array] = []
+    new_state: dict[str, Any] = {"conv": [], "hidden": []}
+    layer = 0
+    h = x
+    if spec.kind == "cnn":
+        if h.ndim == 2:
+            h = h.reshape((h.shape[0],) + tuple(spec.input_shape))
+        for p, s in zip(params["conv"], norm_state["conv"], strict=True):
+            z = jax.lax.conv_general_dilated(h, p["w"], (1, 1), "SAME",
+                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            h, pre, s = _block(z, p, s, spec, layer, True, mode=mode, key=key,
+                               norm_call=norm_call)
+            h = _maxpool2(h)
+            preacts.append(pre)
+            new_state["conv"].append(s)
+            layer += 1
+        h = h.reshape((h.shape[0], -1))
+    for p, s in zip(params["hidden"], norm_state["hidden"], strict=True):
+        h, pre, s = _block(h @ p["w"], p, s, spec, layer, False, mode=mode, key=key,
+                           norm_call=norm_call)
+        h = _dropout(h, spec, layer, mode, key)
+        preacts.append(pre)
+        new_state["hidden"].append(s)
+        layer += 1
+    logits = h @ params["out"]["w"] + params["out"]["b"][None, :]
+    return logits, new_state, ({"preacts": preacts} if capture else {})
