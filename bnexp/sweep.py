@@ -1,16 +1,24 @@
 """Sweeps: trials -> groups by static signature -> one compiled, vmapped program per group.
 
-CONTRACT (callers rely on these names; the engine issue fills in the implementation):
+CONTRACT (callers rely on these names):
 
     trials = [Trial(model=ModelSpec(norm="batch"), lr=lr, seed=s) for lr in lrs for s in range(3)]
     results = run_sweep(trials, progress=cb, on_group_done=save)   # list[TrialResult], input order
+    run_sweep(trials, *, progress=None, on_group_done=None, max_members=64, devices=None,
+              unroll=None) -> list[TrialResult]
 
-- Static fields (model, dataset, batch_size, steps, eval_every, optimizer, probes, the *names* in
-  norm_call, divergence_factor) form the group signature: one compiled program per group.
+- Static fields (model, dataset, data_options, batch_size, steps, eval_every, optimizer, probes,
+  probe_batch_size, the *names* in norm_call, divergence_factor) form the group signature: one
+  compiled program per group (bnexp.engine). A group runs in pieces of at most max_members members
+  (PERF.md: past ~64 members per program the working set outgrows the CPU caches), each padded to a
+  multiple of the device count; all pieces share the program.
 - Numeric fields lr, momentum, init_scale, seed, data_seed and the *values* of norm_call are traced
-  data, vmapped over members. Members sharing data_seed see the same batches in the same order.
+  data, vmapped over members. Members sharing data_seed see the same batches in the same order
+  (data.batch_indices); when every member of a group shares one data seed the batch is passed
+  once, unbatched, so the first layer is one large matrix product over all members.
 - progress(event: ProgressEvent) is called with group index/count, step, total steps, and phase
-  ("compiling" | "training" | "done"). on_group_done(group_results: list[TrialResult]) is called as
+  ("compiling" | "training" | "done"); step/total count steps over the group's pieces (total =
+  steps x pieces). on_group_done(group_results: list[TrialResult]) is called as
   soon as a group finishes, so callers can save results before the sweep ends.
 - history arrays all have length E = number of evaluation points (step 0 is NOT an eval point; the
   points are eval_every, 2*eval_every, ..., steps). Keys: "step", "train_loss" (mean training loss
@@ -19,16 +27,35 @@ CONTRACT (callers rely on these names; the engine issue fills in the implementat
   per requested probe output (e.g. "percentiles" with shape (E, 3)).
 - A diverged member (loss non-finite or > divergence_factor x its initial loss) is frozen: its
   parameters stop changing, diverged_at is the step, and its history after that step is NaN.
+  Steps are numbered from 1; "initial loss" is the loss of step 1.
+- TrialResult.seconds is the member's share of its group's wall time (compilation included);
+  extra holds "compile_seconds" (the group's compile time, 0 when every program was already
+  compiled in this process), "group_seconds", "group", "members", "padded_members", "pieces",
+  "devices", "shared_batch", "unroll".
+- Devices: the member axis is sharded over ``devices`` (default jax.devices()). On a CPU,
+  configure_host_devices() must run before JAX initializes to expose the cores as devices.
 """
 
 from __future__ import annotations
 
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bnexp.models import ModelSpec
+
+# Default number of host (CPU) devices exposed by configure_host_devices(); None = os.cpu_count().
+# Decided by scripts/bench_engine.py on the 2-core dev machine (64-member lr sweep of the paper
+# MLP, batch 60): see the comment in configure_host_devices for the figures.
+DEFAULT_HOST_DEVICES: int | None = None
+PROBE_SEED = 20150211  # the fixed probe batch (same examples for every trial of a dataset)
 
 
 @dataclass(frozen=True)
@@ -50,6 +77,8 @@ class Trial:
     probes: tuple[str, ...] = ()
     divergence_factor: float = 1e3
     tag: str = ""  # free label (arm name); not part of the signature
+    data_options: tuple[tuple[str, Any], ...] = ()  # static options for data.load (synthetic sizes)
+    probe_batch_size: int = 1000  # examples in the fixed probe batch (capped at the train set)
 
 
 @dataclass
@@ -70,3 +99,168 @@ class ProgressEvent:
     total: int
     members: int
     phase: str  # "compiling" | "training" | "done"
+    seconds: float = 0.0  # wall time since the group started
+
+
+def signature(trial: Trial) -> tuple:
+    """The static part of a trial: trials with equal signatures share one compiled program."""
+    return (trial.model, trial.dataset, trial.data_options, trial.batch_size, trial.steps,
+            trial.eval_every, trial.optimizer, trial.probes, trial.probe_batch_size,
+            tuple(name for name, _ in trial.norm_call), trial.divergence_factor)
+
+
+def group_trials(trials: Sequence[Trial]) -> list[list[int]]:
+    """Indices of trials grouped by signature, groups in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for i, t in enumerate(trials):
+        groups.setdefault(signature(t), []).append(i)
+    return list(groups.values())
+
+
+def configure_host_devices(n: int | None = None) -> int:
+    """Expose n CPU cores as n JAX host devices (XLA_FLAGS) so members shard over them.
+
+    Must run before JAX initializes its backends (the CLI calls it first thing). Respects the
+    user: a device count already in XLA_FLAGS wins, and when n is None, BNEXP_HOST_DEVICES gives it;
+    otherwise an XLA_FLAGS set by the user is left untouched. Returns the host device count in
+    effect (1 when unchanged). Without an accelerator, XLA uses about one core for these small
+    shapes, so sharding members over cores adds throughput (measured here: see
+    DEFAULT_HOST_DEVICES). On GPU/TPU machines the flag only affects the unused host platform.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    found = re.search(r"--xla_force_host_platform_device_count=(\d+)", flags)
+    if found:
+        return int(found.group(1))
+    if n is None:
+        env = os.environ.get("BNEXP_HOST_DEVICES")
+        if env:
+            n = int(env)
+        elif flags.strip():
+            return 1
+        else:
+            n = DEFAULT_HOST_DEVICES or os.cpu_count() or 1
+    if n < 1:
+        raise ValueError(f"host device count must be >= 1, got {n}")
+    if n > 1:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+    return n
+
+
+def enable_compilation_cache(path: Path | None = None) -> Path:
+    """Turn on JAX's persistent compilation cache in data.cache_dir()/"jax-cache" (or path), so
+    a repeated run loads its programs instead of compiling them. Not done on import."""
+    import jax
+
+    from bnexp import data
+
+    path = Path(path) if path is not None else data.cache_dir() / "jax-cache"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+def _member_numbers(t: Trial) -> dict[str, Any]:
+    return {"lr": float(t.lr), "momentum": float(t.momentum), "init_scale": float(t.init_scale),
+            "seed": int(t.seed), "norm_call": {k: float(v) for k, v in t.norm_call}}
+
+
+def _check(t: Trial, ds: Any) -> None:
+    from bnexp import models, probes
+
+    if t.steps < 1 or t.eval_every < 1:
+        raise ValueError(f"steps and eval_every must be >= 1 (got {t.steps}, {t.eval_every})")
+    spec = t.model
+    want = spec.input_shape if spec.kind == "cnn" else (spec.widths[0],)
+    have = tuple(ds.input_shape) if spec.kind == "cnn" else (math.prod(ds.input_shape),)
+    if tuple(want) != have:
+        raise ValueError(f"model input {tuple(want)} does not match dataset {t.dataset!r} "
+                         f"input {tuple(ds.input_shape)}")
+    if spec.output_dim != ds.num_classes:
+        raise ValueError(f"model has {spec.output_dim} outputs, dataset {t.dataset!r} has "
+                         f"{ds.num_classes} classes")
+    if t.batch_size > len(ds.y_train):
+        raise ValueError(f"batch_size {t.batch_size} exceeds the {len(ds.y_train)} training examples")
+    allowed = getattr(models.norm_of(spec, True), "call_options", ())
+    bad = [k for k, _ in t.norm_call if k not in allowed]
+    if bad:
+        raise ValueError(f"norm {spec.norm!r} takes no per-call option(s) {bad}; it takes {allowed}")
+    probes.check(t.probes)
+
+
+def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], None] | None = None,
+              on_group_done: Callable[[list[TrialResult]], None] | None = None,
+              max_members: int = 64, devices: Sequence[Any] | None = None,
+              unroll: int | None = None) -> list[TrialResult]:
+    """Run every trial; one compiled program per group of equal signatures (see module doc).
+
+    unroll: scan unroll factor (None: engine.default_unroll, which unrolls CNNs). Prints nothing.
+    """
+    from bnexp import data, engine, train
+
+    trials = list(trials)
+    if max_members < 1:
+        raise ValueError(f"max_members must be >= 1, got {max_members}")
+    mesh = engine.make_mesh(devices)
+    loaded: dict[tuple, Any] = {}
+    results: list[TrialResult | None] = [None] * len(trials)
+    groups = group_trials(trials)
+    for gi, ids in enumerate(groups):
+        t0 = trials[ids[0]]
+        layout = "nhwc" if t0.model.kind == "cnn" else "flat"
+        dkey = (t0.dataset, layout, t0.data_options)
+        if dkey not in loaded:
+            loaded[dkey] = data.load(t0.dataset, layout=layout, **dict(t0.data_options))
+        ds = loaded[dkey]
+        for i in ids:
+            _check(trials[i], ds)
+        arrays = {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test,
+                  "y_test": ds.y_test}
+        if t0.probes:
+            n = len(ds.y_train)
+            rows = np.sort(np.random.default_rng(PROBE_SEED).choice(
+                n, min(n, t0.probe_batch_size), replace=False))
+            arrays |= {"x_probe": ds.x_train[rows], "y_probe": ds.y_train[rows]}
+        data_seeds = [trials[i].data_seed for i in ids]
+        step_cfg = train.StepConfig(t0.model, t0.optimizer, t0.steps, t0.divergence_factor,
+                                    tuple(k for k, _ in t0.norm_call))
+        chunk = min(t0.eval_every, t0.steps)
+        cfg = engine.ProgramConfig(
+            step_cfg, t0.batch_size, chunk, t0.probes, shared_batch=len(set(data_seeds)) == 1,
+            unroll=unroll or engine.default_unroll(t0.model.kind, chunk))
+        started = time.perf_counter()
+
+        def report(step: int, total: int, phase: str, gi: int = gi, n: int = len(ids),
+                   started: float = started) -> None:
+            if progress is not None:
+                progress(ProgressEvent(gi, len(groups), step, total, n, phase,
+                                       time.perf_counter() - started))
+
+        def batches(seed: int, start: int, num: int, n_train: int = len(ds.y_train),
+                    bs: int = t0.batch_size) -> np.ndarray:
+            return data.batch_indices(seed, start, num, n_train, bs)
+
+        run = engine.run_group(cfg, [_member_numbers(trials[i]) for i in ids], data_seeds, arrays,
+                               batches, steps=t0.steps, eval_every=t0.eval_every, mesh=mesh,
+                               max_members=max_members, report=report)
+        extra = {"compile_seconds": run.compile_seconds, "group_seconds": run.seconds,
+                 "group": gi, "members": len(ids), "padded_members": run.padded_members,
+                 "pieces": run.pieces, "devices": int(mesh.devices.size),
+                 "shared_batch": cfg.shared_batch, "unroll": cfg.unroll}
+        group_results = []
+        for m, i in enumerate(ids):
+            div = run.diverged_at[m] or None
+            hist = run.histories[m]
+            final = None if div is not None else float(hist["test_acc"][-1])
+            results[i] = TrialResult(trials[i], hist, div, final, run.seconds / len(ids),
+                                     dict(extra))
+            group_results.append(results[i])
+        report(run.pieces * t0.steps, run.pieces * t0.steps, "done")
+        if on_group_done is not None:
+            on_group_done(group_results)
+    return [r for r in results if r is not None]
+
+
+__all__ = ["ModelSpec", "ProgressEvent", "Trial", "TrialResult", "configure_host_devices",
+           "enable_compilation_cache", "group_trials", "run_sweep", "signature"]

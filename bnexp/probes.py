@@ -1,0 +1,113 @@
+"""Probes: extra measurements taken at every evaluation point, inside the compiled program.
+
+REGISTRY INTERFACE. ``PROBES[name]`` is a function called once per member (inside ``jax.vmap``,
+inside ``jit``) at each evaluation point:
+
+    probe(spec, params, norm_state, batch, hp, loss_fn) -> dict[str, Array]
+
+    spec       ModelSpec (static)
+    params     the member's current parameters; norm_state its current running statistics
+    batch      (x, y): a fixed probe batch from the training set (same examples at every point,
+               for every member; Trial.probe_batch_size of them)
+    hp         the member's numbers: "lr", "momentum", "init_scale", "seed", "step" (updates done),
+               "norm_call" (this step's per-call norm options, renorm schedule included) and
+               "key" (a PRNG key for the probe, distinct from every training key)
+    loss_fn    loss_fn(params, norm_state, x, y, *, mode="train", key=None, norm_call=None)
+               -> (mean cross-entropy, (new_norm_state, logits)); differentiable in params;
+               key defaults to hp["key"] and norm_call to hp["norm_call"]
+
+It returns fixed-shape arrays; each output key becomes a history key with a leading axis of
+evaluation points (keys must be unique across the probes of a trial). Probes must not print or
+change the training state; they see the model after the point's training steps.
+
+Built in: "percentiles" (Ioffe & Szegedy 2015, Fig. 1b,c) and "preact_stats", both of the input of
+one nonlinearity (``PERCENTILE_UNIT`` of hidden layer ``PERCENTILE_LAYER``: unit 0 of the last hidden
+layer) over the probe batch in eval mode (running statistics), plus "_train" variants in train mode
+(batch statistics and, for noisy BN, the noise; the running statistics are not updated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bnexp import models
+from bnexp.models import ModelSpec
+
+Array = jax.Array
+ProbeFn = Callable[[ModelSpec, Any, Any, tuple[Array, Array], Mapping[str, Any], Callable], dict]
+PERCENTILE_LAYER = -1  # index into the hidden layers: -1 = last hidden layer
+PERCENTILE_UNIT = 0  # unit (channel for conv layers) whose input is measured
+PERCENTILE_QS = (15.0, 50.0, 85.0)
+
+
+def unit_preacts(spec: ModelSpec, params: Any, norm_state: Any, x: Array, hp: Mapping[str, Any],
+                 *, layer: int = PERCENTILE_LAYER, unit: int = PERCENTILE_UNIT,
+                 mode: str = "eval") -> Array:
+    """Inputs of the nonlinearity of one unit over the batch, flattened: (N,) or (N*H*W,)."""
+    key = hp["key"] if mode == "train" else None
+    _, _, aux = models.apply(params, norm_state, x, spec, mode=mode, key=key,
+                             norm_call=hp["norm_call"], capture=True)
+    return aux["preacts"][layer][..., unit].reshape(-1)
+
+
+def percentiles_probe(*, layer: int = PERCENTILE_LAYER, unit: int = PERCENTILE_UNIT,
+                      qs: tuple[float, ...] = PERCENTILE_QS, mode: str = "eval",
+                      name: str = "percentiles") -> ProbeFn:
+    """{name: (len(qs),)} percentiles of one unit's pre-activation over the probe batch."""
+
+    def probe(spec, params, norm_state, batch, hp, loss_fn):
+        z = unit_preacts(spec, params, norm_state, batch[0], hp, layer=layer, unit=unit, mode=mode)
+        return {name: jnp.percentile(z, jnp.asarray(qs, jnp.float32))}
+
+    return probe
+
+
+def preact_stats_probe(*, layer: int = PERCENTILE_LAYER, unit: int = PERCENTILE_UNIT,
+                       mode: str = "eval", suffix: str = "") -> ProbeFn:
+    """{"preact_mean", "preact_std"} of the same unit's pre-activation (for drift measures)."""
+
+    def probe(spec, params, norm_state, batch, hp, loss_fn):
+        z = unit_preacts(spec, params, norm_state, batch[0], hp, layer=layer, unit=unit, mode=mode)
+        return {"preact_mean" + suffix: z.mean(), "preact_std" + suffix: z.std()}
+
+    return probe
+
+
+PROBES: dict[str, ProbeFn] = {
+    "percentiles": percentiles_probe(),
+    "percentiles_train": percentiles_probe(mode="train", name="percentiles_train"),
+    "preact_stats": preact_stats_probe(),
+    "preact_stats_train": preact_stats_probe(mode="train", suffix="_train"),
+}
+
+
+def register(name: str, fn: ProbeFn) -> ProbeFn:
+    """Add a probe to the registry; a duplicate name is an error."""
+    if name in PROBES:
+        raise ValueError(f"probe {name!r} is already registered")
+    PROBES[name] = fn
+    return fn
+
+
+def check(names: tuple[str, ...]) -> None:
+    unknown = [n for n in names if n not in PROBES]
+    if unknown:
+        raise ValueError(f"unknown probe(s) {unknown}; choose from {sorted(PROBES)}")
+
+
+def run(names: tuple[str, ...], spec: ModelSpec, params: Any, norm_state: Any,
+        batch: tuple[Array, Array], hp: Mapping[str, Any], loss_fn: Callable) -> dict[str, Array]:
+    """All requested probes' outputs merged into one dict (an output key clash is an error)."""
+    out: dict[str, Array] = {}
+    for name in names:
+        result = PROBES[name](spec, params, norm_state, batch, hp, loss_fn)
+        clash = set(result) & (set(out) | {"step", "train_loss", "test_acc", "test_loss",
+                                            "test_acc_batch", "diverged_at"})
+        if clash:
+            raise ValueError(f"probe {name!r} output keys {sorted(clash)} clash with other keys")
+        out.update(result)
+    return out

@@ -1,0 +1,204 @@
+"""Training one member: TrainState, the divergence-guarded train step, the scan loop, evaluation.
+
+Everything here is written for ONE member (one set of hyperparameters); bnexp.engine vmaps it over
+the members of a sweep group. Swept numbers (learning rate, momentum, init scale, seed, per-call
+norm options) arrive as traced data in ``hp``, a dict of scalars:
+
+    hp = {"lr", "momentum", "init_scale", "seed", "norm_call": {name: value}}
+
+Step numbering: step s = 1, 2, ... is the s-th parameter update; ``TrainState.step`` counts the
+updates done so far, so step s runs with ``state.step == s - 1`` and per-step randomness is
+``fold_in(member_key, s - 1)`` (big_vision style: split once at the top, fold in the step).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bnexp import models
+from bnexp.models import ModelSpec
+
+Array = jax.Array
+OPTIMIZERS = ("sgd", "momentum", "adam")
+EVAL_CHUNK = 1000  # examples evaluated together (bounds the eval working set per member)
+# Python-side trace counters: the compile guard test reads them (a trace is a Python call).
+TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+
+
+class TrainState(NamedTuple):
+    params: Any
+    norm_state: Any
+    opt_state: Any
+    step: Array  # int32 (), updates done so far
+    key: Array  # the member's training key (fold_in(key, step) per step)
+
+
+class Carry(NamedTuple):
+    """Per-member loop state: the TrainState plus the divergence bookkeeping."""
+
+    state: TrainState
+    init_loss: Array  # float32 (), loss of step 1 (the reference for divergence_factor)
+    diverged_at: Array  # int32 (), 0 while healthy, else the step whose loss was bad
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """Static settings of a train step (part of a sweep group's signature)."""
+
+    spec: ModelSpec
+    optimizer: str = "sgd"
+    total_steps: int = 1000  # for schedules scaled to the run length (batch renorm)
+    divergence_factor: float = 1e3
+    norm_call_names: tuple[str, ...] = ()  # names of traced per-call norm options in hp
+
+
+def make_optimizer(name: str, lr: Array | float = 0.0,
+                   momentum: Array | float = 0.0) -> optax.GradientTransformation:
+    """sgd | momentum (heavy ball, optax.sgd with momentum) | adam, through
+    ``optax.inject_hyperparams`` so lr and momentum live in the optimizer state as traced data."""
+    if name == "sgd":
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr)
+    if name == "momentum":
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=lr, momentum=momentum)
+    if name == "adam":
+        return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def renorm_schedule(step: Array | int, total_steps: int, *, reference_steps: int = 100_000,
+                    r_max: float = 3.0, d_max: float = 5.0) -> tuple[Array, Array]:
+    """Batch renorm bounds (Ioffe 2017, Sec. 5.1) for the step about to run, scaled to the run.
+
+    Ioffe: plain BN (r_max=1, d_max=0) for 5k steps, then linear ramps reaching r_max=3 at 40k and
+    d_max=5 at 25k. We map his steps to fractions of a ``reference_steps`` run (default 100k: the
+    ramps finish by 40% of training and the relaxed bounds hold for the rest), times total_steps.
+    """
+    frac = jnp.asarray(step, jnp.float32) / float(total_steps)
+    warm, r_end, d_end = 5_000 / reference_steps, 40_000 / reference_steps, 25_000 / reference_steps
+    r_t = jnp.clip((frac - warm) / (r_end - warm), 0.0, 1.0)
+    d_t = jnp.clip((frac - warm) / (d_end - warm), 0.0, 1.0)
+    return 1.0 + (r_max - 1.0) * r_t, d_max * d_t
+
+
+def norm_call_at(cfg: StepConfig, hp: Mapping[str, Any], step: Array) -> dict[str, Array]:
+    """Per-call norm options for this step: the trial's traced values, plus the renorm schedule
+    for r_max/d_max when the norm is "renorm" and the trial does not fix them."""
+    call = {name: hp["norm_call"][name] for name in cfg.norm_call_names}
+    if cfg.spec.norm == "renorm":
+        r, d = renorm_schedule(step, cfg.total_steps)
+        call.setdefault("r_max", r)
+        call.setdefault("d_max", d)
+    return call
+
+
+def loss_fn(params: Any, norm_state: Any, x: Array, y: Array, spec: ModelSpec, *,
+            mode: str = "train", key: Array | None = None,
+            norm_call: Mapping[str, Any] | None = None) -> tuple[Array, tuple[Any, Array]]:
+    """Mean softmax cross-entropy; returns (loss, (new_norm_state, logits)) for value_and_grad."""
+    logits, new_state, _ = models.apply(params, norm_state, x, spec, mode=mode, key=key,
+                                        norm_call=norm_call)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, (new_state, logits)
+
+
+def init_carry(cfg: StepConfig, hp: Mapping[str, Any]) -> Carry:
+    """A fresh member: params from fold_in(key(seed), 0), training key fold_in(key(seed), 1)."""
+    root = jax.random.key(hp["seed"])
+    params, norm_state = models.init(jax.random.fold_in(root, 0), cfg.spec, hp["init_scale"])
+    opt = make_optimizer(cfg.optimizer, hp["lr"], hp["momentum"])
+    state = TrainState(params, norm_state, opt.init(params), jnp.zeros((), jnp.int32),
+                       jax.random.fold_in(root, 1))
+    return Carry(state, jnp.full((), jnp.nan, jnp.float32), jnp.zeros((), jnp.int32))
+
+
+def _finite(tree: Any) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)]))
+
+
+def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
+               y: Array) -> tuple[Carry, Array]:
+    """One divergence-guarded SGD step; returns (carry, loss) with loss NaN once diverged.
+
+    A member whose loss is non-finite, exceeds divergence_factor x its step-1 loss, or whose update
+    is non-finite is frozen from that step on: params, norm state and optimizer state stop changing
+    (no NaN reaches them) and diverged_at records the step.
+    """
+    TRACE_COUNTS["train_step"] += 1
+    state = carry.state
+    key = jax.random.fold_in(state.key, state.step)
+    call = norm_call_at(cfg, hp, state.step)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (loss, (norm_state, _)), grads = grad_fn(state.params, state.norm_state, x, y, cfg.spec,
+                                             mode="train", key=key, norm_call=call)
+    updates, opt_state = make_optimizer(cfg.optimizer).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    init_loss = jnp.where(state.step == 0, loss, carry.init_loss)
+    bad = (~jnp.isfinite(loss)) | (loss > cfg.divergence_factor * init_loss) | ~_finite(updates)
+    alive = (carry.diverged_at == 0) & ~bad
+    step = state.step + 1
+    def keep(n: Any, o: Any) -> Any:
+        return jax.tree.map(lambda a, b: jnp.where(alive, a, b), n, o)
+
+    kept = TrainState(keep(params, state.params), keep(norm_state, state.norm_state),
+                      keep(opt_state, state.opt_state), step, state.key)
+    diverged_at = jnp.where((carry.diverged_at == 0) & bad, step, carry.diverged_at)
+    return Carry(kept, init_loss, diverged_at), jnp.where(alive, loss, jnp.nan)
+
+
+def train_chunk(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, idx: Array, x_train: Array,
+                y_train: Array, *, unroll: int = 1) -> tuple[Carry, Array]:
+    """Run len(idx) steps in one lax.scan; idx: (T, B) int32 rows of the training set.
+    Returns (carry, losses (T,)). ``unroll`` > 1 copies the body (convolutions in a rolled scan
+    are ~10x slower on XLA CPU)."""
+
+    def body(c: Carry, i: Array) -> tuple[Carry, Array]:
+        return train_step(cfg, hp, c, x_train[i], y_train[i])
+
+    return jax.lax.scan(body, carry, idx, unroll=unroll)
+
+
+def _chunks(n: int, size: int) -> tuple[int, int]:
+    """(number of chunks, chunk size) covering n examples with chunks of at most `size`."""
+    k = -(-n // size)
+    return k, -(-n // k)
+
+
+def evaluate(params: Any, norm_state: Any, x: Array, y: Array, spec: ModelSpec, *,
+             mode: str = "eval", batch_size: int | None = None,
+             norm_call: Mapping[str, Any] | None = None) -> tuple[Array, Array]:
+    """(accuracy, mean loss) on (x, y).
+
+    mode "eval": running statistics, the whole set in chunks of EVAL_CHUNK (padding masked).
+    mode "batch": batch statistics, the set split into batches of ``batch_size`` (a partial last
+    batch is dropped: its statistics would differ), as a model would see test data in training.
+    """
+
+    def score(xb: Array, yb: Array) -> tuple[Array, Array]:
+        logits, _, _ = models.apply(params, norm_state, xb, spec, mode=mode, norm_call=norm_call)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        return (jnp.argmax(logits, -1) == yb).astype(jnp.float32), losses
+
+    n = x.shape[0]
+    if mode == "batch":
+        if batch_size is None or batch_size < 2 or n < batch_size:
+            return jnp.full((), jnp.nan), jnp.full((), jnp.nan)
+        nb = n // batch_size
+        xs = x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:])
+        ys = y[: nb * batch_size].reshape((nb, batch_size))
+        correct, losses = jax.lax.map(lambda a: score(*a), (xs, ys),
+                                      batch_size=max(1, min(nb, EVAL_CHUNK // batch_size)))
+        return correct.mean(), losses.mean()
+    k, size = _chunks(n, EVAL_CHUNK)
+    pad = k * size - n
+    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((k, size) + x.shape[1:])
+    ys = jnp.pad(y, (0, pad)).reshape((k, size))
+    mask = (jnp.arange(k * size) < n).reshape((k, size)).astype(jnp.float32)
+    correct, losses = jax.lax.map(lambda a: score(*a), (xs, ys))
+    return (correct * mask).sum() / n, (losses * mask).sum() / n

@@ -1,0 +1,252 @@
+"""Sweeps: one compiled program per group (trace counts), determinism, per-member divergence,
+shared vs own batches, probes, progress, host devices, and 4 sharded host devices = 1 device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bnexp import engine, models, probes, sweep, train
+from bnexp.models import ModelSpec
+from bnexp.sweep import Trial, run_sweep
+
+DATA = (("n_train", 256), ("n_test", 128), ("dim", 16), ("seed", 0))
+SPEC = ModelSpec(widths=(16, 16, 10), norm="batch")
+BASE = Trial(model=SPEC, dataset="synthetic", data_options=DATA, batch_size=16, steps=20,
+             eval_every=10)
+LRS = (0.05, 0.2, 0.5, 1.0, 2.0, 1e7)  # the last one diverges
+KEYS = {"step", "train_loss", "test_acc", "test_loss", "test_acc_batch"}
+
+
+def _trials(lrs, **kw) -> list[Trial]:
+    return [Trial(**{**BASE.__dict__, "lr": lr, **kw}) for lr in lrs]
+
+
+def _same(a: sweep.TrialResult, b: sweep.TrialResult, exact: bool = True) -> None:
+    assert a.history.keys() == b.history.keys() and a.diverged_at == b.diverged_at
+    for k in a.history:
+        if exact:
+            np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(a.history[k], b.history[k], rtol=1e-5, atol=1e-6,
+                                       err_msg=k)
+
+
+@pytest.fixture(scope="module")
+def lr_sweep():
+    """6 learning rates in pieces of at most 4 members (2 pieces of 3): one program."""
+    engine._PROGRAMS.clear()
+    before = dict(train.TRACE_COUNTS)
+    events, done = [], []
+    results = run_sweep(_trials(LRS), progress=events.append, on_group_done=done.append,
+                        max_members=4)
+    traces = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "advance")}
+    return results, traces, events, done
+
+
+def test_one_trace_per_group_and_no_retrace_for_new_numbers(lr_sweep):
+    results, traces, _, _ = lr_sweep
+    assert traces == {"train_step": 1, "advance": 1}
+    assert [r.trial.lr for r in results] == list(LRS)  # input order
+    assert results[0].extra["pieces"] == 2 and results[0].extra["padded_members"] == 3
+    assert results[0].extra["compile_seconds"] > 0
+    before = dict(train.TRACE_COUNTS)
+    again = run_sweep(_trials((0.3, 0.4, 0.6), seed=5, init_scale=2.0), max_members=4)
+    assert dict(train.TRACE_COUNTS) == before  # new numbers, same shapes: nothing traced
+    assert again[0].extra["compile_seconds"] == 0.0
+    finals = [r.final_test_accuracy for r in again]
+    assert len(set(finals)) > 1 or len({float(r.history["train_loss"][0]) for r in again}) > 1
+
+
+def test_history_and_divergence_per_member(lr_sweep):
+    results, _, _, _ = lr_sweep
+    for r in results:
+        assert set(r.history) == KEYS
+        np.testing.assert_array_equal(r.history["step"], [10, 20])
+    bad = results[-1]
+    assert isinstance(bad.diverged_at, int) and 1 <= bad.diverged_at <= 20
+    assert bad.final_test_accuracy is None
+    first_nan = np.searchsorted(bad.history["step"], bad.diverged_at)
+    for k in KEYS - {"step"}:
+        assert np.isnan(bad.history[k][first_nan:]).all()
+    for r in results[:-1]:
+        assert r.diverged_at is None and isinstance(r.final_test_accuracy, float)
+        assert all(np.isfinite(r.history[k]).all() for k in KEYS)
+    assert max(r.final_test_accuracy for r in results[:-1]) > 0.3  # chance: 0.1, 20 steps
+    # the diverged member changed nothing for the others: same numbers without it
+    alone = run_sweep(_trials(LRS[:-1]), max_members=4)
+    for a, b in zip(alone, results[:-1], strict=True):
+        _same(a, b, exact=False)
+
+
+def test_deterministic(lr_sweep):
+    results, _, _, _ = lr_sweep
+    for a, b in zip(run_sweep(_trials(LRS), max_members=4), results, strict=True):
+        _same(a, b)
+
+
+def test_progress_and_group_callback(lr_sweep):
+    results, _, events, done = lr_sweep
+    assert events[0].phase == "compiling" and events[-1].phase == "done"
+    steps = [e.step for e in events if e.phase == "training"]
+    assert steps == [10, 20, 30, 40] and events[-1].step == events[-1].total == 40
+    assert {(e.group, e.groups, e.members) for e in events} == {(0, 1, 6)}
+    assert len(done) == 1 and [r.trial for r in done[0]] == [r.trial for r in results]
+
+
+def test_own_batches_by_data_seed(lr_sweep):
+    shared = lr_sweep[0][LRS.index(0.5)]
+    trials = [Trial(**{**BASE.__dict__, "lr": 0.5, "data_seed": d}) for d in (0, 1, 0)]
+    own = run_sweep(trials)
+    assert own[0].extra["shared_batch"] is False and shared.extra["shared_batch"] is True
+    _same(own[0], own[2])
+    assert not np.array_equal(own[0].history["train_loss"], own[1].history["train_loss"])
+    _same(own[0], shared, exact=False)  # same batches, fed per member instead of shared
+
+
+def test_grouping_by_static_signature():
+    trials = [*_trials((0.1, 0.2)), *_trials((0.1,), batch_size=32), *_trials((0.3,), seed=4),
+              Trial(**{**BASE.__dict__, "norm_call": (("r_max", 2.0),)})]
+    assert sweep.group_trials(trials) == [[0, 1, 3], [2], [4]]
+
+
+def test_probes_and_registry():
+    seen = {}
+
+    def lr_probe(spec, params, norm_state, batch, hp, loss_fn):
+        g = jax.grad(lambda p: loss_fn(p, norm_state, *batch)[0])(params)
+        seen["batch"] = batch[0].shape
+        return {"probe_lr": hp["lr"], "probe_step": hp["step"].astype(jnp.float32),
+                "grad_norm": jnp.sqrt(sum(jnp.sum(v * v) for v in jax.tree.leaves(g)))}
+
+    probes.register("test_lr", lr_probe)
+    try:
+        with pytest.raises(ValueError, match="already"):
+            probes.register("test_lr", lr_probe)
+        spec = ModelSpec(widths=(16, 16, 10), norm="noisy")
+        trials = [Trial(**{**BASE.__dict__, "model": spec, "lr": lr, "probe_batch_size": 64,
+                           "probes": ("percentiles", "preact_stats", "percentiles_train",
+                                      "test_lr")}) for lr in (0.1, 0.3)]
+        results = run_sweep(trials)
+    finally:
+        probes.PROBES.pop("test_lr")
+    assert seen["batch"] == (64, 16)
+    for r in results:
+        h = r.history
+        assert set(h) == KEYS | {"percentiles", "preact_mean", "preact_std", "percentiles_train",
+                                 "probe_lr", "probe_step", "grad_norm"}
+        assert h["percentiles"].shape == (2, 3) and h["preact_mean"].shape == (2,)
+        assert (np.diff(h["percentiles"], axis=1) >= 0).all()
+        np.testing.assert_allclose(h["probe_lr"], r.trial.lr)
+        np.testing.assert_array_equal(h["probe_step"], [10, 20])
+        assert (h["grad_norm"] > 0).all() and (h["preact_std"] > 0).all()
+        # train mode adds the noisy-BN noise; eval mode does not
+        assert not np.allclose(h["percentiles_train"], h["percentiles"])
+    with pytest.raises(ValueError, match="unknown probe"):
+        run_sweep([Trial(**{**BASE.__dict__, "probes": ("nope",)})])
+
+
+def test_percentiles_probe_matches_numpy():
+    spec = ModelSpec(widths=(16, 12, 12, 10), norm="batch", activation="tanh")
+    params, state = models.init(jax.random.key(1), spec)
+    x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    hp = {"norm_call": {}, "key": jax.random.key(2)}
+    out = jax.jit(lambda p, s, x: {**probes.PROBES["percentiles"](spec, p, s, (x, None), hp, None),
+                                   **probes.PROBES["preact_stats"](spec, p, s, (x, None), hp,
+                                                                   None)})(params, state, x)
+    _, _, aux = models.apply(params, state, x, spec, mode="eval", capture=True)
+    z = np.asarray(aux["preacts"][probes.PERCENTILE_LAYER][:, probes.PERCENTILE_UNIT])
+    assert probes.PERCENTILE_LAYER == -1 and probes.PERCENTILE_UNIT == 0
+    np.testing.assert_allclose(out["percentiles"], np.percentile(z, [15, 50, 85]), rtol=1e-5)
+    np.testing.assert_allclose([out["preact_mean"], out["preact_std"]], [z.mean(), z.std()],
+                               rtol=1e-4)
+
+
+def test_cnn_renorm_sweep_runs():
+    spec = ModelSpec(kind="cnn", channels=(4,), dense=(8,), input_shape=(8, 8, 1),
+                     activation="relu", norm="renorm")
+    data = (("n_train", 128), ("n_test", 64), ("image_shape", (8, 8, 1)), ("seed", 0))
+    trials = [Trial(model=spec, dataset="synthetic", data_options=data, batch_size=16, steps=4,
+                    eval_every=2, lr=lr) for lr in (0.05, 0.1)]
+    results = run_sweep(trials)
+    assert results[0].extra["unroll"] == 2
+    for r in results:
+        assert r.diverged_at is None and np.isfinite(r.history["test_loss"]).all()
+
+
+def test_input_validation():
+    with pytest.raises(ValueError, match="input"):
+        run_sweep([Trial(**{**BASE.__dict__, "model": ModelSpec(widths=(20, 10))})])
+    with pytest.raises(ValueError, match="per-call"):
+        run_sweep([Trial(**{**BASE.__dict__, "norm_call": (("r_max", 2.0),)})])
+
+
+def test_configure_host_devices(monkeypatch):
+    monkeypatch.delenv("BNEXP_HOST_DEVICES", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
+    assert sweep.configure_host_devices() == 3
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1")
+    assert sweep.configure_host_devices() == 1 and os.environ["XLA_FLAGS"] == "--xla_cpu_foo=1"
+    monkeypatch.setenv("BNEXP_HOST_DEVICES", "5")
+    assert sweep.configure_host_devices() == 5
+    assert os.environ["XLA_FLAGS"].endswith("--xla_force_host_platform_device_count=5")
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.delenv("BNEXP_HOST_DEVICES")
+    n = sweep.DEFAULT_HOST_DEVICES or os.cpu_count()
+    assert sweep.configure_host_devices() == n
+    assert os.environ.get("XLA_FLAGS", "") == (
+        f"--xla_force_host_platform_device_count={n}" if n > 1 else "")
+
+
+def test_enable_compilation_cache(tmp_path):
+    old = jax.config.jax_compilation_cache_dir
+    try:
+        path = sweep.enable_compilation_cache()
+        assert path.name == "jax-cache" and path.is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(path)
+        assert str(path).startswith(os.environ["BNEXP_DATA_DIR"])
+    finally:
+        jax.config.update("jax_compilation_cache_dir", old)
+
+
+SHARDED = textwrap.dedent("""
+    import json, jax
+    from bnexp.models import ModelSpec
+    from bnexp.sweep import Trial, run_sweep
+    assert len(jax.devices()) == 4
+    data = (("n_train", 256), ("n_test", 128), ("dim", 16), ("seed", 0))
+    trials = [Trial(model=ModelSpec(widths=(16, 16, 10)), dataset="synthetic", data_options=data,
+                    batch_size=16, steps=20, eval_every=10, lr=lr, seed=i % 2)
+              for i, lr in enumerate((0.1, 0.3, 1.0, 3.0, 1e7))]
+    out = {}
+    for name, devices in (("one", jax.devices()[:1]), ("four", jax.devices())):
+        rs = run_sweep(trials, devices=devices)
+        out[name] = {"hist": [{k: v.tolist() for k, v in r.history.items()} for r in rs],
+                     "div": [r.diverged_at for r in rs], "extra": rs[0].extra}
+    print(json.dumps(out))
+""")
+
+
+def test_sharded_over_four_host_devices_matches_one():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+               JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    one, four = out["one"], out["four"]
+    assert one["extra"]["devices"] == 1 and four["extra"]["devices"] == 4
+    assert four["extra"]["padded_members"] == 8 and one["extra"]["padded_members"] == 5
+    assert one["div"] == four["div"] and one["div"][-1] is not None
+    for a, b in zip(one["hist"], four["hist"], strict=True):
+        for k in a:
+            np.testing.assert_allclose(np.array(a[k], float), np.array(b[k], float), rtol=1e-5,
+                                       atol=1e-6, err_msg=k)
