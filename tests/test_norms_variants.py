@@ -35,6 +35,12 @@ def loss_grads(norm, **static):
     return run
 
 
+def jit_apply(norm, **static):
+    """Jitted (params, state, x, **traced) -> (y, new_state); `static` holds mode etc."""
+    return jax.jit(lambda params, state, x, **traced: norm.apply(params, state, x, **static,
+                                                                 **traced))
+
+
 def data(seed, shape, loc=0.0, scale=1.0):
     return (loc + scale * np.random.default_rng(seed).standard_normal(shape)).astype(np.float32)
 
@@ -78,20 +84,18 @@ def test_group_norm_reference_and_special_cases():
     x64 = x.astype(np.float64).reshape(3, 4, 5, 3, 2)  # 3 groups of 2 channels
     mu, var = x64.mean((1, 2, 4), keepdims=True), x64.var((1, 2, 4), keepdims=True)
     ref = ((x64 - mu) / np.sqrt(var + 1e-5)).reshape(x.shape) * w + b
-    gn = norms.group_norm(3)
-    for mode in ("train", "eval", "batch"):
-        y, state = jax.jit(lambda p, x, mode=mode: gn.apply(p, {}, x, mode=mode))(params, x)
-        assert_close(y, ref)
-        assert state == {}
+    cases = [(norms.group_norm(3), mode) for mode in ("train", "eval", "batch")] + [
+        (norm, "train") for norm in (norms.group_norm(1), norms.layer_norm(), norms.group_norm(6),
+                                     norms.instance_norm())]
+    outs = jax.jit(lambda p, x: [n.apply(p, {}, x, mode=m) for n, m in cases])(params, x)
     x64 = x.astype(np.float64)
     layer = (x64 - x64.mean((1, 2, 3), keepdims=True)) / np.sqrt(
         x64.var((1, 2, 3), keepdims=True) + 1e-5) * w + b
     inst = (x64 - x64.mean((1, 2), keepdims=True)) / np.sqrt(
         x64.var((1, 2), keepdims=True) + 1e-5) * w + b
-    for norm, expected in ((norms.group_norm(1), layer), (norms.layer_norm(), layer),
-                           (norms.group_norm(6), inst), (norms.instance_norm(), inst)):
-        assert_close(jax.jit(lambda p, x, n=norm: n.apply(p, {}, x, mode="train")[0])(params, x),
-                     expected)
+    for (y, state), expected in zip(outs, [ref, ref, ref, layer, layer, inst, inst], strict=True):
+        assert_close(y, expected)  # groups = 3; 1 is layer norm; C is instance norm
+        assert state == {}
 
 
 # ---------------------------------------------------------------- batch renorm
@@ -110,7 +114,15 @@ def test_batch_renorm_matches_numpy():
     x = data(2, (16, 3), loc=0.0, scale=1.0) * np.float32([1.0, 1.8, 0.9]) + np.float32(
         [0.6, 1.5, 3.05])
     g = data(3, (16, 3))
-    y, new, dx, dp = loss_grads(rn, mode="train")(params, state, x, g)
+    train = loss_grads(rn, mode="train").__wrapped__
+
+    @jax.jit
+    def run(params, state, x, g):
+        y, new, dx, dp = train(params, state, x, g)
+        return (y, new, dx, dp), rn.apply(params, new, x, mode="eval")[0], rn.apply(
+            params, state, x, mode="batch")
+
+    (y, new, dx, dp), ye, (yb, same) = run(params, state, x, g)
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
     mub, sb = x64.mean(0), np.sqrt(x64.var(0) + eps)
     mu0, s0 = np.asarray(state["mean"], np.float64), np.sqrt(np.float32(var0) + eps)
@@ -127,10 +139,8 @@ def test_batch_renorm_matches_numpy():
     assert_close(new["mean"], mu0 + rate * (mub - mu0))
     assert_close(new["var"], s1**2 - eps)
     assert float(new["count"]) == 5.0
-    ye, _ = jax.jit(lambda p, s, x: rn.apply(p, s, x, mode="eval"))(params, new, x)
     assert_close(ye, w * (x64 - (mu0 + rate * (mub - mu0))) / s1 + b)
-    yb, same = rn.apply(params, state, x, mode="batch")
-    assert same is state
+    np.testing.assert_array_equal(same["var"], state["var"])
     assert_close(yb, w * xhat + b)
 
 
@@ -145,11 +155,11 @@ def test_batch_renorm_per_call_limits_are_traced():
         traces.append(1)
         return rn.apply(params, state, x, mode="train", r_max=r_max, d_max=d_max)[0]
 
-    bn_y = norms.batch_norm().apply(params, state, x, mode="train")[0]
+    bn_y = jit_apply(norms.batch_norm(), mode="train")(params, state, x)[0]
     assert_close(step(1.0, 0.0), bn_y)  # r_max = 1, d_max = 0: batch norm
     y_wide = step(3.0, 5.0)
     assert np.max(np.abs(np.asarray(y_wide) - np.asarray(bn_y))) > 1.0
-    assert_close(y_wide, rn.apply(params, state, x, mode="train")[0])  # the factory defaults
+    assert_close(y_wide, jit_apply(rn, mode="train")(params, state, x)[0])  # factory defaults
     assert len(traces) == 1  # a schedule does not recompile
     with pytest.raises(ValueError, match="r_max >= 1"):
         norms.batch_renorm(0.5, 1.0)
@@ -167,43 +177,54 @@ def test_ghost_is_batch_norm_per_virtual_batch(momentum):
     params = params_for(3, 2)
     x = data(5, (12, 2, 3), loc=1.0, scale=2.0)
     g = data(6, (12, 2, 3))
-    bn_step = loss_grads(bn, mode="train")
-    ys, dxs, dws, dbs, s = [], [], 0.0, 0.0, state
-    for k in range(3):
-        y, s, dx, dp = bn_step(params, s, x[4 * k:4 * k + 4], g[4 * k:4 * k + 4])
-        ys.append(y)
-        dxs.append(dx)
-        dws, dbs = dws + np.asarray(dp["scale"], np.float64), dbs + np.asarray(dp["bias"],
-                                                                                np.float64)
-    y, new, dx, dp = loss_grads(gb, mode="train")(params, state, x, g)
-    assert_close(y, np.concatenate(ys))
-    assert_close(dx, np.concatenate(dxs))
-    assert_close(dp["scale"], dws)
-    assert_close(dp["bias"], dbs)
+    bn_step, gb_step = (loss_grads(n, mode="train").__wrapped__ for n in (bn, gb))
+
+    @jax.jit
+    def reference(params, state, xs, gs):  # batch norm on each virtual batch in turn
+        def body(s, xg):
+            y, s, dx, dp = bn_step(params, s, *xg)
+            return s, (y, dx, dp, bn.apply(params, s, xg[0], mode="batch")[0])
+        return jax.lax.scan(body, state, (xs, gs))
+
+    @jax.jit
+    def ghost(params, state, x, g):
+        y, new, dx, dp = gb_step(params, state, x, g)
+        return y, new, dx, dp, gb.apply(params, new, x, mode="batch")[0]
+
+    s, (ys, dxs, dps, ybs) = reference(params, state, x.reshape(3, 4, 2, 3),
+                                       g.reshape(3, 4, 2, 3))
+    y, new, dx, dp, yb = ghost(params, state, x, g)
+    assert_close(y, np.asarray(ys).reshape(x.shape))
+    assert_close(dx, np.asarray(dxs).reshape(x.shape))
+    assert_close(dp["scale"], np.asarray(dps["scale"], np.float64).sum(0))
+    assert_close(dp["bias"], np.asarray(dps["bias"], np.float64).sum(0))
     assert_close(new["mean"], s["mean"])
     assert_close(new["var"], s["var"])
     assert float(new["count"]) == 3.0
-    y2, _ = jax.jit(lambda p, st, x: gb.apply(p, st, x, mode="batch"))(params, new, x)
-    assert_close(y2, np.concatenate([bn.apply(params, new, x[4 * k:4 * k + 4], mode="batch")[0]
-                                     for k in range(3)]))
+    # "batch" mode: virtual-batch statistics, no update (reference: BN batch mode per chunk,
+    # evaluated with the state after each chunk, which batch mode ignores)
+    assert_close(yb, np.asarray(ybs).reshape(x.shape))
 
 
 def test_ghost_edge_cases():
     x = data(7, (8, 3), loc=-1.0, scale=0.5)
     gb, bn = norms.ghost_batch_norm(8), norms.batch_norm()
     params, state = gb.init(3)
-    y, s = gb.apply(params, state, x, mode="train")
-    y_ref, s_ref = bn.apply(params, state, x, mode="train")
-    assert_close(y, y_ref)
-    assert_close(s["var"], s_ref["var"])
     with pytest.raises(ValueError, match="virtual_batch_size=3 must divide the batch size 8"):
         norms.ghost_batch_norm(3).apply(params, state, x, mode="train")
     # A masked-out virtual batch is skipped by the running update (it has no statistics).
     mask = np.array([True] * 4 + [False] * 4)
     gb4 = norms.ghost_batch_norm(4)
-    ym, sm = jax.jit(lambda p, st, x, m: gb4.apply(p, st, x, mode="train", mask=m))(
-        params, state, x, mask)
-    y1, s1 = bn.apply(params, state, x[:4], mode="train")
+
+    @jax.jit
+    def run(params, state, x, mask):
+        return (gb.apply(params, state, x, mode="train"), bn.apply(params, state, x, mode="train"),
+                gb4.apply(params, state, x, mode="train", mask=mask),
+                bn.apply(params, state, x[:4], mode="train"))
+
+    (y, s), (y_ref, s_ref), (ym, sm), (y1, s1) = run(params, state, x, mask)
+    assert_close(y, y_ref)  # one virtual batch: batch norm
+    assert_close(s["var"], s_ref["var"])
     assert_close(np.asarray(ym)[:4], y1)
     assert_close(sm["mean"], s1["mean"])
     assert_close(sm["var"], s1["var"])
@@ -223,19 +244,30 @@ def test_noisy_batch_norm_modes_and_key():
         nb.apply(params, state, x, mode="train")
     with pytest.raises(TypeError, match="unknown call options"):
         nb.apply(params, state, x, mode="train", key=jax.random.key(0), sigma=1.0)
-    y_bn, s_bn = bn.apply(params, state, x, mode="train")
-    run = jax.jit(lambda k, c: nb.apply(params, state, x, mode="train", key=k, **c))
-    y_off, s_off = run(jax.random.key(0), OFF)
+    defaults = {k: nb.options[k] for k in OFF}
+
+    @jax.jit
+    def run(keys, consts):
+        y_bn, s_bn = bn.apply(params, state, x, mode="train")
+        noisy = [nb.apply(params, state, x, mode="train", key=k, **c)
+                 for k, c in zip(keys, consts, strict=True)]
+        # no noise outside training, and no key needed
+        other = [(nb.apply(params, s_bn, x, mode=m)[0], bn.apply(params, s_bn, x, mode=m)[0])
+                 for m in ("eval", "batch")]
+        return y_bn, s_bn, noisy, other
+
+    keys = jax.random.split(jax.random.key(0), 2)
+    y_bn, s_bn, noisy, other = run([keys[0], keys[0], keys[0], keys[1]],
+                                   [OFF, defaults, defaults, defaults])
+    (y_off, s_off), (y0, s0), (y0_again, _), (y1, _) = noisy
     assert_close(y_off, y_bn)  # all noise switched off per call: batch norm
     assert_close(s_off["var"], s_bn["var"])  # statistics of the clean input
-    defaults = {k: nb.options[k] for k in OFF}
-    y0, s0 = run(jax.random.key(0), defaults)
-    np.testing.assert_array_equal(y0, run(jax.random.key(0), defaults)[0])  # same key, same noise
-    assert not np.allclose(y0, run(jax.random.key(1), defaults)[0])
+    np.testing.assert_array_equal(y0, y0_again)  # same key, same noise
+    assert not np.allclose(y0, y1)  # another key, other noise
     assert not np.allclose(y0, y_bn)
     assert_close(s0["mean"], s_bn["mean"])
-    for mode in ("eval", "batch"):  # no noise outside training; no key needed
-        assert_close(nb.apply(params, s0, x, mode=mode)[0], bn.apply(params, s0, x, mode=mode)[0])
+    for y_noisy, y_clean in other:
+        assert_close(y_noisy, y_clean)
 
 
 def test_noisy_batch_norm_noise_distribution():

@@ -180,19 +180,21 @@ def noisy_batch_norm(momentum: float | None = UNSET, eps: float = 1e-5,
         if unknown:
             raise TypeError(f"noisy_batch_norm: unknown call options {sorted(unknown)}; "
                             f"accepted: {sorted(defaults)}")
+        if mode == "train" and key is None:
+            raise ValueError("noisy_batch_norm: train mode needs a PRNG key (apply(..., key=k))")
         y, new_state = bn.apply(params, state, x, mode=mode, mask=mask)
         if mode != "train":
             return y, new_state
-        if key is None:
-            raise ValueError("noisy_batch_norm: train mode needs a PRNG key (apply(..., key=k))")
         k = defaults | noise
         c = x.shape[-1]
-        k_mu, k_sigma, k_m, k_s = jax.random.split(key, 4)
-        mu_t = k["mu_max"] * jax.random.uniform(k_mu, (), minval=-1.0, maxval=1.0)
-        sigma_t = k["sigma_min"] + (k["sigma_max"] - k["sigma_min"]) * jax.random.uniform(
-            k_sigma, ())
-        m = mu_t + k["m_spread"] * jax.random.uniform(k_m, (c,), minval=-1.0, maxval=1.0)
-        s = sigma_t + k["s_std"] * jax.random.normal(k_s, (c,))
+        # One draw of U(-1, 1) (open at -1) feeds everything: a single PRNG call keeps the
+        # compiled step small. Row 0: mu_t and m; row 1: sigma_t; row 2: s via the inverse CDF.
+        u = jax.random.uniform(key, (3, c + 1), minval=np.nextafter(np.float32(-1), 1),
+                               maxval=1.0)
+        mu_t = k["mu_max"] * u[0, 0]
+        sigma_t = k["sigma_min"] + (k["sigma_max"] - k["sigma_min"]) * (u[1, 0] + 1.0) / 2.0
+        m = mu_t + k["m_spread"] * u[0, 1:]
+        s = sigma_t + k["s_std"] * np.sqrt(2.0) * jax.scipy.special.erfinv(u[2, 1:])
         yf = y.astype(compute_dtype(y)) * per_channel(s, x.ndim) + per_channel(m, x.ndim)
         return yf.astype(x.dtype), new_state
 
