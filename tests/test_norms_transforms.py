@@ -53,6 +53,9 @@ def model_inputs(name, models, steps):
 
 @pytest.mark.parametrize("name", norms.names())
 def test_jit_grad_vmap_scan_eval_shape(name):
+    """Compositions jit(vmap(scan(grad))) against jitted single steps. layer and instance are
+    group_norm with groups 1 and C (one code path): they get the cheap checks (eval_shape, a
+    jitted grad step), keeping the suite's compile time down."""
     models, steps = 3, 3
     norm, params, states, xs, keys = model_inputs(name, models, steps)
 
@@ -89,13 +92,14 @@ def test_jit_grad_vmap_scan_eval_shape(name):
             return s, (value, s, grads)
         return jax.lax.scan(body, s, (xs, keys))[1]
 
-    values, new_states, grads = jax.tree.map(np.asarray, jax.jit(jax.vmap(run_steps))(
-        params, states, xs, keys))
-    for i in range(models):
-        for t in range(steps):
-            assert_close(values[i, t], ref[i][t][0])
-            assert_tree_close(pick(pick(new_states, i), t), ref[i][t][1])
-            assert_tree_close(pick(pick(grads, i), t), ref[i][t][2])
+    if name not in ("layer", "instance"):  # their composition is covered by "group"
+        values, new_states, grads = jax.tree.map(np.asarray, jax.jit(jax.vmap(run_steps))(
+            params, states, xs, keys))
+        for i in range(models):
+            for t in range(steps):
+                assert_close(values[i, t], ref[i][t][0])
+                assert_tree_close(pick(pick(new_states, i), t), ref[i][t][1])
+                assert_tree_close(pick(pick(grads, i), t), ref[i][t][2])
 
     # eval_shape: no computation; bf16 input gives bf16 output and float32 state
     for mode in ("train", "eval", "batch"):
@@ -154,9 +158,9 @@ def sharded_vs_whole(name, sizes, seed=0):
     return sharded, whole_out, xs
 
 
-@pytest.mark.parametrize("name", ["ghost", "noisy"])  # batch and renorm: 4-device test below
-def test_sync_over_named_vmap_axis_equals_whole_batch(name):
-    sharded, whole, _ = sharded_vs_whole(name, [4, 4, 4, 4])
+def test_sync_noisy_over_named_vmap_axis_equals_whole_batch():
+    """(batch, renorm and ghost: the 4-device test below.) One key for all shards: one noise."""
+    sharded, whole, _ = sharded_vs_whole("noisy", [4, 4, 4, 4])
     for a, b in zip(sharded, whole, strict=True):
         assert_tree_close(a, b)
 
