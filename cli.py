@@ -542,7 +542,10 @@ def report_cmd(
     from experiments import reproduce as rp
 
     if (run_dir / rp.INDEX).is_file():  # a reproduce directory: re-render its whole report
-        paths = rp.rerender(run_dir)
+        try:
+            paths = rp.rerender(run_dir)
+        except (OSError, ValueError) as e:
+            raise RuntimeFailure(f"cannot re-render {run_dir}: {e}") from None
     else:
         path = _run_dir(run_dir, out)
         entry = rp.run_entry(path)
