@@ -136,6 +136,16 @@ def test_rerender_gives_the_same_report(repro, tmp_path):
     assert {n: (out / n).read_bytes() for n in before} == before
 
 
+def test_rerender_with_a_run_gone_is_one_line(repro, tmp_path):
+    out, doc, data_dir = repro
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / Path(doc["run_dirs"][1]).name)
+    p = bnexp("report", str(copy), data_dir=data_dir)
+    assert p.returncode == 1 and "not a run directory" in p.stderr, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
 def test_second_reproduce_reuses_every_finished_run(repro):
     out, doc, data_dir = repro
     dirs_before = sorted(p.name for p in out.iterdir() if p.is_dir())
@@ -206,8 +216,10 @@ def test_report_of_a_missing_run_is_a_usage_error(tmp_path):
     assert p.returncode == 2 and "no run" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_interrupted_reproduce_picks_up_where_it_stopped(tmp_path):
-    out, data_dir = tmp_path / "out", tmp_path / "data"
+def test_interrupted_reproduce_picks_up_where_it_stopped(repro, tmp_path):
+    out, data_dir = tmp_path / "out", repro[2]
+    finished = Path(repro[1]["run_dirs"][0])  # compare, done: reused, only lr-sweep trains
+    shutil.copytree(finished, out / finished.name)
     args = ["reproduce", "--preset", "smoke", "--only", "compare,lr-sweep", "--out", str(out)]
     env = dict(os.environ, NO_COLOR="1", BNEXP_DATA_DIR=str(data_dir))
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args],
@@ -215,7 +227,7 @@ def test_interrupted_reproduce_picks_up_where_it_stopped(tmp_path):
                             cwd=ROOT)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if list(out.glob("*-lr-sweep-*/status.json")):  # compare is done, lr-sweep has begun
+        if list(out.glob("*-lr-sweep-*/status.json")):  # lr-sweep has begun
             break
         time.sleep(0.02)
     assert proc.poll() is None, "reproduce finished before it could be interrupted"
