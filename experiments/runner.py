@@ -53,6 +53,7 @@ def targets(cfg: Config) -> tuple[float, ...]:
 def prepare(exp: Experiment, cfg: Config) -> list[Trial]:
     """Check the config and the dataset, then expand the grid (raises ConfigError or
     data.DatasetError with one clear line)."""
+    check_common(cfg)  # cheap checks first: no dataset load for an obviously bad option
     ds = data.load(cfg.dataset)  # missing dataset offline -> DatasetError before any training
     check_common(cfg, num_train=int(ds.x_train.shape[0]))
     if exp.validate is not None:
