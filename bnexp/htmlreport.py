@@ -301,6 +301,7 @@ table.data td.muted { color: var(--muted); }
 table.data td.diverged { color: var(--bad); font-weight: 600; }
 table.claims { width: 100%; }
 table.claims td.nowrap { white-space: nowrap; }
+table.claims td.wide { min-width: 16rem; }
 .badge { display: inline-block; padding: 0.05rem 0.55rem; border-radius: 999px;
   font-weight: 700; font-size: 0.85rem; white-space: nowrap; border: 1px solid transparent;
   background: var(--none-bg); }
@@ -325,8 +326,8 @@ figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 
   background: #fff; }
 figure img { display: block; width: 100%; height: auto; }
 figcaption { color: var(--muted); font-size: 0.85rem; text-align: center; margin-top: 0.3rem; }
-nav.toc { font-size: 0.95rem; }
-nav.toc a { margin-right: 0.9rem; white-space: nowrap; }
+nav.toc { font-size: 0.95rem; display: flex; flex-wrap: wrap; gap: 0.3rem 0.9rem; }
+nav.toc a { white-space: nowrap; }
 @media (max-width: 46rem) {
   .page { padding: 1rem 0.75rem 2rem; }
   h1 { font-size: 1.5rem; }
@@ -338,6 +339,7 @@ nav.toc a { margin-right: 0.9rem; white-space: nowrap; }
   table.claims td::before { content: attr(data-label); display: block; color: var(--muted);
     font-size: 0.78rem; text-transform: uppercase; letter-spacing: 0.03em; }
   table.claims td.nowrap { white-space: normal; }
+  table.claims td.wide { min-width: 0; }
   dl.facts { grid-template-columns: 1fr; }
   dl.facts dd { margin-bottom: 0.4rem; }
 }
@@ -397,7 +399,8 @@ def _claims_table(views: Sequence[RunView]) -> list[str]:
                 inner = _badge(text)
             else:
                 inner = _e(text)
-            cls = ' class="nowrap"' if k in ("experiment", "preset", "seeds", "wall time") else ""
+            cls = (' class="nowrap"' if k in ("experiment", "preset", "seeds", "wall time")
+                   else ' class="wide"' if k == "bnexp measured" else "")
             tds.append(f'<td data-label="{_e(k)}"{cls}>{inner}</td>')
         out.append(f'<tr data-experiment="{_e(v.entry.name)}" data-verdict="{_e(v.outcome)}">'
                    + "".join(tds) + "</tr>")
