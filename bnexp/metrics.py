@@ -345,3 +345,44 @@ class Verdict:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
         return cls(str(d["claim"]), str(d["outcome"]), str(d.get("evidence", "")))
+
+
+# ---- series over training (Santurkar et al. probes) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """One quantity measured at every evaluation point, summarized over training.
+
+    From an (E,) series or an (S, E) array of seeds (averaged over the finite seeds at each point
+    first, as ``band``): mean, median, min, max and last value over the finite evaluation points.
+    All None when no point is finite (every member diverged before the first point).
+    """
+
+    mean: float | None
+    median: float | None
+    min: float | None
+    max: float | None
+    last: float | None
+    points: int  # finite evaluation points used
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def series_summary(values: np.ndarray | Sequence[float] | Sequence[Sequence[float]]) -> SeriesSummary:
+    """SeriesSummary of an (E,) or (S, E) series (seeds averaged first, NaN skipped)."""
+    mean_curve = band(values)[0]
+    v = mean_curve[np.isfinite(mean_curve)]
+    if v.size == 0:
+        return SeriesSummary(None, None, None, None, None, 0)
+    return SeriesSummary(float(v.mean()), float(np.median(v)), float(v.min()), float(v.max()),
+                         float(v[-1]), int(v.size))
+
+
+def band_width(bands: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """Upper minus lower edge of [..., 2] bands (Santurkar et al.'s loss and gradient bands)."""
+    b = np.asarray(bands, dtype=np.float64)
+    if b.shape[-1:] != (2,):
+        raise ValueError(f"bands must have a last axis of 2 (min, max), got {b.shape}")
+    return b[..., 1] - b[..., 0]

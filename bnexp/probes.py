@@ -111,3 +111,8 @@ def run(names: tuple[str, ...], spec: ModelSpec, params: Any, norm_state: Any,
             raise ValueError(f"probe {name!r} output keys {sorted(clash)} clash with other keys")
         out.update(result)
     return out
+
+
+# The Santurkar et al. probes ("ics", "landscape", "scale_invariance") live in their own module and
+# register themselves here; importing it at the end makes them available wherever probes is.
+from bnexp import santurkar  # noqa: E402, F401
