@@ -7,8 +7,12 @@ from experiments import (
     batch_size,
     compare,
     distributions,
+    ics,
     init_sensitivity,
+    landscape,
     lr_sweep,
+    noisy_bn,
+    scale_invariance,
 )
 from experiments.base import Experiment
 
@@ -19,6 +23,10 @@ _ALL = [
     batch_size.EXPERIMENT,
     activations.EXPERIMENT,
     distributions.EXPERIMENT,
+    noisy_bn.EXPERIMENT,
+    ics.EXPERIMENT,
+    landscape.EXPERIMENT,
+    scale_invariance.EXPERIMENT,
 ]
 
 

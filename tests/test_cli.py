@@ -62,7 +62,8 @@ def check_document(doc: dict, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["lr-sweep", "init-sensitivity", "batch-size", "activations",
-                                  "distributions", "compare"])
+                                  "distributions", "compare", "noisy-bn", "ics", "landscape",
+                                  "scale-invariance"])
 def test_every_experiment_smoke_through_cli(tmp_path, name):
     doc = run_json(tmp_path, "run", name)
     check_document(doc, name)

@@ -1,0 +1,150 @@
+"""`ics`: BN does not reduce internal covariate shift (Santurkar et al. 2018, Sec. 2.2, Fig. 3).
+
+ICS of layer i at step t (Def. 2.1): G = grad of the loss w.r.t. W_i; G' = the same gradient on
+the same batch after layers 1..i-1 took their step-t update. The engine's "ics" probe
+(bnexp.santurkar) measures ||G - G'||_2 and cos(G, G') for every weight layer at each evaluation
+point, in train mode on a fixed probe batch of `batch_size` training examples (one training
+batch), with the earlier layers moved by the plain SGD step lr * G, as in the paper (which trains
+with SGD). Layer 1 has no earlier layer, so its ICS is 0 (cosine 1) by definition and is left out
+of the verdict.
+
+Arms: baseline and BN at the same learning rate, paired seeds and batches. Quick preset: the
+Ioffe & Szegedy MLP on mnist-5k (the paper used VGG on CIFAR-10 and a 25-layer deep linear
+network); paper preset: the CNN of experiments.santurkar on CIFAR-10, SGD lr 0.1, batch 128, 15k
+steps.
+
+Reproduced when, in at least half of the layers 2..L, BN's ICS is not smaller on either measure:
+its mean ||G - G'|| over training is at least (1 - norm_tol) x the baseline's and its mean cosine
+at most the baseline's + cos_tol. The table also shows ||G - G'|| / ||G|| (not the paper's
+measure: gradients of the two networks differ in scale).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnexp import metrics, plots
+from bnexp.sweep import TrialResult
+from experiments import common, santurkar
+from experiments.base import Analysis, ConfigError, Experiment, Table, Verdict
+
+CLAIM = "BN does not reduce internal covariate shift: BN's ICS is not smaller"
+
+
+@dataclass(frozen=True)
+class ICSConfig(santurkar.SanturkarConfig):
+    norm_tol: float = 0.2  # BN's ||G-G'|| >= (1 - norm_tol) x baseline's counts as "not smaller"
+    cos_tol: float = 0.05  # BN's cos(G, G') <= baseline's + cos_tol counts as "not smaller"
+
+
+PRESETS = {
+    "smoke": ICSConfig(preset="smoke", dataset="synthetic", seeds=1, steps=40, eval_every=20,
+                       hidden=(32, 32)),
+    "quick": ICSConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
+    "paper": ICSConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
+}
+
+ARMS = (("baseline", "none"), ("bn", "batch"))
+
+
+def trials(cfg: ICSConfig):
+    return [santurkar.trial(cfg, norm, tag=tag, seed=s, probes=("ics",))
+            for tag, norm in ARMS for s in range(cfg.seeds)]
+
+
+def validate(cfg: ICSConfig) -> None:
+    santurkar.validate(cfg)
+    if cfg.norm_tol < 0 or cfg.cos_tol < 0:
+        raise ConfigError("norm_tol and cos_tol must be >= 0")
+
+
+def _layer_names(n: int, cfg: ICSConfig) -> list[str]:
+    kinds = (["conv"] * len(cfg.channels) if cfg.model == "cnn" else []) \
+        + ["dense"] * len(cfg.hidden) + ["output"]
+    return [f"layer {i + 1} ({k})" for i, k in enumerate(kinds[:n])]
+
+
+def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
+    by = common.arms(results)
+    h = {tag: {k: santurkar.history(by[tag], k) for k in ("ics_norm", "ics_cos", "ics_grad_norm")}
+         for tag, _ in ARMS}
+    n = h["bn"]["ics_norm"].shape[-1]
+    names = _layer_names(n, cfg)
+    rows, verdicts = [], []
+    for i in range(n):
+        row: dict[str, Any] = {"layer": names[i], "index": i + 1}
+        s = {}
+        for tag, _ in ARMS:
+            norm = metrics.series_summary(h[tag]["ics_norm"][..., i])
+            cos = metrics.series_summary(h[tag]["ics_cos"][..., i])
+            rel = metrics.series_summary(h[tag]["ics_norm"][..., i]
+                                         / np.maximum(h[tag]["ics_grad_norm"][..., i], 1e-30))
+            s[tag] = (norm.mean, cos.mean)
+            row[f"{tag}_norm"], row[f"{tag}_norm_max"] = norm.mean, norm.max
+            row[f"{tag}_cos"], row[f"{tag}_cos_min"], row[f"{tag}_rel"] = cos.mean, cos.min, rel.mean
+            row[f"{tag} ||G-G'||"] = santurkar.num(norm.mean)
+            row[f"{tag} cos"] = santurkar.num(cos.mean, ".4f")
+            row[f"{tag} rel."] = santurkar.num(rel.mean)
+        (bn_n, bn_c), (b_n, b_c) = s["bn"], s["baseline"]
+        if i == 0:
+            row["BN's ICS"] = "0 by definition"
+        elif None in (bn_n, bn_c, b_n, b_c):
+            row["BN's ICS"] = "n/a"
+        else:
+            ok = bool(bn_n >= (1 - cfg.norm_tol) * b_n and bn_c <= b_c + cfg.cos_tol)
+            row["ratio"] = bn_n / b_n if b_n > 0 else None
+            row["not_smaller"] = ok
+            row["BN's ICS"] = "not smaller" if ok else "smaller"
+            verdicts.append(ok)
+        rows.append(row)
+    cols = ["layer", "baseline ||G-G'||", "bn ||G-G'||", "baseline cos", "bn cos",
+            "baseline rel.", "bn rel.", "BN's ICS"]
+    table = Table("Internal covariate shift per layer (mean over training and seeds)", cols, rows)
+    final = common.final_table(by, gap=False)
+    if not verdicts:
+        return Analysis([table, final], Verdict(CLAIM, None, "no layer with a finite ICS beyond "
+                                                             "the first"))
+    k = sum(verdicts)
+    need = (len(verdicts) + 1) // 2
+    detail = "; ".join(
+        f"{r['layer']}: ||G-G'|| BN/baseline {santurkar.num(r.get('ratio'), '.2f')}x, cos BN "
+        f"{santurkar.num(r['bn_cos'], '.3f')} vs {santurkar.num(r['baseline_cos'], '.3f')}"
+        for r in rows[1:] if "not_smaller" in r)
+    ev = (f"BN's ICS is not smaller in {k} of {len(verdicts)} layers (needs {need}; not smaller = "
+          f"||G-G'|| >= {1 - cfg.norm_tol:g}x baseline's and cos <= baseline's + {cfg.cos_tol:g}): "
+          f"{detail}")
+    return Analysis([table, final], Verdict(CLAIM, k >= need, ev))
+
+
+def plot(cfg: ICSConfig, results: list[TrialResult], analysis: Analysis, out: Path):
+    by = common.arms(results)
+    x = santurkar.steps(by["bn"])
+    n = santurkar.history(by["bn"], "ics_norm").shape[-1]
+    names = _layer_names(n, cfg)
+    paths = []
+    for key, fname, label in (("ics_norm", "ics_l2.png", "||G - G'||_2"),
+                              ("ics_cos", "ics_cos.png", "cos(G, G')")):
+        panels = {names[i]: {tag: santurkar.history(by[tag], key)[..., i] for tag, _ in ARMS}
+                  for i in range(1, n)}
+        paths.append(plots.bands_over_steps_panels(
+            x, panels, out / fname, ylabel=label,
+            title=f"Internal covariate shift, {label}, per layer (Santurkar Fig. 3; band over "
+                  "seeds)"))
+    paths.append(common.plot_curves(by, out / "learning_curves.png", title="Test accuracy"))
+    return paths
+
+
+EXPERIMENT = Experiment(
+    name="ics", claim=CLAIM,
+    source="Santurkar et al. 2018, Sec. 2.2, Def. 2.1, Fig. 3",
+    config_type=ICSConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    validate=validate,
+    paper="no number (Fig. 3, plot): for VGG and a 25-layer deep linear network, BN's "
+          "||G - G'|| is similar or larger and its cosine similar or lower than without BN",
+    shows="per layer: mean ||G - G'||, cos(G, G') and ||G - G'||/||G|| over training for baseline "
+          "and BN, and whether BN's ICS is smaller",
+)
