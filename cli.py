@@ -385,6 +385,70 @@ def show_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (or i
 
 # ---- section: bench (benchmark issue) -----------------------------------------------------------
 
+
+@app.command("bench")
+def bench_cmd(
+    json_out: Json = False,
+    quick: Annotated[bool, typer.Option(
+        "--quick", help="Few, short repetitions and small sweeps: a check that it runs (about a "
+        "minute), not figures to quote.")] = False,
+    torch: Annotated[Optional[bool], typer.Option(  # noqa: UP045
+        "--torch/--no-torch", help="Compare with PyTorch eager (default: when importable).",
+        show_default=False)] = None,
+) -> None:
+    """Measure training throughput on this machine: the matmul peak, one model, lr sweeps, a CNN,
+    and PyTorch eager doing the same (see BENCHMARKS.md)."""
+    from bnexp import bench, report, results, sweep
+
+    if torch and bench.torch_version() is None:
+        raise UsageError("--torch: PyTorch is not importable here (pip install torch==2.13.0, "
+                         "or use --no-torch)")
+    sweep.configure_host_devices()  # before JAX starts: the engine's default device layout
+    err = report.make_console(stderr=True)
+    figures = bench.run(bench.QUICK if quick else bench.FULL, torch=torch,
+                        progress=lambda m: err.print(f"bench: {m}", markup=False,
+                                                     highlight=False, soft_wrap=True))
+    if json_out:
+        typer.echo(json.dumps(results.to_jsonable(figures), allow_nan=False))
+        return
+    _render_bench(figures, quick=quick)
+
+
+def _render_bench(fig: dict, *, quick: bool) -> None:
+    from bnexp import report
+    from bnexp.report import Column
+
+    con = report.make_console()
+    m, mm = fig["machine"], fig["matmul"]
+    con.rule(f"bnexp bench{' --quick' if quick else ''}")
+    con.print(f"{m['processor']} ({m['cpu_count']} cores), {m['devices']} {m['platform']} "
+              f"device(s), jax {m['jax']}, torch {m['torch'] or 'absent'}; load average "
+              f"{m['load_average_before'][0]:.2f} before, {m['load_average_after'][0]:.2f} after",
+              markup=False, highlight=False, soft_wrap=True)
+    layouts = ", ".join(f"{k.split('_')[1]} {v:.0f}" for k, v in mm["layouts_gflops"].items())
+    con.print(f"float32 matmul peak ({mm['n']}^2, best call): {mm['peak_gflops']:.1f} GFLOP/s "
+              f"({layouts})", markup=False, highlight=False, soft_wrap=True)
+    con.print()
+    rows = [{"case": name, "what": c["what"], "steps/s": c["steps_per_s"],
+             "min–max": f"{c['steps_per_s_min']:.4g}–{c['steps_per_s_max']:.4g}",
+             "GFLOP/s": c["gflops"], "of peak": f"{100 * c['fraction_of_peak']:.1f}%",
+             "compile s": c["compile_s"]} for name, c in fig["cases"].items()]
+    cols = [Column("case", kind="text"), Column("what", kind="text"), Column("steps/s", kind="float"),
+            Column("min–max", kind="text"), Column("GFLOP/s", kind="float"),
+            Column("of peak", kind="text"), Column("compile s", kind="float")]
+    report.render_table(f"Throughput (model-steps/s, median of {fig['config']['reps']}; "
+                        f"a step = {fig['flops_per_step']['mlp'] / 1e6:.1f} MFLOP for the MLP, "
+                        f"{fig['flops_per_step']['cnn'] / 1e6:.0f} for the CNN)", cols, rows, con)
+    rows = [{"ratio": k, "value": t["value"], "target": t["target"],
+             "met": "n/a" if t["met"] is None else ("yes" if t["met"] else "NO")}
+            for k, t in fig["targets"].items()]
+    rows += [{"ratio": k, "value": v, "target": "", "met": ""} for k, v in fig["ratios"].items()
+             if k not in fig["targets"]]
+    report.render_table(f"Ratios (sweep = {fig['sweep_case']}; PyTorch = its faster thread "
+                        "setting)", [Column("ratio", kind="text"), Column("value", kind="float"),
+                                     Column("target", kind="text"), Column("met", kind="text")],
+                        rows, con)
+
 # ---- section: reproduce (reproduce issue) -------------------------------------------------------
 
 ReproducePreset = Annotated[str, typer.Option(
