@@ -111,7 +111,7 @@ def input_dim(dataset: str) -> int:
 
 
 def mlp(cfg: Config, norm: str, *, activation: str | None = None,
-        norm_options: tuple[tuple[str, Any], ...] = ()) -> ModelSpec:
+        norm_options: tuple[tuple[str, Any], ...] = (), **spec: Any) -> ModelSpec:
     """The paper's MLP (Ioffe & Szegedy Sec. 4.1) with the config's widths, norm by name."""
     return ModelSpec(
         kind="mlp",
@@ -121,6 +121,7 @@ def mlp(cfg: Config, norm: str, *, activation: str | None = None,
         norm_options=norm_options,
         init=cfg.init,
         init_std=cfg.init_std,
+        **spec,
     )
 
 
