@@ -1,11 +1,21 @@
-"""The compiled program of one sweep group, its device layout, and the chunk loop that drives it.
+"""The compiled program of one sweep group, its device layout, and the loop that drives it.
 
-One group = trials that differ only in numbers. Its program is two jitted functions of the member
-axis (``jax.vmap`` of bnexp.train's single-member code):
+One group = trials that differ only in numbers. Its program is three jitted functions of the
+member axis (``jax.vmap`` of bnexp.train's single-member code), each compiled once:
 
-    init(hp) -> carry                                     members' initial TrainState + bookkeeping
-    advance(carry, hp, idx, data) -> (carry, metrics)     chunk_steps train steps in a lax.scan,
-                                                          then eval and probes at the new point
+    init(hp) -> carry                               members' initial TrainState + bookkeeping
+    steps(carry, hp, idx, data) -> (carry, losses)  block_steps guarded train steps (lax.scan)
+    point(carry, hp, data) -> metrics               eval, batch-stat eval and probes at a point
+
+Between evaluation points the host calls ``steps`` once: the whole chunk in one rolled
+``lax.scan``. Measured on XLA CPU (paper-size CNN conv16-conv32-dense64, batch 64, one member), a
+``lax.conv`` inside a while loop ran 6.5x slower than unrolled (7.8 vs 50 model-steps/s; 8
+vmapped members 2.2 vs 12.0), and partial unrolling (unroll=4) did not help: only a program with
+no loop did. bnexp's CNNs therefore use im2col convolutions on CPU (models._conv3x3), which run at
+full speed in a rolled scan (62 model-steps/s; 8 members 45) and compile 5x faster than unrolled
+code. For lax.conv on CPU (ModelSpec(conv_impl="xla")) the engine switches to "unrolled" mode:
+blocks of at most CNN_MAX_BLOCK steps scanned with ``unroll=True`` (no loop in the program), the
+host looping over the blocks; the evaluation then avoids lax.map as well.
 
 The member axis is sharded over a 1-D ``Mesh(devices, ("members",))``; the datasets and (when every
 member shares one data seed) the batch indices are replicated, so a shared batch enters each
@@ -16,62 +26,75 @@ same process compiles nothing; ``sweep.enable_compilation_cache`` adds JAX's on-
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bnexp import probes, train
+from bnexp import models, probes, train
+from bnexp.models import ModelSpec
 from bnexp.train import TRACE_COUNTS, Carry, StepConfig
 
 Array = jax.Array
 AXIS = "members"
 PROBE_KEY_TAG = 2  # fold_in(key(seed), 0) init, 1 training, 2 probes
-HISTORY_KEYS = ("train_loss", "test_acc", "test_loss", "test_acc_batch")
+CNN_MAX_BLOCK = 8  # steps per unrolled CNN block: more adds compile time, not speed
 
 
 @dataclass(frozen=True)
 class ProgramConfig:
-    """Everything static about a group's program (hashable: the compile-cache key)."""
+    """Everything static about a group's programs (hashable: part of the compile-cache key)."""
 
     step: StepConfig
     batch_size: int
-    chunk_steps: int
     probes: tuple[str, ...] = ()
     shared_batch: bool = True
-    unroll: int = 1
+    unrolled: bool = False  # True: loop-free blocks of block_steps steps; else a rolled scan
+    block_steps: int = 0  # unrolled mode: steps per call (0: the chunk length)
 
 
-def default_unroll(kind: str, chunk_steps: int) -> int:
-    """Scan unroll factor. Convolutions in a rolled lax.scan run ~10x slower on XLA CPU (PERF.md),
-    so CNN chunks are unrolled (at most 10 steps per copy: compile time grows with unrolling);
-    dense models gain nothing measurable from unrolling and keep compile times short."""
-    return min(chunk_steps, 10) if kind == "cnn" else 1
+def layout_for(spec: ModelSpec, lengths: Sequence[int], unrolled: bool | None = None,
+               platform: str | None = None) -> tuple[bool, int]:
+    """(unrolled, block_steps) for a model and its chunk lengths. By default (unrolled=None) only
+    lax.conv CNNs on CPU are unrolled, in the largest block <= CNN_MAX_BLOCK dividing every chunk;
+    everything else scans each chunk."""
+    if unrolled is None:
+        platform = platform or jax.default_backend()
+        unrolled = spec.kind == "cnn" and models.conv_impl(spec, platform) == "xla" \
+            and platform == "cpu"
+    if not unrolled:
+        return False, 0
+    g = functools.reduce(math.gcd, lengths)
+    return True, max(d for d in range(1, CNN_MAX_BLOCK + 1) if g % d == 0)
 
 
-def member_advance(cfg: ProgramConfig, carry: Carry, hp: dict, idx: Array,
-                   data: dict[str, Array]) -> tuple[Carry, dict[str, Array]]:
-    """One member: chunk_steps guarded train steps, then the evaluation point's metrics."""
-    TRACE_COUNTS["advance"] += 1
-    spec = cfg.step.spec
-    carry, losses = train.train_chunk(cfg.step, hp, carry, idx, data["x_train"], data["y_train"],
-                                      unroll=cfg.unroll)
-    st = carry.state
+def member_steps(cfg: ProgramConfig, carry: Carry, hp: dict, idx: Array,
+                 data: dict[str, Array]) -> tuple[Carry, Array]:
+    """One member: len(idx) guarded train steps; losses (T,) NaN once diverged."""
+    unroll = True if cfg.unrolled else 1
+    return train.train_chunk(cfg.step, hp, carry, idx, data["x_train"], data["y_train"],
+                             unroll=unroll)
+
+
+def member_point(cfg: ProgramConfig, carry: Carry, hp: dict,
+                 data: dict[str, Array]) -> dict[str, Array]:
+    """One member's metrics at an evaluation point (NaN once diverged) and diverged_at."""
+    TRACE_COUNTS["eval_point"] += 1
+    spec, st = cfg.step.spec, carry.state
     call = train.norm_call_at(cfg.step, hp, st.step)
     acc, loss = train.evaluate(st.params, st.norm_state, data["x_test"], data["y_test"], spec,
-                               mode="eval", norm_call=call)
+                               mode="eval", norm_call=call, unrolled=cfg.unrolled)
     acc_b, _ = train.evaluate(st.params, st.norm_state, data["x_test"], data["y_test"], spec,
-                              mode="batch", batch_size=cfg.batch_size, norm_call=call)
-    metrics = {"train_loss": losses.mean(), "test_acc": acc, "test_loss": loss,
-               "test_acc_batch": acc_b}
+                              mode="batch", batch_size=cfg.batch_size, norm_call=call,
+                              unrolled=cfg.unrolled)
+    metrics = {"test_acc": acc, "test_loss": loss, "test_acc_batch": acc_b}
     if cfg.probes:
         root = jax.random.key(hp["seed"])
         probe_key = jax.random.fold_in(jax.random.fold_in(root, PROBE_KEY_TAG), st.step)
@@ -87,55 +110,65 @@ def member_advance(cfg: ProgramConfig, carry: Carry, hp: dict, idx: Array,
     dead = carry.diverged_at > 0
     metrics = {k: jnp.where(dead, jnp.nan, v) for k, v in metrics.items()}
     metrics["diverged_at"] = carry.diverged_at
-    return carry, metrics
+    return metrics
 
 
-class Program(NamedTuple):
-    init: Callable
-    advance: Callable
-    compile_seconds: float
-
-
-_PROGRAMS: dict[tuple, Program] = {}
+_PROGRAMS: dict[tuple, Any] = {}
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(list(devices or jax.devices())), (AXIS,))
 
 
-def _abstract(tree: Any) -> Any:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
+def _abstract(tree: Any, sharding: Any = None) -> Any:
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
+        a.shape, a.dtype, sharding=sharding if sharding is not None else a.sharding), tree)
 
 
-def _program_key(cfg: ProgramConfig, mesh: Mesh, args: tuple) -> tuple:
-    shapes = jax.tree.map(lambda a: (a.shape, str(a.dtype)), args)
-    return cfg, tuple(d.id for d in mesh.devices.flat), jax.tree.structure(args), \
-        tuple(jax.tree.leaves(shapes))
-
-
-def get_program(cfg: ProgramConfig, mesh: Mesh, hp: dict, idx: Array,
-                data: dict) -> tuple[Program, bool]:
-    """The group's compiled (init, advance), built once per shape and device set; the flag says
-    whether it was compiled by this call."""
-    key = _program_key(cfg, mesh, (hp, idx, data))
+def _program(name: str, cfg: Any, mesh: Mesh, fn: Callable, args: tuple, in_shardings: tuple,
+             out_shardings: Any, donate: tuple[int, ...] = ()) -> tuple[Any, float]:
+    """A compiled program from the in-process cache, or compiled now: (program, compile seconds
+    spent by this call)."""
+    shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(args))
+    key = (name, cfg, tuple(d.id for d in mesh.devices.flat), jax.tree.structure(args), shapes)
     if key in _PROGRAMS:
-        return _PROGRAMS[key], False
-    member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
+        return _PROGRAMS[key], 0.0
     t0 = time.perf_counter()
-    init = jax.jit(jax.vmap(functools.partial(train.init_carry, cfg.step)),
-                   in_shardings=(member,), out_shardings=member).lower(_abstract(hp))
-    carry = init.out_info
-    init = init.compile()
-    carry = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=member), carry)
-    vmapped = jax.vmap(functools.partial(member_advance, cfg),
-                       in_axes=(0, 0, None if cfg.shared_batch else 0, None))
+    compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                       donate_argnums=donate).lower(*args).compile()
+    _PROGRAMS[key] = compiled
+    return compiled, time.perf_counter() - t0
+
+
+@dataclass
+class Programs:
+    init: Any
+    steps: dict[int, Any]  # by block length
+    point: Any
+    compile_seconds: float
+
+
+def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int],
+          idx_shape: Callable[[int], tuple[int, ...]]) -> Programs:
+    """Compile (or fetch) init, steps for each block length, and point for this piece's shapes."""
+    member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
+    init_fn = jax.vmap(functools.partial(train.init_carry, cfg.step))
+    init, spent = _program("init", cfg.step, mesh, init_fn, (_abstract(hp),), (member,), member)
+    carry = _abstract(jax.eval_shape(init_fn, hp), member)
     idx_sharding = repl if cfg.shared_batch else member
-    advance = jax.jit(vmapped, in_shardings=(member, member, idx_sharding, repl),
-                      out_shardings=(member, member), donate_argnums=(0,))
-    advance = advance.lower(carry, _abstract(hp), _abstract(idx), _abstract(data)).compile()
-    program = Program(init, advance, time.perf_counter() - t0)
-    _PROGRAMS[key] = program
-    return program, True
+    steps_fn = jax.vmap(functools.partial(member_steps, cfg),
+                        in_axes=(0, 0, None if cfg.shared_batch else 0, None))
+    steps = {}
+    for b in sorted(blocks):
+        idx = jax.ShapeDtypeStruct(idx_shape(b), jnp.int32, sharding=idx_sharding)
+        steps[b], s = _program("steps", (cfg, b), mesh, steps_fn,
+                               (carry, _abstract(hp), idx, _abstract(data)),
+                               (member, member, idx_sharding, repl), (member, member), (0,))
+        spent += s
+    point_fn = jax.vmap(functools.partial(member_point, cfg), in_axes=(0, 0, None))
+    point, s = _program("point", cfg, mesh, point_fn, (carry, _abstract(hp), _abstract(data)),
+                        (member, member, repl), member)
+    return Programs(init, steps, point, spent + s)
 
 
 def pieces(n: int, max_members: int, n_devices: int) -> tuple[int, int]:
@@ -176,7 +209,7 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
               batch_indices: Callable[[int, int, int], np.ndarray], *, steps: int,
               eval_every: int, mesh: Mesh, max_members: int = 64,
               report: Callable[[int, int, str], None] | None = None) -> GroupRun:
-    """Train all members of one group; report(step_done, total, phase) around each chunk.
+    """Train all members of one group; report(step_done, total, phase) as it goes.
 
     hps[i] is member i's numbers ({"lr", "momentum", "init_scale", "seed", "norm_call": {...}});
     batch_indices(data_seed, start_step, num_steps) -> (num_steps, batch) int32 rows. Members run
@@ -189,7 +222,9 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
     member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
     data = jax.device_put(data, repl)
     lengths = chunk_lengths(steps, eval_every)
+    blocks = {cfg.block_steps} if cfg.unrolled else set(lengths)
     ends = np.cumsum(lengths).astype(np.int64)
+    total = steps * n_pieces
     histories: list[dict[str, np.ndarray]] = []
     diverged: list[int] = []
     compile_seconds = 0.0
@@ -199,30 +234,40 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
         hp = jax.device_put(_stack_members([hps[i] for i in ids]), member)
         seeds = [data_seeds[i] for i in ids]
 
-        def indices(start: int, length: int, seeds: list[int] = seeds) -> Array:
-            rows = {s: batch_indices(s, start, length) for s in sorted(set(seeds))}
-            if cfg.shared_batch:
-                return jax.device_put(rows[seeds[0]], repl)
-            return jax.device_put(np.stack([rows[s] for s in seeds]), member)
+        def idx_shape(b: int) -> tuple[int, ...]:
+            return (b, cfg.batch_size) if cfg.shared_batch else (size, b, cfg.batch_size)
+
+        if report is not None:
+            report(p * steps, total, "compiling")
+        progs = build(cfg, mesh, hp, data, blocks, idx_shape)
+        compile_seconds += progs.compile_seconds
+        carry = progs.init(hp)
+        def batch_rows(start: int, length: int, seeds: list[int] = seeds) -> dict:
+            return {s: batch_indices(s, start, length) for s in sorted(set(seeds))}
 
         points: list[dict[str, np.ndarray]] = []
-        carry, start = None, 0
-        idx = indices(0, lengths[0])
+        start = 0
+        upcoming = batch_rows(0, lengths[0])
         for j, length in enumerate(lengths):
-            args = (hp, idx, data)
-            c = dataclasses.replace(cfg, chunk_steps=length)
-            if report is not None and _program_key(c, mesh, args) not in _PROGRAMS:
-                report(p * steps + start, steps * n_pieces, "compiling")
-            prog, fresh = get_program(c, mesh, *args)
-            compile_seconds += prog.compile_seconds if fresh else 0.0
-            carry = prog.init(hp) if carry is None else carry
-            carry, metrics = prog.advance(carry, hp, idx, data)
+            rows = upcoming
+            block = cfg.block_steps if cfg.unrolled else length
+            losses = []
+            for b0 in range(0, length, block):
+                if cfg.shared_batch:
+                    idx = jax.device_put(rows[seeds[0]][b0:b0 + block], repl)
+                else:
+                    idx = jax.device_put(np.stack([rows[s][b0:b0 + block] for s in seeds]), member)
+                carry, loss = progs.steps[block](carry, hp, idx, data)
+                losses.append(loss)
+            metrics = progs.point(carry, hp, data)
             start += length
             if j + 1 < len(lengths):  # host work for the next chunk overlaps the device's
-                idx = indices(start, lengths[j + 1])
-            points.append(jax.tree.map(np.asarray, metrics))
+                upcoming = batch_rows(start, lengths[j + 1])
+            metrics = jax.tree.map(np.asarray, metrics)
+            metrics["train_loss"] = np.concatenate([np.asarray(v) for v in losses], 1).mean(1)
+            points.append(metrics)
             if report is not None:
-                report(p * steps + start, steps * n_pieces, "training")
+                report(p * steps + start, total, "training")
         stacked = {k: np.stack([pt[k] for pt in points], axis=1) for k in points[0]}
         for m in range(len(real)):
             h = {"step": ends}

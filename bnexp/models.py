@@ -72,6 +72,7 @@ class ModelSpec:
     init_std: float = 0.1
     scale_output_layer: bool = True  # init_scale also multiplies the final layer's weights
     dense_norm: str | None = None  # cnn dense layers' norm; None: norm ("none" for "instance")
+    conv_impl: str = "auto"  # "im2col" | "xla" (lax.conv) | "auto": im2col on CPU, else xla
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -83,6 +84,8 @@ class ModelSpec:
             raise ValueError(f"placement must be 'before' or 'after', got {self.placement!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
+        if self.conv_impl not in ("auto", "im2col", "xla"):
+            raise ValueError(f"conv_impl must be 'auto', 'im2col' or 'xla', got {self.conv_impl!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.kind != "cnn" and len(self.widths) < 2:
@@ -218,8 +221,38 @@ def _dropout(h: Array, spec: ModelSpec, layer: int, mode: str, key: Array | None
     return jnp.where(keep, h / (1.0 - spec.dropout), 0.0)
 
 
+def conv_impl(spec: ModelSpec, platform: str | None = None) -> str:
+    """The convolution implementation in effect: "auto" is im2col on CPU, lax.conv elsewhere."""
+    if spec.conv_impl != "auto":
+        return spec.conv_impl
+    return "im2col" if (platform or jax.default_backend()) == "cpu" else "xla"
+
+
+def _conv3x3(h: Array, w: Array, impl: str) -> Array:
+    """3x3 convolution, stride 1, SAME padding, NHWC x HWIO.
+
+    "im2col" stacks the 9 shifted views and does one matrix product. On XLA CPU, in a training
+    scan (conv16-conv32-dense64, batch 64), it ran 62 model-steps/s against lax.conv's 7.8 (a conv
+    in a while loop is slow there; 50 unrolled) and 45 vs 2.2 for 8 vmapped members (vmap makes a
+    member-batched lax.conv a grouped convolution; im2col becomes a batched matmul).
+    """
+    if impl == "auto":
+        impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+    if impl == "xla":
+        return jax.lax.conv_general_dilated(h, w, (1, 1), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    n, hh, ww, c = h.shape
+    p = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    cols = jnp.concatenate([p[:, i:i + hh, j:j + ww, :] for i in range(3) for j in range(3)], -1)
+    return (cols.reshape((n * hh * ww, 9 * c)) @ w.reshape((9 * c, -1))).reshape((n, hh, ww, -1))
+
+
 def _maxpool2(h: Array) -> Array:
-    return jax.lax.reduce_window(h, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    """2x2 max pooling, stride 2 (odd edges dropped). A reshape + max rather than reduce_window:
+    reduce_window's gradient (select_and_scatter) made a CNN train step 3x slower on XLA CPU."""
+    n, hh, ww, c = h.shape
+    h = h[:, : hh // 2 * 2, : ww // 2 * 2]
+    return h.reshape((n, hh // 2, 2, ww // 2, 2, c)).max(axis=(2, 4))
 
 
 def apply(params: dict, norm_state: dict, x: Array, spec: ModelSpec, *, mode: str = "train",
@@ -239,8 +272,7 @@ def apply(params: dict, norm_state: dict, x: Array, spec: ModelSpec, *, mode: st
         if h.ndim == 2:
             h = h.reshape((h.shape[0],) + tuple(spec.input_shape))
         for p, s in zip(params["conv"], norm_state["conv"], strict=True):
-            z = jax.lax.conv_general_dilated(h, p["w"], (1, 1), "SAME",
-                                             dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            z = _conv3x3(h, p["w"], spec.conv_impl)
             h, pre, s = _block(z, p, s, spec, layer, True, mode=mode, key=key,
                                norm_call=norm_call)
             h = _maxpool2(h)

@@ -5,7 +5,7 @@ CONTRACT (callers rely on these names):
     trials = [Trial(model=ModelSpec(norm="batch"), lr=lr, seed=s) for lr in lrs for s in range(3)]
     results = run_sweep(trials, progress=cb, on_group_done=save)   # list[TrialResult], input order
     run_sweep(trials, *, progress=None, on_group_done=None, max_members=64, devices=None,
-              unroll=None) -> list[TrialResult]
+              unrolled=None) -> list[TrialResult]
 
 - Static fields (model, dataset, data_options, batch_size, steps, eval_every, optimizer, probes,
   probe_batch_size, the *names* in norm_call, divergence_factor) form the group signature: one
@@ -31,7 +31,7 @@ CONTRACT (callers rely on these names):
 - TrialResult.seconds is the member's share of its group's wall time (compilation included);
   extra holds "compile_seconds" (the group's compile time, 0 when every program was already
   compiled in this process), "group_seconds", "group", "members", "padded_members", "pieces",
-  "devices", "shared_batch", "unroll".
+  "devices", "shared_batch", "unrolled", "block_steps".
 - Devices: the member axis is sharded over ``devices`` (default jax.devices()). On a CPU,
   configure_host_devices() must run before JAX initializes to expose the cores as devices.
 """
@@ -192,10 +192,11 @@ def _check(t: Trial, ds: Any) -> None:
 def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], None] | None = None,
               on_group_done: Callable[[list[TrialResult]], None] | None = None,
               max_members: int = 64, devices: Sequence[Any] | None = None,
-              unroll: int | None = None) -> list[TrialResult]:
+              unrolled: bool | None = None) -> list[TrialResult]:
     """Run every trial; one compiled program per group of equal signatures (see module doc).
 
-    unroll: scan unroll factor (None: engine.default_unroll, which unrolls CNNs). Prints nothing.
+    unrolled: run steps in short loop-free blocks instead of one rolled scan per chunk (None:
+    engine.layout_for decides; only lax.conv CNNs on CPU are unrolled). Prints nothing.
     """
     from bnexp import data, engine, train
 
@@ -225,10 +226,12 @@ def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], No
         data_seeds = [trials[i].data_seed for i in ids]
         step_cfg = train.StepConfig(t0.model, t0.optimizer, t0.steps, t0.divergence_factor,
                                     tuple(k for k, _ in t0.norm_call))
-        chunk = min(t0.eval_every, t0.steps)
-        cfg = engine.ProgramConfig(
-            step_cfg, t0.batch_size, chunk, t0.probes, shared_batch=len(set(data_seeds)) == 1,
-            unroll=unroll or engine.default_unroll(t0.model.kind, chunk))
+        lengths = engine.chunk_lengths(t0.steps, t0.eval_every)
+        unroll, block = engine.layout_for(t0.model, lengths, unrolled,
+                                          mesh.devices.flat[0].platform)
+        cfg = engine.ProgramConfig(step_cfg, t0.batch_size, t0.probes,
+                                   shared_batch=len(set(data_seeds)) == 1, unrolled=unroll,
+                                   block_steps=block)
         started = time.perf_counter()
 
         def report(step: int, total: int, phase: str, gi: int = gi, n: int = len(ids),
@@ -247,7 +250,8 @@ def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], No
         extra = {"compile_seconds": run.compile_seconds, "group_seconds": run.seconds,
                  "group": gi, "members": len(ids), "padded_members": run.padded_members,
                  "pieces": run.pieces, "devices": int(mesh.devices.size),
-                 "shared_batch": cfg.shared_batch, "unroll": cfg.unroll}
+                 "shared_batch": cfg.shared_batch, "unrolled": cfg.unrolled,
+                 "block_steps": cfg.block_steps}
         group_results = []
         for m, i in enumerate(ids):
             div = run.diverged_at[m] or None

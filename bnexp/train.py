@@ -153,14 +153,18 @@ def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
 
 
 def train_chunk(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, idx: Array, x_train: Array,
-                y_train: Array, *, unroll: int = 1) -> tuple[Carry, Array]:
+                y_train: Array, *, unroll: int | bool = 1) -> tuple[Carry, Array]:
     """Run len(idx) steps in one lax.scan; idx: (T, B) int32 rows of the training set.
-    Returns (carry, losses (T,)). ``unroll`` > 1 copies the body (convolutions in a rolled scan
-    are ~10x slower on XLA CPU)."""
+    Returns (carry, losses (T,)). ``unroll=True`` leaves no loop in the program (XLA CPU runs
+    convolutions inside any while loop several times slower); the body is traced once either way.
+    """
 
     def body(c: Carry, i: Array) -> tuple[Carry, Array]:
         return train_step(cfg, hp, c, x_train[i], y_train[i])
 
+    if unroll is True and idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop
+        carry, loss = body(carry, idx[0])
+        return carry, loss[None]
     return jax.lax.scan(body, carry, idx, unroll=unroll)
 
 
@@ -170,14 +174,25 @@ def _chunks(n: int, size: int) -> tuple[int, int]:
     return k, -(-n // k)
 
 
+def _map(f: Any, xs: tuple[Array, Array], unrolled: bool) -> tuple[Array, Array]:
+    """lax.map over the leading axis, or (unrolled) a Python loop: no while loop, for CNNs."""
+    if not unrolled and xs[0].shape[0] > 1:
+        return jax.lax.map(f, xs)
+    outs = [f((xs[0][i], xs[1][i])) for i in range(xs[0].shape[0])]
+    return jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
+
+
 def evaluate(params: Any, norm_state: Any, x: Array, y: Array, spec: ModelSpec, *,
              mode: str = "eval", batch_size: int | None = None,
-             norm_call: Mapping[str, Any] | None = None) -> tuple[Array, Array]:
+             norm_call: Mapping[str, Any] | None = None,
+             unrolled: bool = False) -> tuple[Array, Array]:
     """(accuracy, mean loss) on (x, y).
 
     mode "eval": running statistics, the whole set in chunks of EVAL_CHUNK (padding masked).
     mode "batch": batch statistics, the set split into batches of ``batch_size`` (a partial last
-    batch is dropped: its statistics would differ), as a model would see test data in training.
+    batch is dropped: its statistics would differ), as a model would see test data in training;
+    up to EVAL_CHUNK examples' batches are evaluated together (vmap). unrolled: loop over the
+    chunks in Python instead of lax.map (no while loop in the program, for CNNs on XLA CPU).
     """
 
     def score(xb: Array, yb: Array) -> tuple[Array, Array]:
@@ -192,13 +207,20 @@ def evaluate(params: Any, norm_state: Any, x: Array, y: Array, spec: ModelSpec, 
         nb = n // batch_size
         xs = x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:])
         ys = y[: nb * batch_size].reshape((nb, batch_size))
-        correct, losses = jax.lax.map(lambda a: score(*a), (xs, ys),
-                                      batch_size=max(1, min(nb, EVAL_CHUNK // batch_size)))
-        return correct.mean(), losses.mean()
+        k, per = _chunks(nb, max(1, EVAL_CHUNK // batch_size))  # k chunks of `per` batches
+        fill = k * per - nb  # filler batches (copies of batch 0), weighted 0
+        xs = jnp.concatenate([xs, jnp.broadcast_to(xs[:1], (fill,) + xs.shape[1:])])
+        ys = jnp.concatenate([ys, jnp.broadcast_to(ys[:1], (fill, batch_size))])
+        correct, losses = _map(lambda a: jax.vmap(score)(*a),
+                               (xs.reshape((k, per) + xs.shape[1:]),
+                                ys.reshape((k, per, batch_size))), unrolled)
+        w = (jnp.arange(k * per) < nb).astype(jnp.float32).reshape((k, per, 1))
+        m = nb * batch_size
+        return (correct * w).sum() / m, (losses * w).sum() / m
     k, size = _chunks(n, EVAL_CHUNK)
     pad = k * size - n
     xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((k, size) + x.shape[1:])
     ys = jnp.pad(y, (0, pad)).reshape((k, size))
     mask = (jnp.arange(k * size) < n).reshape((k, size)).astype(jnp.float32)
-    correct, losses = jax.lax.map(lambda a: score(*a), (xs, ys))
+    correct, losses = _map(lambda a: score(*a), (xs, ys), unrolled)
     return (correct * mask).sum() / n, (losses * mask).sum() / n

@@ -62,6 +62,18 @@ def test_cnn_shapes(norm, input_shape):
         assert preacts == [(4, h, w, 8), (4, h // 2, w // 2, 16), (4, 12)]
 
 
+def test_conv_implementations_agree():
+    x = _normal(6, (3, 9, 7, 2))
+    w = _normal(7, (3, 3, 2, 4))
+    ref = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
+                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    conv = jax.jit(models._conv3x3, static_argnums=2)
+    for impl in ("im2col", "xla", "auto"):
+        np.testing.assert_allclose(conv(x, w, impl), ref, rtol=1e-5, atol=1e-5)
+    pooled = np.asarray(jax.jit(models._maxpool2)(x))
+    np.testing.assert_array_equal(pooled, x[:, :8, :6].reshape(3, 4, 2, 3, 2, 2).max(axis=(2, 4)))
+
+
 def test_linear_kind_is_linear():
     spec = ModelSpec(kind="linear", widths=(6, 5, 5, 5, 3), norm="none", activation="sigmoid")
     params, state = init(KEY, spec)

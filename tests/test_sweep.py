@@ -48,13 +48,13 @@ def lr_sweep():
     events, done = [], []
     results = run_sweep(_trials(LRS), progress=events.append, on_group_done=done.append,
                         max_members=4)
-    traces = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "advance")}
+    traces = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_point")}
     return results, traces, events, done
 
 
 def test_one_trace_per_group_and_no_retrace_for_new_numbers(lr_sweep):
     results, traces, _, _ = lr_sweep
-    assert traces == {"train_step": 1, "advance": 1}
+    assert traces == {"train_step": 1, "eval_point": 1}
     assert [r.trial.lr for r in results] == list(LRS)  # input order
     assert results[0].extra["pieces"] == 2 and results[0].extra["padded_members"] == 3
     assert results[0].extra["compile_seconds"] > 0
@@ -133,21 +133,21 @@ def test_probes_and_registry():
             probes.register("test_lr", lr_probe)
         spec = ModelSpec(widths=(16, 16, 10), norm="noisy")
         trials = [Trial(**{**BASE.__dict__, "model": spec, "lr": lr, "probe_batch_size": 64,
-                           "probes": ("percentiles", "preact_stats", "percentiles_train",
-                                      "test_lr")}) for lr in (0.1, 0.3)]
+                           "probes": ("percentiles", "percentiles_train", "test_lr")})
+                  for lr in (0.1, 0.3)]
         results = run_sweep(trials)
     finally:
         probes.PROBES.pop("test_lr")
     assert seen["batch"] == (64, 16)
     for r in results:
         h = r.history
-        assert set(h) == KEYS | {"percentiles", "preact_mean", "preact_std", "percentiles_train",
-                                 "probe_lr", "probe_step", "grad_norm"}
-        assert h["percentiles"].shape == (2, 3) and h["preact_mean"].shape == (2,)
+        assert set(h) == KEYS | {"percentiles", "percentiles_train", "probe_lr", "probe_step",
+                                 "grad_norm"}
+        assert h["percentiles"].shape == (2, 3) and h["probe_lr"].shape == (2,)
         assert (np.diff(h["percentiles"], axis=1) >= 0).all()
         np.testing.assert_allclose(h["probe_lr"], r.trial.lr)
         np.testing.assert_array_equal(h["probe_step"], [10, 20])
-        assert (h["grad_norm"] > 0).all() and (h["preact_std"] > 0).all()
+        assert (h["grad_norm"] > 0).all()
         # train mode adds the noisy-BN noise; eval mode does not
         assert not np.allclose(h["percentiles_train"], h["percentiles"])
     with pytest.raises(ValueError, match="unknown probe"):
@@ -172,12 +172,17 @@ def test_percentiles_probe_matches_numpy():
 
 def test_cnn_renorm_sweep_runs():
     spec = ModelSpec(kind="cnn", channels=(4,), dense=(8,), input_shape=(8, 8, 1),
-                     activation="relu", norm="renorm")
+                     activation="relu", norm="renorm", conv_impl="xla")  # lax.conv: unrolled
     data = (("n_train", 128), ("n_test", 64), ("image_shape", (8, 8, 1)), ("seed", 0))
-    trials = [Trial(model=spec, dataset="synthetic", data_options=data, batch_size=16, steps=4,
-                    eval_every=2, lr=lr) for lr in (0.05, 0.1)]
+    trials = [Trial(model=spec, dataset="synthetic", data_options=data, batch_size=16, steps=2,
+                    eval_every=1, lr=lr) for lr in (0.05, 0.1)]
     results = run_sweep(trials)
-    assert results[0].extra["unroll"] == 2
+    assert results[0].extra["unrolled"] and results[0].extra["block_steps"] == 1
+    assert engine.layout_for(spec, [100, 100, 50], platform="cpu") == (True, 5)
+    assert engine.layout_for(spec, [100], platform="gpu") == (False, 0)
+    im2col = ModelSpec(kind="cnn", conv_impl="auto")  # im2col on CPU: a rolled scan is fast
+    assert engine.layout_for(im2col, [100], platform="cpu") == (False, 0)
+    assert engine.layout_for(ModelSpec(), [100], unrolled=True) == (True, 5)
     for r in results:
         assert r.diverged_at is None and np.isfinite(r.history["test_loss"]).all()
 
