@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from bnexp.sweep import TrialResult
 from experiments import common
 from experiments.base import (
@@ -80,10 +78,7 @@ def analyze(cfg: ActivationsConfig, results: list[TrialResult]) -> Analysis:
                                    "lr (x base)": f"{cfg.lr * m:g} ({m:g}x)"}
             for tag, _ in ARMS:
                 rs = by.get(f"{act}/{tag}@{m:g}", [])
-                nums, text = common.summary_cell(common.finals(rs))
-                div = [r.diverged_at for r in rs if r.diverged_at is not None]
-                if div and len(div) == len(rs):
-                    text = f"diverged @ {int(np.median(div))}"
+                nums, text = common.final_cell(rs)
                 s = common.arm_steps(rs, cfg.target)
                 trains[act, tag, m] = s is not None
                 row[f"{tag}_final_accuracy"] = nums["mean"]

@@ -164,8 +164,7 @@ def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
 def plot(cfg: BatchSizeConfig, results: list[TrialResult], analysis: Analysis, out: Path):
     rows = [r for r in analysis.tables[0].rows if isinstance(r.get("batch"), int)]
     bs = np.array([r["batch"] for r in rows], float)
-    err = {LABEL.get(n, n): np.array([np.nan if r[f"{n}_error"] is None else r[f"{n}_error"]
-                                      for r in rows]) for n in cfg.norms}
+    err = {LABEL.get(n, n): common.column(rows, f"{n}_error") for n in cfg.norms}
     return [plots.error_vs_batch_size(bs, err, out / "batch_size.png")]
 
 

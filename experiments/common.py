@@ -55,6 +55,22 @@ def summary_cell(values: Sequence[float | None]) -> tuple[dict[str, Any], str]:
     return nums, text
 
 
+def column(rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+    """One numeric column of table rows as floats, NaN where the row holds None."""
+    return np.array([np.nan if r[key] is None else r[key] for r in rows], dtype=np.float64)
+
+
+def final_cell(rs: Sequence[TrialResult]) -> tuple[dict[str, Any], str]:
+    """Final accuracy over seeds (summary_cell), or 'diverged @ step' when every seed diverged;
+    the numbers gain "diverged_at", the sorted divergence steps."""
+    nums, text = summary_cell(finals(rs))
+    div = sorted(r.diverged_at for r in rs if r.diverged_at is not None)
+    nums["diverged_at"] = div
+    if div and len(div) == len(rs):
+        text = f"diverged @ {int(np.median(div))}"
+    return nums, text
+
+
 def seed_steps(rs: Sequence[TrialResult], target: float) -> list[int | None]:
     return [metrics.steps_to_target(r.history["step"], r.history["test_acc"], target) for r in rs]
 

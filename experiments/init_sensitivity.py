@@ -80,10 +80,7 @@ def analyze(cfg: InitConfig, results: list[TrialResult]) -> Analysis:
                                "bn effective lr": f"{cfg.lr / a**2:.3g}"}
         for tag, _ in ARMS:
             rs = by.get(f"{tag}@{a:g}", [])
-            nums, text = common.summary_cell(common.finals(rs))
-            div = [r.diverged_at for r in rs if r.diverged_at is not None]
-            if div and len(div) == len(rs):
-                text = f"diverged @ {int(np.median(div))}"
+            nums, text = common.final_cell(rs)
             row[f"{tag}_final_accuracy"] = nums["mean"]
             row[f"{tag}_ci95"] = nums["ci95"]
             row[tag] = text
@@ -112,8 +109,7 @@ def analyze(cfg: InitConfig, results: list[TrialResult]) -> Analysis:
 def plot(cfg: InitConfig, results: list[TrialResult], analysis: Analysis, out: Path):
     rows = [r for r in analysis.tables[0].rows if "init_scale" in r]
     scales = np.array([r["init_scale"] for r in rows], float)
-    acc = {t: np.array([np.nan if r[f"{t}_final_accuracy"] is None else r[f"{t}_final_accuracy"]
-                        for r in rows]) for t, _ in ARMS}
+    acc = {t: common.column(rows, f"{t}_final_accuracy") for t, _ in ARMS}
     return [plots.accuracy_vs_init_scale(scales, acc, out / "init_sensitivity.png")]
 
 

@@ -76,16 +76,6 @@ def validate(cfg: LRSweepConfig) -> None:
         raise ConfigError(f"target must be an accuracy in (0, 1], got {cfg.target}")
 
 
-def _cell(rs: list[TrialResult]) -> tuple[dict[str, Any], str]:
-    """Final accuracy over seeds, or 'diverged @ step' when every seed diverged."""
-    nums, text = common.summary_cell(common.finals(rs))
-    div = sorted(r.diverged_at for r in rs if r.diverged_at is not None)
-    nums["diverged_at"] = div
-    if div and len(div) == len(rs):
-        text = f"diverged @ {int(np.median(div))}"
-    return nums, text
-
-
 def _best(steps: dict[float, float | None], final: dict[float, float | None]) -> float | None:
     """The learning rate that reaches the target in the fewest steps (ties: higher final)."""
     ok = [lr for lr, s in steps.items() if s is not None]
@@ -101,7 +91,7 @@ def analyze(cfg: LRSweepConfig, results: list[TrialResult]) -> Analysis:
         row: dict[str, Any] = {"lr": lr}
         for tag, _ in ARMS:
             rs = by.get(f"{tag}@{lr:g}", [])
-            nums, text = _cell(rs)
+            nums, text = common.final_cell(rs)
             s = common.arm_steps(rs, cfg.target)
             steps[tag, lr], final[tag, lr] = s, nums["mean"]
             diverged[tag, lr] = len(nums["diverged_at"]) > len(rs) / 2
@@ -162,10 +152,8 @@ def plot(cfg: LRSweepConfig, results: list[TrialResult], analysis: Analysis, out
     rows = analysis.tables[0].rows
     lrs = np.array([r["lr"] for r in rows], float)
     tags = [t for t, _ in ARMS]
-    final = {t: np.array([np.nan if r[f"{t}_final_accuracy"] is None else r[f"{t}_final_accuracy"]
-                          for r in rows]) for t in tags}
-    steps = {t: np.array([np.nan if r[f"{t}_steps_to_target"] is None else r[f"{t}_steps_to_target"]
-                          for r in rows]) for t in tags}
+    final = {t: common.column(rows, f"{t}_final_accuracy") for t in tags}
+    steps = {t: common.column(rows, f"{t}_steps_to_target") for t in tags}
     return [plots.lr_sweep(lrs, steps, final, out / "lr_sweep.png", target=cfg.target,
                            total_steps=cfg.steps)]
 
