@@ -2,24 +2,30 @@
 
     figures = run(QUICK if quick else FULL, torch=None, progress=print_to_stderr)   # a dict
 
-Cases (every bnexp case goes through bnexp's own code, nothing hand-written for the benchmark):
+Cases (every bnexp case runs bnexp's own code; nothing is hand-written for the benchmark):
 
-- ``matmul``: float32 (n x n) @ (n x n) through JAX, best of several calls. On a host with several
-  JAX devices (``sweep.configure_host_devices``) it is also run as one matmul per device at once,
-  and the peak is the better of the two layouts.
+- ``matmul_*``: float32 (n x n) @ (n x n) through JAX, best call. With several JAX devices
+  (``sweep.configure_host_devices``) it also runs as one matmul per device at once; the machine's
+  peak is the better of the two layouts.
 - ``mlp_bn`` / ``mlp_plain``: the paper's MLP (784-100-100-100-10, sigmoid, BN before each
-  sigmoid or no norm, softmax cross-entropy, SGD, batch 60), one model, in
-  ``bnexp.train.train_chunk`` (the divergence-guarded step in a ``lax.scan``), jitted on one device.
+  sigmoid / no norm, softmax cross-entropy, SGD, batch 60), one model: ``bnexp.train.train_chunk``
+  (the divergence-guarded step in one rolled ``lax.scan``), jitted on the default device.
+- ``mlp_*_run_sweep`` (full run only): the same models as one-trial ``run_sweep`` calls on one
+  device, which is what ``bnexp run`` does with a single trial (a vmapped member axis of size 1).
 - ``sweep_<M>``: an lr-sweep-shaped group of M trials (own learning rate each, one seed, so the
   batches are shared) through ``bnexp.sweep.run_sweep`` with the default device layout and
-  ``eval_every = steps`` over a 60-example test set, so one call is one compiled chunk program plus
-  one negligible evaluation. Compilation happens in the warm-up call (its time is reported as
-  compile time); the timed calls reuse the compiled program.
-- ``cnn``: ``ModelSpec(kind="cnn", activation="relu")`` (conv3x3(32)-BN-ReLU-pool,
-  conv3x3(64)-BN-ReLU-pool, dense 128-BN-ReLU, 10) on 28x28x1, batch 64, one model, in
-  ``train_chunk`` with the engine's default unroll for CNNs.
+  ``eval_every = steps`` over a one-batch test set, so a call is the group's compiled training
+  program plus one evaluation costing about one step. The warm-up call compiles (the engine's
+  compile time is reported); timed calls reuse the compiled programs.
+- ``cnn``: the engine issue's CNN (conv3x3(16)-BN-ReLU-maxpool, conv3x3(32)-BN-ReLU-maxpool,
+  dense 64-BN-ReLU, 10) on 28x28x1, batch 64, one model: a one-trial ``run_sweep`` on one device,
+  so the engine's own CNN layout (im2col convolutions on CPU) is what is timed.
 - ``torch_*``: the same MLPs and CNN in PyTorch eager, written as a user would (``nn.Sequential``,
-  ``optim.SGD``, a Python loop over steps); only when PyTorch is importable.
+  ``optim.SGD``, a Python loop over steps), with PyTorch's default threads and with one thread;
+  only when PyTorch is importable. Comparisons use PyTorch's faster setting.
+
+Data: random MNIST-shaped examples (bnexp's "synthetic" dataset for run_sweep), batches drawn
+from 4096 of them; throughput does not depend on the values.
 
 Timing: every case is compiled and warmed up first; then repetition r of every case runs before
 repetition r + 1 of any (round-robin), so load from elsewhere on a shared machine hits all cases
@@ -50,7 +56,9 @@ import numpy as np
 from bnexp.models import ModelSpec
 
 MLP = ModelSpec()  # the paper's 784-100-100-100-10 sigmoid MLP with BN before each sigmoid
-CNN = ModelSpec(kind="cnn", activation="relu")  # 2 x (conv3x3-BN-ReLU-pool), dense 128-BN-ReLU
+# The engine issue's CNN (scripts/bench_engine.py): 2 x (conv3x3-BN-ReLU-maxpool) with 16 and 32
+# channels, dense 64-BN-ReLU, 10 outputs, on 28x28x1.
+CNN = ModelSpec(kind="cnn", channels=(16, 32), dense=(64,), activation="relu")
 MLP_BATCH, CNN_BATCH = 60, 64
 DEFAULT_TORCH_THREADS: dict[str, int] = {}  # PyTorch's own default, read before we change it
 N_TRAIN = 4096  # random MNIST-shaped training examples the batches are drawn from
@@ -72,11 +80,12 @@ class BenchConfig:
     cnn_steps: int = 24  # a multiple of the engine's CNN block (8 steps)
     torch_mlp_steps: int = 200
     torch_cnn_steps: int = 10
+    engine_single: bool = True  # also time the single MLPs as one-trial run_sweep calls
 
 
 FULL = BenchConfig()
 QUICK = BenchConfig(reps=3, matmul_n=1024, mlp_steps=100, sweep_members=(8,), sweep_steps=20,
-                    cnn_steps=2, torch_mlp_steps=20, torch_cnn_steps=2)
+                    cnn_steps=2, torch_mlp_steps=20, torch_cnn_steps=2, engine_single=False)
 
 
 # ---- FLOP counting ---------------------------------------------------------------------------
@@ -145,6 +154,7 @@ def matmul_cases(n: int) -> list[Case]:
     mm = jax.jit(lambda a: a @ a)
     cases.append(_jit_case("matmul_1dev", f"{n}^2 f32 matmul, one device", mm, (a,), 1,
                            2.0 * n**3))
+    cases[-1].info["n"] = n
     d = jax.device_count()
     if d > 1:
         mesh = engine.make_mesh()
@@ -174,6 +184,26 @@ def _jit_case(name: str, what: str, fn: Callable, args: tuple, model_steps: int,
         jax.block_until_ready(compiled[0](*args))
 
     return Case(name, what, setup, call, model_steps, flops, members)
+
+
+def train_loop_case(name: str, spec: ModelSpec, batch: int, steps: int) -> Case:
+    """One model, ``steps`` steps per call of bnexp.train.train_chunk (the guarded train step in
+    one rolled lax.scan), jitted on the default device; every call starts from the same state."""
+    import jax
+    import jax.numpy as jnp
+
+    from bnexp import train
+
+    cfg = train.StepConfig(spec, "sgd", total_steps=10 * steps)
+    x, y = (jnp.asarray(a) for a in _random_data(N_TRAIN, (spec.widths[0],)))
+    idx = jnp.asarray(_batches(steps, batch))
+    hp = {"lr": jnp.float32(0.1), "momentum": jnp.float32(0.9), "init_scale": jnp.float32(1.0),
+          "seed": jnp.int32(0), "norm_call": {}}
+    carry = jax.jit(functools.partial(train.init_carry, cfg))(hp)
+    norm = "BN" if spec.norm != "none" else "no norm"
+    return _jit_case(name, f"{spec.kind} {norm}, batch {batch}, one model, train.train_chunk",
+                     functools.partial(train.train_chunk, cfg), (hp, carry, idx, x, y), steps,
+                     steps * step_flops(spec, batch))
 
 
 def sweep_case(name: str, spec: ModelSpec, batch: int, members: int, steps: int, *,
@@ -257,15 +287,16 @@ def torch_case(name: str, spec: ModelSpec, batch: int, steps: int,
     import torch.nn.functional as F
 
     threads = threads or DEFAULT_TORCH_THREADS.setdefault("n", torch.get_num_threads())
+    dev = torch.device("cuda" if _platform() == "gpu" and torch.cuda.is_available() else "cpu")
 
     torch.manual_seed(0)
-    model = _torch_model(spec).train()
+    model = _torch_model(spec).to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     shape = (spec.input_shape[-1], *spec.input_shape[:2]) if spec.kind == "cnn" else \
         (spec.widths[0],)
     xs, ys = _random_data(N_TRAIN, shape)
-    x, y = torch.from_numpy(xs), torch.from_numpy(ys).long()
-    idx = torch.from_numpy(_batches(steps, batch)).long()
+    x, y = torch.from_numpy(xs).to(dev), torch.from_numpy(ys).long().to(dev)
+    idx = torch.from_numpy(_batches(steps, batch)).long().to(dev)
 
     def call() -> None:
         torch.set_num_threads(threads)
@@ -275,13 +306,16 @@ def torch_case(name: str, spec: ModelSpec, batch: int, steps: int,
             loss = F.cross_entropy(model(xb), yb)
             loss.backward()
             opt.step()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
 
     def setup() -> None:
         call()  # warm-up (allocator, kernels); nothing is compiled
         return None
 
     what = f"PyTorch eager {spec.kind} {'BN' if spec.norm != 'none' else 'no norm'}, batch " \
-           f"{batch}, {threads} thread{'s' if threads > 1 else ''}"
+           f"{batch}, " + (f"{threads} thread{'s' if threads > 1 else ''}" if dev.type == "cpu"
+                            else str(dev))
     return Case(name, what, setup, call, steps, steps * step_flops(spec, batch),
                 info={"threads": threads})
 
@@ -344,6 +378,12 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def _platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
@@ -362,10 +402,15 @@ def run(config: BenchConfig = FULL, *, torch: bool | None = None,
                            "comparison, or pass --no-torch)")
     use_torch = have_torch if torch is None else torch
     load_before = os.getloadavg()
-    cases = matmul_cases(config.matmul_n)
+    # 2048^2 saturates a CPU; an accelerator needs a larger matmul to reach its peak
+    cases = matmul_cases(config.matmul_n if _platform() == "cpu" else max(config.matmul_n, 8192))
+    plain = ModelSpec(norm="none")
     single = functools.partial(sweep_case, members=1, one_device=True)
-    cases += [single("mlp_bn", MLP, MLP_BATCH, steps=config.mlp_steps),
-              single("mlp_plain", ModelSpec(norm="none"), MLP_BATCH, steps=config.mlp_steps)]
+    cases += [train_loop_case("mlp_bn", MLP, MLP_BATCH, config.mlp_steps),
+              train_loop_case("mlp_plain", plain, MLP_BATCH, config.mlp_steps)]
+    if config.engine_single:  # the same models as one-trial sweeps (what `bnexp run` does)
+        cases += [single("mlp_bn_run_sweep", MLP, MLP_BATCH, steps=config.mlp_steps),
+                  single("mlp_plain_run_sweep", plain, MLP_BATCH, steps=config.mlp_steps)]
     cases += [sweep_case(f"sweep_{m}", MLP, MLP_BATCH, m, config.sweep_steps)
               for m in config.sweep_members]
     cases.append(single("cnn", CNN, CNN_BATCH, steps=config.cnn_steps))
@@ -403,6 +448,8 @@ def summarize(cases: Sequence[Case], config: BenchConfig,
         "sweep_fraction_of_peak": summaries[sweep]["fraction_of_peak"],
         "mlp_fraction_of_peak": summaries["mlp_bn"]["fraction_of_peak"],
         "sweep_vs_single": _ratio(rate[sweep], rate["mlp_bn"]),
+        "bn_overhead_run_sweep": _ratio(rate.get("mlp_plain_run_sweep"),
+                                        rate.get("mlp_bn_run_sweep")),
         "sweep_vs_torch": _ratio(rate[sweep], rate.get("torch_mlp_bn")),
         "mlp_vs_torch": _ratio(rate["mlp_bn"], rate.get("torch_mlp_bn")),
         "cnn_vs_torch": _ratio(rate["cnn"], rate.get("torch_cnn")),
@@ -417,7 +464,8 @@ def summarize(cases: Sequence[Case], config: BenchConfig,
         "machine": machine_info() | {"load_average_before": list(load_before),
                                      "load_average_after": list(os.getloadavg())},
         "config": asdict(config),
-        "matmul": {"n": config.matmul_n, "peak_gflops": peak / 1e9,
+        "matmul": {"n": by[next(iter(peaks))].info.get("n", config.matmul_n),
+                   "peak_gflops": peak / 1e9,
                    "layouts_gflops": {k: v / 1e9 for k, v in peaks.items()},
                    "compile_s": max(by[k].compile_s or 0.0 for k in peaks)},
         "flops_per_step": {"mlp": step_flops(MLP, MLP_BATCH), "cnn": step_flops(CNN, CNN_BATCH),

@@ -31,7 +31,8 @@ def test_cnn_flops_count_convs_at_their_resolution():
     convs = 28 * 28 * 9 * 1 * 32 + 14 * 14 * 9 * 32 * 64
     dense = 7 * 7 * 64 * 128 + 128 * 10
     assert bench.forward_flops(spec, 64) == 2 * 64 * (convs + dense)
-    assert bench.CNN.channels == (32, 64) and bench.CNN.input_shape == (28, 28, 1)
+    assert bench.CNN.channels == (16, 32) and bench.CNN.dense == (64,)
+    assert bench.CNN.input_shape == (28, 28, 1) and bench.CNN.activation == "relu"
 
 
 def _case(name: str, seconds: list[float], steps: int = 100, flops: float = 1e9,
