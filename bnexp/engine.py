@@ -126,13 +126,16 @@ def _abstract(tree: Any, sharding: Any = None) -> Any:
 
 
 def _program(name: str, cfg: Any, mesh: Mesh, fn: Callable, args: tuple, in_shardings: tuple,
-             out_shardings: Any, donate: tuple[int, ...] = ()) -> tuple[Any, float]:
-    """A compiled program from the in-process cache, or compiled now: (program, compile seconds
-    spent by this call)."""
+             out_shardings: Any, donate: tuple[int, ...] = (),
+             before: Callable[[], None] | None = None) -> tuple[Any, float]:
+    """A compiled program from the in-process cache, or compiled now (calling ``before`` first):
+    (program, compile seconds spent by this call)."""
     shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(args))
     key = (name, cfg, tuple(d.id for d in mesh.devices.flat), jax.tree.structure(args), shapes)
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
+    if before is not None:
+        before()
     t0 = time.perf_counter()
     compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                        donate_argnums=donate).lower(*args).compile()
@@ -149,11 +152,21 @@ class Programs:
 
 
 def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int],
-          idx_shape: Callable[[int], tuple[int, ...]]) -> Programs:
-    """Compile (or fetch) init, steps for each block length, and point for this piece's shapes."""
+          idx_shape: Callable[[int], tuple[int, ...]],
+          on_compile: Callable[[], None] | None = None) -> Programs:
+    """Compile (or fetch) init, steps for each block length, and point for this piece's shapes;
+    on_compile() is called once before the first compilation that is needed, if any."""
+    called = []
+
+    def before() -> None:
+        if on_compile is not None and not called:
+            called.append(True)
+            on_compile()
+
     member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
     init_fn = jax.vmap(functools.partial(train.init_carry, cfg.step))
-    init, spent = _program("init", cfg.step, mesh, init_fn, (_abstract(hp),), (member,), member)
+    init, spent = _program("init", cfg.step, mesh, init_fn, (_abstract(hp),), (member,), member,
+                           before=before)
     carry = _abstract(jax.eval_shape(init_fn, hp), member)
     idx_sharding = repl if cfg.shared_batch else member
     steps_fn = jax.vmap(functools.partial(member_steps, cfg),
@@ -163,11 +176,12 @@ def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int]
         idx = jax.ShapeDtypeStruct(idx_shape(b), jnp.int32, sharding=idx_sharding)
         steps[b], s = _program("steps", (cfg, b), mesh, steps_fn,
                                (carry, _abstract(hp), idx, _abstract(data)),
-                               (member, member, idx_sharding, repl), (member, member), (0,))
+                               (member, member, idx_sharding, repl), (member, member), (0,),
+                               before)
         spent += s
     point_fn = jax.vmap(functools.partial(member_point, cfg), in_axes=(0, 0, None))
     point, s = _program("point", cfg, mesh, point_fn, (carry, _abstract(hp), _abstract(data)),
-                        (member, member, repl), member)
+                        (member, member, repl), member, before=before)
     return Programs(init, steps, point, spent + s)
 
 
@@ -237,9 +251,11 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
         def idx_shape(b: int) -> tuple[int, ...]:
             return (b, cfg.batch_size) if cfg.shared_batch else (size, b, cfg.batch_size)
 
-        if report is not None:
-            report(p * steps, total, "compiling")
-        progs = build(cfg, mesh, hp, data, blocks, idx_shape)
+        def compiling(p: int = p) -> None:
+            if report is not None:
+                report(p * steps, total, "compiling")
+
+        progs = build(cfg, mesh, hp, data, blocks, idx_shape, compiling)
         compile_seconds += progs.compile_seconds
         carry = progs.init(hp)
         def batch_rows(start: int, length: int, seeds: list[int] = seeds) -> dict:

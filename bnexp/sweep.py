@@ -52,8 +52,15 @@ import numpy as np
 from bnexp.models import ModelSpec
 
 # Default number of host (CPU) devices exposed by configure_host_devices(); None = os.cpu_count().
-# Decided by scripts/bench_engine.py on the 2-core dev machine (64-member lr sweep of the paper
-# MLP, batch 60): see the comment in configure_host_devices for the figures.
+# Decided with scripts/bench_engine.py on the 2-core dev machine (64-member lr sweep of the paper's
+# MLP with BN, mnist-5k, batch 60, eval points included, best of 6 interleaved runs; other jobs
+# were loading the machine, so only ratios within a round mean much):
+#   1 host device:  shared batch 1,426  own batches 1,358 model-steps/s
+#   2 host devices: shared batch 1,997  own batches 1,957 model-steps/s   (1.4x)
+# XLA CPU keeps about one core busy for these shapes, so one device per core wins; members are
+# sharded over the devices. (Sharing the batch gains only ~3%: it saves the per-member gather, but
+# XLA transposes the (members, 784, 100) first-layer weight into one (784, members*100) matrix and
+# back at every step.)
 DEFAULT_HOST_DEVICES: int | None = None
 PROBE_SEED = 20150211  # the fixed probe batch (same examples for every trial of a dataset)
 
@@ -123,9 +130,10 @@ def configure_host_devices(n: int | None = None) -> int:
     Must run before JAX initializes its backends (the CLI calls it first thing). Respects the
     user: a device count already in XLA_FLAGS wins, and when n is None, BNEXP_HOST_DEVICES gives it;
     otherwise an XLA_FLAGS set by the user is left untouched. Returns the host device count in
-    effect (1 when unchanged). Without an accelerator, XLA uses about one core for these small
-    shapes, so sharding members over cores adds throughput (measured here: see
-    DEFAULT_HOST_DEVICES). On GPU/TPU machines the flag only affects the unused host platform.
+    effect (1 when unchanged). Default: one device per core (os.cpu_count()), because XLA CPU uses
+    about one core for these small shapes and members sharded over 2 devices ran 1.4x faster on
+    2 cores (figures at DEFAULT_HOST_DEVICES). On GPU/TPU machines the flag only affects the
+    unused host platform.
     """
     flags = os.environ.get("XLA_FLAGS", "")
     found = re.search(r"--xla_force_host_platform_device_count=(\d+)", flags)

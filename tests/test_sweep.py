@@ -59,9 +59,12 @@ def test_one_trace_per_group_and_no_retrace_for_new_numbers(lr_sweep):
     assert results[0].extra["pieces"] == 2 and results[0].extra["padded_members"] == 3
     assert results[0].extra["compile_seconds"] > 0
     before = dict(train.TRACE_COUNTS)
-    again = run_sweep(_trials((0.3, 0.4, 0.6), seed=5, init_scale=2.0), max_members=4)
+    events = []
+    again = run_sweep(_trials((0.3, 0.4, 0.6), seed=5, init_scale=2.0), max_members=4,
+                      progress=events.append)
     assert dict(train.TRACE_COUNTS) == before  # new numbers, same shapes: nothing traced
     assert again[0].extra["compile_seconds"] == 0.0
+    assert "compiling" not in {e.phase for e in events}
     finals = [r.final_test_accuracy for r in again]
     assert len(set(finals)) > 1 or len({float(r.history["train_loss"][0]) for r in again}) > 1
 
