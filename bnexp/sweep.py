@@ -21,13 +21,16 @@ CONTRACT (callers rely on these names):
   steps x pieces). on_group_done(group_results: list[TrialResult]) is called as
   soon as a group finishes, so callers can save results before the sweep ends.
 - history arrays all have length E = number of evaluation points (step 0 is NOT an eval point; the
-  points are eval_every, 2*eval_every, ..., steps). Keys: "step", "train_loss" (mean training loss
-  over the steps since the previous point), "test_acc", "test_loss" (eval mode, running stats),
-  "test_acc_batch" (batch-statistics mode, test set split into batches of batch_size), plus one key
-  per requested probe output (e.g. "percentiles" with shape (E, 3)).
-- A diverged member (loss non-finite or > divergence_factor x its initial loss) is frozen: its
-  parameters stop changing, diverged_at is the step, and its history after that step is NaN.
-  Steps are numbered from 1; "initial loss" is the loss of step 1.
+  points are eval_every, 2*eval_every, ..., steps, the last interval shorter if eval_every does not
+  divide steps). Keys: "step" (int64), "train_loss" (mean training loss over the steps since the
+  previous point), "test_acc", "test_loss" (eval mode, running stats, whole test set),
+  "test_acc_batch" (batch-statistics mode, test set split into batches of batch_size, a partial
+  last batch dropped; NaN if batch_size < 2), plus one key per requested probe output (e.g.
+  "percentiles" with shape (E, 3); see bnexp.probes). Metrics are float32.
+- A diverged member (loss non-finite or > divergence_factor x its initial loss, or a non-finite
+  update) is frozen: its parameters stop changing, diverged_at is the step, and every history
+  entry at an evaluation point >= diverged_at is NaN. Steps are numbered from 1; "initial loss"
+  is the loss of step 1.
 - TrialResult.seconds is the member's share of its group's wall time (compilation included);
   extra holds "compile_seconds" (the group's compile time, 0 when every program was already
   compiled in this process), "group_seconds", "group", "members", "padded_members", "pieces",
