@@ -44,6 +44,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -127,10 +128,19 @@ def group_trials(trials: Sequence[Trial]) -> list[list[int]]:
     return list(groups.values())
 
 
+def _backends_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+    except ImportError:  # pragma: no cover - private API moved: assume not started
+        return False
+    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
+
+
 def configure_host_devices(n: int | None = None) -> int:
     """Expose n CPU cores as n JAX host devices (XLA_FLAGS) so members shard over them.
 
-    Must run before JAX initializes its backends (the CLI calls it first thing). Respects the
+    Must run before JAX initializes its backends (the CLI calls it first thing); afterwards it
+    changes nothing and returns the CPU device count JAX already has. Respects the
     user: a device count already in XLA_FLAGS wins, and when n is None, BNEXP_HOST_DEVICES gives it;
     otherwise an XLA_FLAGS set by the user is left untouched. Returns the host device count in
     effect (1 when unchanged). Default: one device per core (os.cpu_count()), because XLA CPU uses
@@ -138,6 +148,10 @@ def configure_host_devices(n: int | None = None) -> int:
     2 cores (figures at DEFAULT_HOST_DEVICES). On GPU/TPU machines the flag only affects the
     unused host platform.
     """
+    if "jax" in sys.modules and _backends_started():  # too late to change anything
+        import jax
+
+        return len(jax.devices("cpu"))
     flags = os.environ.get("XLA_FLAGS", "")
     found = re.search(r"--xla_force_host_platform_device_count=(\d+)", flags)
     if found:

@@ -198,6 +198,12 @@ def test_input_validation():
 
 
 def test_configure_host_devices(monkeypatch):
+    jax.devices()  # JAX is up: too late to change the device count, so nothing changes
+    monkeypatch.setenv("BNEXP_HOST_DEVICES", "7")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert sweep.configure_host_devices() == len(jax.devices("cpu"))
+    assert "XLA_FLAGS" not in os.environ
+    monkeypatch.setattr(sweep, "_backends_started", lambda: False)  # as if JAX had not started
     monkeypatch.delenv("BNEXP_HOST_DEVICES", raising=False)
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=3")
     assert sweep.configure_host_devices() == 3
