@@ -19,13 +19,17 @@ host looping over the blocks; the evaluation then avoids lax.map as well.
 
 The member axis is sharded over a 1-D ``Mesh(devices, ("members",))``; the datasets and (when every
 member shares one data seed) the batch indices are replicated, so a shared batch enters each
-device's first layer as one (B, D) x (D, members*width) matrix product. Compiled programs are kept
-per (config, member count, devices, data shapes), so a second sweep of the same group shape in the
-same process compiles nothing; ``sweep.enable_compilation_cache`` adds JAX's on-disk cache.
+device's first layer as one (B, D) x (D, members*width) matrix product. Dense models train with
+``models.dense_wgrad``'s weight-gradient rule (``x^T g`` in the weight's own layout; JAX's rule
+computes ``g^T x`` and transposes it, a full copy of every member's weight each step on XLA CPU,
+whose dots take row-major operands only) and, on CPU, with DENSE_CPU_OPTIONS. Compiled programs
+are kept per (config, member count, devices, data shapes), so a second sweep of the same group
+shape in the same process compiles nothing; ``sweep.enable_compilation_cache`` adds JAX's on-disk cache.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -46,6 +50,19 @@ Array = jax.Array
 AXIS = "members"
 PROBE_KEY_TAG = 2  # fold_in(key(seed), 0) init, 1 training, 2 probes
 CNN_MAX_BLOCK = 8  # steps per unrolled CNN block: more adds compile time, not speed
+# XLA CPU options for the train-step programs of dense models (measured with `bnexp bench`, see
+# BENCHMARKS.md): XLA's tree-reduction rewrite splits every batch reduction (BN statistics, the
+# loss mean, the divergence guard's all-finite checks) into reduce-window + reduce, and YNNPACK
+# runs the many small vmapped dots and reductions of an MLP step slower than XLA's own emitters.
+# Without both, a 64-member lr sweep of the paper MLP ran ~15% faster and a one-member (vmapped)
+# BN program ~1.4x faster. CNNs keep the defaults: YNNPACK runs their im2col dots 10-40% faster.
+DENSE_CPU_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter",
+                     "xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options(spec: ModelSpec, platform: str) -> dict[str, Any]:
+    """XLA options for a model's train-step programs on ``platform`` (empty: XLA's defaults)."""
+    return dict(DENSE_CPU_OPTIONS) if platform == "cpu" and spec.kind != "cnn" else {}
 
 
 @dataclass(frozen=True)
@@ -77,9 +94,12 @@ def layout_for(spec: ModelSpec, lengths: Sequence[int], unrolled: bool | None = 
 
 def member_steps(cfg: ProgramConfig, carry: Carry, hp: dict, idx: Array,
                  data: dict[str, Array]) -> tuple[Carry, Array]:
-    """One member: len(idx) guarded train steps; losses (T,) NaN once diverged."""
+    """One member: len(idx) guarded train steps; losses (T,) NaN once diverged. Dense models
+    take models.dense_wgrad's weight-gradient rule (the module docstring says why)."""
     unroll = True if cfg.unrolled else 1
-    return train.train_chunk(cfg.step, hp, carry, idx, data["x_train"], data["y_train"],
+    step = dataclasses.replace(cfg.step, wgrad_rule=True) if cfg.step.spec.kind != "cnn" \
+        else cfg.step
+    return train.train_chunk(step, hp, carry, idx, data["x_train"], data["y_train"],
                              unroll=unroll)
 
 
@@ -127,9 +147,11 @@ def _abstract(tree: Any, sharding: Any = None) -> Any:
 
 def _program(name: str, cfg: Any, mesh: Mesh, fn: Callable, args: tuple, in_shardings: tuple,
              out_shardings: Any, donate: tuple[int, ...] = (),
-             before: Callable[[], None] | None = None) -> tuple[Any, float]:
-    """A compiled program from the in-process cache, or compiled now (calling ``before`` first):
-    (program, compile seconds spent by this call)."""
+             before: Callable[[], None] | None = None,
+             options: dict[str, Any] | None = None) -> tuple[Any, float]:
+    """A compiled program from the in-process cache, or compiled now (calling ``before`` first)
+    with XLA ``options`` (dropped if this XLA does not know them): (program, compile seconds
+    spent by this call)."""
     shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(args))
     key = (name, cfg, tuple(d.id for d in mesh.devices.flat), jax.tree.structure(args), shapes)
     if key in _PROGRAMS:
@@ -137,8 +159,14 @@ def _program(name: str, cfg: Any, mesh: Mesh, fn: Callable, args: tuple, in_shar
     if before is not None:
         before()
     t0 = time.perf_counter()
-    compiled = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                       donate_argnums=donate).lower(*args).compile()
+    lowered = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
+                      donate_argnums=donate).lower(*args)
+    try:
+        compiled = lowered.compile(compiler_options=options or None)
+    except Exception as e:  # an XLA without these (experimental) options: its defaults
+        if not options or "option" not in str(e):
+            raise
+        compiled = lowered.compile()
     _PROGRAMS[key] = compiled
     return compiled, time.perf_counter() - t0
 
@@ -177,7 +205,7 @@ def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int]
         steps[b], s = _program("steps", (cfg, b), mesh, steps_fn,
                                (carry, _abstract(hp), idx, _abstract(data)),
                                (member, member, idx_sharding, repl), (member, member), (0,),
-                               before)
+                               before, compiler_options(cfg.step.spec, mesh.devices.flat[0].platform))
         spent += s
     point_fn = jax.vmap(functools.partial(member_point, cfg), in_axes=(0, 0, None))
     point, s = _program("point", cfg, mesh, point_fn, (carry, _abstract(hp), _abstract(data)),

@@ -255,15 +255,38 @@ def _maxpool2(h: Array) -> Array:
     return h.reshape((n, hh // 2, 2, ww // 2, 2, c)).max(axis=(2, 4))
 
 
+@jax.custom_vjp
+def dense_wgrad(h: Array, w: Array) -> Array:
+    """``h @ w`` whose reverse-mode rule writes the weight gradient as ``h^T g`` in w's own
+    (in, out) order; JAX's rule computes ``g^T h`` and transposes it (bnexp.engine stores the
+    members' first-layer weights so that only this order avoids a full copy per step). Values are
+    those of autodiff; forward-mode differentiation (jvp) is not defined for it."""
+    return h @ w
+
+
+def _dense_fwd(h: Array, w: Array) -> tuple[Array, tuple[Array, Array]]:
+    return h @ w, (h, w)
+
+
+def _dense_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
+    h, w = res
+    return g @ w.T, jax.lax.dot_general(h, g, (((0,), (0,)), ((), ())))
+
+
+dense_wgrad.defvjp(_dense_fwd, _dense_bwd)
+
+
 def apply(params: dict, norm_state: dict, x: Array, spec: ModelSpec, *, mode: str = "train",
           key: Array | None = None, norm_call: Mapping[str, Any] | None = None,
-          capture: bool = False) -> tuple[Array, dict, dict]:
+          capture: bool = False, dense: Any = None) -> tuple[Array, dict, dict]:
     """Logits (N, classes), the new norm state and aux (``{"preacts": [...]}`` if capture).
+    dense(h, w): the dense layers' matrix product (default ``h @ w``; see ``dense_wgrad``).
 
     x: (N, D) for mlp/linear; (N, H, W, C) or flat (N, H*W*C) for cnn. mode: "train" | "eval" |
     "batch" (see bnexp.norms). norm_call: per-call options forwarded to every norm layer.
     """
     norm_call = dict(norm_call or {})
+    dense = dense or jnp.matmul
     preacts: list[Array] = []
     new_state: dict[str, Any] = {"conv": [], "hidden": []}
     layer = 0
@@ -281,11 +304,11 @@ def apply(params: dict, norm_state: dict, x: Array, spec: ModelSpec, *, mode: st
             layer += 1
         h = h.reshape((h.shape[0], -1))
     for p, s in zip(params["hidden"], norm_state["hidden"], strict=True):
-        h, pre, s = _block(h @ p["w"], p, s, spec, layer, False, mode=mode, key=key,
+        h, pre, s = _block(dense(h, p["w"]), p, s, spec, layer, False, mode=mode, key=key,
                            norm_call=norm_call)
         h = _dropout(h, spec, layer, mode, key)
         preacts.append(pre)
         new_state["hidden"].append(s)
         layer += 1
-    logits = h @ params["out"]["w"] + params["out"]["b"][None, :]
+    logits = dense(h, params["out"]["w"]) + params["out"]["b"][None, :]
     return logits, new_state, ({"preacts": preacts} if capture else {})

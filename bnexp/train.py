@@ -57,6 +57,7 @@ class StepConfig:
     total_steps: int = 1000  # for schedules scaled to the run length (batch renorm)
     divergence_factor: float = 1e3
     norm_call_names: tuple[str, ...] = ()  # names of traced per-call norm options in hp
+    wgrad_rule: bool = False  # dense layers through models.dense_wgrad (set by bnexp.engine)
 
 
 def make_optimizer(name: str, lr: Array | float = 0.0,
@@ -100,10 +101,11 @@ def norm_call_at(cfg: StepConfig, hp: Mapping[str, Any], step: Array) -> dict[st
 
 def loss_fn(params: Any, norm_state: Any, x: Array, y: Array, spec: ModelSpec, *,
             mode: str = "train", key: Array | None = None,
-            norm_call: Mapping[str, Any] | None = None) -> tuple[Array, tuple[Any, Array]]:
+            norm_call: Mapping[str, Any] | None = None,
+            dense: Any = None) -> tuple[Array, tuple[Any, Array]]:
     """Mean softmax cross-entropy; returns (loss, (new_norm_state, logits)) for value_and_grad."""
     logits, new_state, _ = models.apply(params, norm_state, x, spec, mode=mode, key=key,
-                                        norm_call=norm_call)
+                                        norm_call=norm_call, dense=dense)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, (new_state, logits)
 
@@ -136,7 +138,8 @@ def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
     call = norm_call_at(cfg, hp, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (loss, (norm_state, _)), grads = grad_fn(state.params, state.norm_state, x, y, cfg.spec,
-                                             mode="train", key=key, norm_call=call)
+                                             mode="train", key=key, norm_call=call,
+                                             dense=models.dense_wgrad if cfg.wgrad_rule else None)
     updates, opt_state = make_optimizer(cfg.optimizer).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     init_loss = jnp.where(state.step == 0, loss, carry.init_loss)

@@ -210,3 +210,27 @@ def test_spec_validation():
             ModelSpec(**bad)
     with pytest.raises(ValueError, match="unknown norm"):
         init(KEY, ModelSpec(norm="weird"))
+
+
+def test_dense_wgrad_matches_autodiff_shared_and_own_inputs():
+    """models.dense_wgrad: the value and both gradients of autodiff's h @ w, for one model and
+    vmapped over members with a shared input (the engine's lr sweeps) or own inputs."""
+    h, w = jnp.asarray(_normal(1, (12, 7))), jnp.asarray(_normal(2, (4, 7, 5)))
+    hs = jnp.asarray(_normal(3, (4, 12, 7)))
+    cot = jnp.asarray(_normal(4, (12, 5)))
+
+    def loss(mm):
+        return lambda h, w: jnp.sum(jnp.tanh(mm(h, w)) * cot)
+
+    for name, in_axes, args in (("one", None, (h, w[0])), ("shared", (None, 0), (h, w)),
+                                ("own", (0, 0), (hs, w))):
+        def grads(mm, in_axes=in_axes, args=args):
+            f = jax.grad(loss(mm), argnums=(0, 1))
+            f = jax.vmap(f, in_axes=in_axes) if in_axes else f
+            return jax.jit(f)(*args)
+
+        want, got = grads(jnp.matmul), grads(models.dense_wgrad)
+        for a, b in zip(want, got, strict=True):
+            np.testing.assert_allclose(b, a, rtol=2e-6, atol=2e-6, err_msg=name)
+    np.testing.assert_array_equal(jax.jit(models.dense_wgrad)(h, w[0]),
+                                  jax.jit(jnp.matmul)(h, w[0]))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnexp import engine, models, probes, sweep, train
+from bnexp import data, engine, models, probes, sweep, train
 from bnexp.models import ModelSpec
 from bnexp.sweep import Trial, run_sweep
 
@@ -264,3 +264,28 @@ def test_sharded_over_four_host_devices_matches_one():
         for k in a:
             np.testing.assert_allclose(np.array(a[k], float), np.array(b[k], float), rtol=1e-5,
                                        atol=1e-6, err_msg=k)
+
+
+def test_engine_members_match_single_model_training():
+    """Every member of an lr sweep (shared batches, the engine's weight-gradient rule and XLA
+    options) follows the plain single-model loop (train.train_chunk, autodiff's rule, XLA's
+    defaults) on the same batches to float32 precision."""
+    lrs = (0.1, 0.5, 2.0)
+    spec = ModelSpec(widths=(16, 24, 24, 10), norm="batch")
+    trials = [Trial(**{**BASE.__dict__, "model": spec, "lr": lr, "eval_every": 20})
+              for lr in lrs]
+    results = run_sweep(trials)
+    ds = data.load("synthetic", **dict(DATA))
+    cfg = train.StepConfig(spec, "sgd", total_steps=20)
+    idx = data.batch_indices(0, 0, 20, 256, 16)
+    x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+    for lr, r in zip(lrs, results, strict=True):
+        hp = {"lr": np.float32(lr), "momentum": np.float32(0.0), "init_scale": np.float32(1.0),
+              "seed": np.int32(0), "norm_call": {}}
+        carry = jax.jit(lambda h: train.init_carry(cfg, h))(hp)
+        carry, losses = jax.jit(lambda c, h: train.train_chunk(cfg, h, c, idx, x, y))(carry, hp)
+        np.testing.assert_allclose(r.history["train_loss"][0], np.mean(losses), rtol=1e-5)
+        acc, loss = jax.jit(lambda s: train.evaluate(s.params, s.norm_state, ds.x_test,
+                                                     ds.y_test, spec))(carry.state)
+        np.testing.assert_allclose(r.history["test_loss"][0], loss, rtol=1e-5)
+        assert r.history["test_acc"][0] == pytest.approx(float(acc), abs=1 / 128)
