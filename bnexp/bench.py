@@ -9,7 +9,8 @@ Cases (every bnexp case runs bnexp's own code; nothing is hand-written for the b
   peak is the better of the two layouts.
 - ``mlp_bn`` / ``mlp_plain``: the paper's MLP (784-100-100-100-10, sigmoid, BN before each
   sigmoid / no norm, softmax cross-entropy, SGD, batch 60), one model: ``bnexp.train.train_chunk``
-  (the divergence-guarded step in one rolled ``lax.scan``), jitted on the default device.
+  (the divergence-guarded step in one rolled ``lax.scan``), jitted on the default device as the
+  engine compiles it (``wgrad_rule`` and ``engine.compiler_options``).
 - ``mlp_*_run_sweep`` (full run only): the same models as one-trial ``run_sweep`` calls on one
   device, which is what ``bnexp run`` does with a single trial (a vmapped member axis of size 1).
 - ``sweep_<M>``: an lr-sweep-shaped group of M trials (own learning rate each, one seed, so the
@@ -167,15 +168,18 @@ def matmul_cases(n: int) -> list[Case]:
 
 
 def _jit_case(name: str, what: str, fn: Callable, args: tuple, model_steps: int,
-              flops: float, members: int = 1) -> Case:
-    """A jitted function: compiled ahead of time in setup (timed), then called on fixed args."""
+              flops: float, members: int = 1, options: dict[str, Any] | None = None) -> Case:
+    """A jitted function: compiled ahead of time in setup (timed) with XLA ``options``, then
+    called on fixed args."""
     import jax
+
+    from bnexp import engine
 
     compiled: list[Any] = []
 
     def setup() -> float:
         t = time.perf_counter()
-        compiled.append(jax.jit(fn).lower(*args).compile())
+        compiled.append(engine.compile_with(jax.jit(fn).lower(*args), options))
         seconds = time.perf_counter() - t
         call()  # warm-up
         return seconds
@@ -188,13 +192,15 @@ def _jit_case(name: str, what: str, fn: Callable, args: tuple, model_steps: int,
 
 def train_loop_case(name: str, spec: ModelSpec, batch: int, steps: int) -> Case:
     """One model, ``steps`` steps per call of bnexp.train.train_chunk (the guarded train step in
-    one rolled lax.scan), jitted on the default device; every call starts from the same state."""
+    one rolled lax.scan), jitted on the default device as bnexp.engine compiles it (dense models:
+    the weight-gradient rule and the engine's XLA options); every call starts from the same
+    state."""
     import jax
     import jax.numpy as jnp
 
-    from bnexp import train
+    from bnexp import engine, train
 
-    cfg = train.StepConfig(spec, "sgd", total_steps=10 * steps)
+    cfg = train.StepConfig(spec, "sgd", total_steps=10 * steps, wgrad_rule=spec.kind != "cnn")
     x, y = (jnp.asarray(a) for a in _random_data(N_TRAIN, (spec.widths[0],)))
     idx = jnp.asarray(_batches(steps, batch))
     hp = {"lr": jnp.float32(0.1), "momentum": jnp.float32(0.9), "init_scale": jnp.float32(1.0),
@@ -203,7 +209,8 @@ def train_loop_case(name: str, spec: ModelSpec, batch: int, steps: int) -> Case:
     norm = "BN" if spec.norm != "none" else "no norm"
     return _jit_case(name, f"{spec.kind} {norm}, batch {batch}, one model, train.train_chunk",
                      functools.partial(train.train_chunk, cfg), (hp, carry, idx, x, y), steps,
-                     steps * step_flops(spec, batch))
+                     steps * step_flops(spec, batch),
+                     options=engine.compiler_options(spec, jax.devices()[0].platform))
 
 
 def sweep_case(name: str, spec: ModelSpec, batch: int, members: int, steps: int, *,

@@ -161,14 +161,20 @@ def _program(name: str, cfg: Any, mesh: Mesh, fn: Callable, args: tuple, in_shar
     t0 = time.perf_counter()
     lowered = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
                       donate_argnums=donate).lower(*args)
-    try:
-        compiled = lowered.compile(compiler_options=options or None)
-    except Exception as e:  # an XLA without these (experimental) options: its defaults
-        if not options or "option" not in str(e):
-            raise
-        compiled = lowered.compile()
+    compiled = compile_with(lowered, options)
     _PROGRAMS[key] = compiled
     return compiled, time.perf_counter() - t0
+
+
+def compile_with(lowered: Any, options: dict[str, Any] | None) -> Any:
+    """``lowered.compile()`` with XLA ``options``, or with XLA's defaults when this XLA does not
+    know them (they are experimental CPU flags)."""
+    try:
+        return lowered.compile(compiler_options=options or None)
+    except Exception as e:  # noqa: BLE001 - XLA reports unknown options as a generic error
+        if not options or "option" not in str(e):
+            raise
+        return lowered.compile()
 
 
 @dataclass
