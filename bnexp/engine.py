@@ -21,10 +21,12 @@ The member axis is sharded over a 1-D ``Mesh(devices, ("members",))``; the datas
 member shares one data seed) the batch indices are replicated, so a shared batch enters each
 device's first layer as one (B, D) x (D, members*width) matrix product. Dense models train with
 ``models.dense_wgrad``'s weight-gradient rule (``x^T g`` in the weight's own layout; JAX's rule
-computes ``g^T x`` and transposes it, a full copy of every member's weight each step on XLA CPU,
-whose dots take row-major operands only) and, on CPU, with DENSE_CPU_OPTIONS. Compiled programs
-are kept per (config, member count, devices, data shapes), so a second sweep of the same group
-shape in the same process compiles nothing; ``sweep.enable_compilation_cache`` adds JAX's on-disk cache.
+computes ``g^T x`` and transposes it), with the first dense weight of a shared-batch SGD group
+stored and updated as one (D, members, H) array (FIRST_DENSE_W), and on CPU with
+DENSE_CPU_OPTIONS: XLA CPU's dots take row-major operands only, so every other layout costs a
+full copy of the weights per step. Compiled programs are kept per (config, member count,
+devices, data shapes), so a second sweep of the same group shape in the same process compiles
+nothing; ``sweep.enable_compilation_cache`` adds JAX's on-disk cache.
 """
 
 from __future__ import annotations
@@ -92,15 +94,94 @@ def layout_for(spec: ModelSpec, lengths: Sequence[int], unrolled: bool | None = 
     return True, max(d for d in range(1, CNN_MAX_BLOCK + 1) if g % d == 0)
 
 
-def member_steps(cfg: ProgramConfig, carry: Carry, hp: dict, idx: Array,
-                 data: dict[str, Array]) -> tuple[Carry, Array]:
-    """One member: len(idx) guarded train steps; losses (T,) NaN once diverged. Dense models
-    take models.dense_wgrad's weight-gradient rule (the module docstring says why)."""
-    unroll = True if cfg.unrolled else 1
-    step = dataclasses.replace(cfg.step, wgrad_rule=True) if cfg.step.spec.kind != "cnn" \
-        else cfg.step
-    return train.train_chunk(step, hp, carry, idx, data["x_train"], data["y_train"],
-                             unroll=unroll)
+# The first dense layer's weight of a sweep whose members share the batch (and train with plain
+# SGD) is stored (D, members, H), member axis in the middle, and updated by the group, not the
+# member. The members' forward products are then one GEMM x (B, D) @ w (D, members * H) on the
+# stored weight, and the weight gradient (models.dense_wgrad: x^T g) comes out in that layout too.
+# Stored (members, D, H), XLA CPU (whose dots take row-major operands only) copied the whole
+# weight into (D, members * H) every step (10 MB per device for 32 paper-MLP members). The update
+# is the group's because inside a vmap any per-member scalar (the learning rate, the divergence
+# guard) meeting a leaf whose member axis is not in front moves that axis to the front.
+FIRST_DENSE_W = (jax.tree_util.DictKey("hidden"), jax.tree_util.SequenceKey(0),
+                 jax.tree_util.DictKey("w"))
+
+
+def group_updates_first_layer(cfg: ProgramConfig) -> bool:
+    """Whether the group updates the first dense weight itself, stored (D, members, H)."""
+    return cfg.shared_batch and cfg.step.spec.kind != "cnn" and cfg.step.optimizer == "sgd"
+
+
+def member_axes(cfg: ProgramConfig, tree: Any) -> Any:
+    """The member axis of every leaf of a member's ``tree`` (a carry or params) as stored."""
+    middle = group_updates_first_layer(cfg)
+
+    def axis(path: tuple, leaf: Any) -> int:
+        return 1 if middle and tuple(path[-3:]) == FIRST_DENSE_W and jnp.ndim(leaf) == 2 else 0
+
+    return jax.tree_util.tree_map_with_path(axis, tree)
+
+
+def _first_w(params: Any) -> Array:
+    return params["hidden"][0]["w"]
+
+
+def _with_first_w(params: Any, w: Any) -> Any:
+    hidden = list(params["hidden"])
+    hidden[0] = {**hidden[0], "w": w}
+    return {**params, "hidden": hidden}
+
+
+def _group_step(cfg: StepConfig, axes: Carry, hp: dict, carry: Carry, x: Array,
+                y: Array) -> tuple[Carry, Array]:
+    """All members' guarded SGD step with the first dense weight w (D, members, H) updated here:
+    exactly train.train_step's arithmetic (optax.sgd's ``(-lr) * g``, ``p + u``, the guard)."""
+    shared = None if x.ndim == 2 else 0
+    loss, norm_state, grads = jax.vmap(functools.partial(train.step_grads, cfg),
+                                       in_axes=(0, axes, shared, shared),
+                                       out_axes=(0, 0, axes.state.params))(hp, carry, x, y)
+    w, g = _first_w(carry.state.params), _first_w(grads)
+    lr = carry.state.opt_state.hyperparams["learning_rate"]  # (members,), what optax.sgd uses
+    u = (-lr)[None, :, None] * g
+    ok = jnp.all(jnp.isfinite(u), axis=(0, 2))
+    members = lr.shape[0]
+    stub = jnp.zeros((members,), w.dtype)  # the rest of the step sees a per-member scalar
+    rest = carry._replace(state=carry.state._replace(params=_with_first_w(carry.state.params,
+                                                                           stub)))
+    rest, loss = jax.vmap(functools.partial(train.apply_grads, cfg))(
+        rest, loss, norm_state, _with_first_w(grads, stub), ok)
+    alive = rest.diverged_at == 0  # == (healthy before) & ~bad this step
+    w = jnp.where(alive[None, :, None], w + u, w)
+    return rest._replace(state=rest.state._replace(params=_with_first_w(rest.state.params, w))), \
+        loss
+
+
+def group_steps(cfg: ProgramConfig, axes: Carry, carry: Carry, hp: dict, idx: Array,
+                data: dict[str, Array]) -> tuple[Carry, Array]:
+    """All members: T guarded train steps in one lax.scan over the vmapped train step.
+    idx: (T, B) shared rows, or (members, T, B) own rows; returns (carry, losses (members, T)),
+    losses NaN once diverged. Dense models take models.dense_wgrad's weight-gradient rule, and
+    with group_updates_first_layer the first dense weight is updated by the group (see
+    FIRST_DENSE_W). The scan is outside the vmap so the carry keeps its stored layout ``axes``
+    inside the loop (a vmapped scan moves every member axis to the front)."""
+    step_cfg = cfg.step
+    if cfg.step.spec.kind != "cnn":
+        step_cfg = dataclasses.replace(cfg.step, wgrad_rule=True)
+    if group_updates_first_layer(cfg):
+        step = functools.partial(_group_step, step_cfg, axes)
+    else:
+        shared = None if cfg.shared_batch else 0
+        step = jax.vmap(functools.partial(train.train_step, step_cfg),
+                        in_axes=(0, 0, shared, shared))
+    xs = idx if cfg.shared_batch else jnp.swapaxes(idx, 0, 1)  # (T, ...) either way
+
+    def body(c: Carry, i: Array) -> tuple[Carry, Array]:
+        return step(hp, c, data["x_train"][i], data["y_train"][i])
+
+    if cfg.unrolled and xs.shape[0] == 1:  # a length-1 scan still lowers to a while loop
+        carry, loss = body(carry, xs[0])
+        return carry, loss[:, None]
+    carry, losses = jax.lax.scan(body, carry, xs, unroll=True if cfg.unrolled else 1)
+    return carry, losses.T
 
 
 def member_point(cfg: ProgramConfig, carry: Carry, hp: dict,
@@ -198,24 +279,28 @@ def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int]
             on_compile()
 
     member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
-    init_fn = jax.vmap(functools.partial(train.init_carry, cfg.step))
-    init, spent = _program("init", cfg.step, mesh, init_fn, (_abstract(hp),), (member,), member,
-                           before=before)
-    carry = _abstract(jax.eval_shape(init_fn, hp), member)
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), hp)
+    axes = member_axes(cfg, jax.eval_shape(functools.partial(train.init_carry, cfg.step), one))
+    shard = jax.tree.map(lambda a: NamedSharding(mesh, PartitionSpec(*[None] * a, AXIS)), axes)
+    init_fn = jax.vmap(functools.partial(train.init_carry, cfg.step), out_axes=axes)
+    init, spent = _program("init", (cfg.step, group_updates_first_layer(cfg)), mesh, init_fn,
+                           (_abstract(hp),), (member,), shard, before=before)
+    carry = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                         jax.eval_shape(init_fn, hp), shard)
     idx_sharding = repl if cfg.shared_batch else member
-    steps_fn = jax.vmap(functools.partial(member_steps, cfg),
-                        in_axes=(0, 0, None if cfg.shared_batch else 0, None))
+    steps_fn = functools.partial(group_steps, cfg, axes)
     steps = {}
     for b in sorted(blocks):
         idx = jax.ShapeDtypeStruct(idx_shape(b), jnp.int32, sharding=idx_sharding)
         steps[b], s = _program("steps", (cfg, b), mesh, steps_fn,
                                (carry, _abstract(hp), idx, _abstract(data)),
-                               (member, member, idx_sharding, repl), (member, member), (0,),
-                               before, compiler_options(cfg.step.spec, mesh.devices.flat[0].platform))
+                               (shard, member, idx_sharding, repl), (shard, member), (0,),
+                               before, compiler_options(cfg.step.spec,
+                                                        mesh.devices.flat[0].platform))
         spent += s
-    point_fn = jax.vmap(functools.partial(member_point, cfg), in_axes=(0, 0, None))
+    point_fn = jax.vmap(functools.partial(member_point, cfg), in_axes=(axes, 0, None))
     point, s = _program("point", cfg, mesh, point_fn, (carry, _abstract(hp), _abstract(data)),
-                        (member, member, repl), member, before=before)
+                        (shard, member, repl), member, before=before)
     return Programs(init, steps, point, spent + s)
 
 

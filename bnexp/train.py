@@ -124,14 +124,9 @@ def _finite(tree: Any) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)]))
 
 
-def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
-               y: Array) -> tuple[Carry, Array]:
-    """One divergence-guarded SGD step; returns (carry, loss) with loss NaN once diverged.
-
-    A member whose loss is non-finite, exceeds divergence_factor x its step-1 loss, or whose update
-    is non-finite is frozen from that step on: params, norm state and optimizer state stop changing
-    (no NaN reaches them) and diverged_at records the step.
-    """
+def step_grads(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
+               y: Array) -> tuple[Array, Any, Any]:
+    """The first half of a train step: (loss, new norm state, gradients) at the carry's params."""
     TRACE_COUNTS["train_step"] += 1
     state = carry.state
     key = jax.random.fold_in(state.key, state.step)
@@ -140,12 +135,22 @@ def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
     (loss, (norm_state, _)), grads = grad_fn(state.params, state.norm_state, x, y, cfg.spec,
                                              mode="train", key=key, norm_call=call,
                                              dense=models.dense_wgrad if cfg.wgrad_rule else None)
+    return loss, norm_state, grads
+
+
+def apply_grads(cfg: StepConfig, carry: Carry, loss: Array, norm_state: Any, grads: Any,
+                extra_ok: Array | bool = True) -> tuple[Carry, Array]:
+    """The second half: the optimizer update, guarded. ``extra_ok`` False marks the step bad
+    (bnexp.engine updates one leaf itself and passes its finiteness here)."""
+    state = carry.state
     updates, opt_state = make_optimizer(cfg.optimizer).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     init_loss = jnp.where(state.step == 0, loss, carry.init_loss)
     bad = (~jnp.isfinite(loss)) | (loss > cfg.divergence_factor * init_loss) | ~_finite(updates)
+    bad = bad | ~jnp.asarray(extra_ok)
     alive = (carry.diverged_at == 0) & ~bad
     step = state.step + 1
+
     def keep(n: Any, o: Any) -> Any:
         return jax.tree.map(lambda a, b: jnp.where(alive, a, b), n, o)
 
@@ -153,6 +158,18 @@ def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
                       keep(opt_state, state.opt_state), step, state.key)
     diverged_at = jnp.where((carry.diverged_at == 0) & bad, step, carry.diverged_at)
     return Carry(kept, init_loss, diverged_at), jnp.where(alive, loss, jnp.nan)
+
+
+def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
+               y: Array) -> tuple[Carry, Array]:
+    """One divergence-guarded SGD step; returns (carry, loss) with loss NaN once diverged.
+
+    A member whose loss is non-finite, exceeds divergence_factor x its step-1 loss, or whose update
+    is non-finite is frozen from that step on: params, norm state and optimizer state stop changing
+    (no NaN reaches them) and diverged_at records the step.
+    """
+    loss, norm_state, grads = step_grads(cfg, hp, carry, x, y)
+    return apply_grads(cfg, carry, loss, norm_state, grads)
 
 
 def train_chunk(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, idx: Array, x_train: Array,

@@ -3,6 +3,7 @@ shared vs own batches, probes, progress, host devices, and 4 sharded host device
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -289,3 +290,40 @@ def test_engine_members_match_single_model_training():
                                                      ds.y_test, spec))(carry.state)
         np.testing.assert_allclose(r.history["test_loss"][0], loss, rtol=1e-5)
         assert r.history["test_acc"][0] == pytest.approx(float(acc), abs=1 / 128)
+
+
+def test_group_step_equals_vmapped_train_step_and_guards_the_first_layer():
+    """engine._group_step (first dense weight stored (D, members, H), updated by the group) gives
+    train.train_step's numbers bit for bit, including a member whose first-layer update alone
+    is non-finite (learning rate inf, finite loss): it is frozen at step 1, nothing else is."""
+    spec = ModelSpec(widths=(16, 24, 24, 10), norm="batch")
+    step_cfg = train.StepConfig(spec, "sgd", total_steps=10, wgrad_rule=True)
+    cfg = engine.ProgramConfig(step_cfg, 16)
+    assert engine.group_updates_first_layer(cfg)
+    hp = {"lr": np.asarray([0.1, np.inf, 0.5], np.float32), "momentum": np.zeros(3, np.float32),
+          "init_scale": np.ones(3, np.float32), "seed": np.arange(3, dtype=np.int32),
+          "norm_call": {}}
+    ds = data.load("synthetic", **dict(DATA))
+    x, y = jnp.asarray(ds.x_train[:16]), jnp.asarray(ds.y_train[:16])
+    carry = jax.jit(jax.vmap(functools.partial(train.init_carry, step_cfg)))(hp)
+    want, want_loss = jax.jit(jax.vmap(functools.partial(train.train_step, step_cfg),
+                                       in_axes=(0, 0, None, None)))(hp, carry, x, y)
+    one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), hp)
+    axes = engine.member_axes(cfg, jax.eval_shape(functools.partial(train.init_carry, step_cfg),
+                                                  one))
+    stored = jax.tree.map(lambda a, ax: jnp.moveaxis(a, 0, ax), carry, axes)
+    got, got_loss = jax.jit(functools.partial(engine._group_step, step_cfg, axes))(
+        hp, stored, x, y)
+    got = jax.tree.map(lambda a, ax: jnp.moveaxis(a, ax, 0), got, axes)
+    def arrays(c):
+        return [jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+                for a in jax.tree.leaves(c)]
+
+    for a, b in zip(arrays(want), arrays(got), strict=True):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
+    np.testing.assert_array_equal(np.asarray(got_loss), np.asarray(want_loss))
+    np.testing.assert_array_equal(np.asarray(got.diverged_at), [0, 1, 0])
+    assert np.isnan(got_loss[1]) and np.isfinite(np.asarray(got_loss)[[0, 2]]).all()
+    w1 = lambda c: np.asarray(c.state.params["hidden"][0]["w"])  # noqa: E731
+    np.testing.assert_array_equal(w1(got)[1], w1(carry)[1])  # frozen, finite
+    assert not np.array_equal(w1(got)[0], w1(carry)[0])
