@@ -200,7 +200,7 @@ def train_loop_case(name: str, spec: ModelSpec, batch: int, steps: int) -> Case:
 
     from bnexp import engine, train
 
-    cfg = train.StepConfig(spec, "sgd", total_steps=10 * steps, wgrad_rule=spec.kind != "cnn")
+    cfg = train.StepConfig(spec, "sgd", total_steps=10 * steps, wgrad_rule=True)
     x, y = (jnp.asarray(a) for a in _random_data(N_TRAIN, (spec.widths[0],)))
     idx = jnp.asarray(_batches(steps, batch))
     hp = {"lr": jnp.float32(0.1), "momentum": jnp.float32(0.9), "init_scale": jnp.float32(1.0),

@@ -19,7 +19,7 @@ host looping over the blocks; the evaluation then avoids lax.map as well.
 
 The member axis is sharded over a 1-D ``Mesh(devices, ("members",))``; the datasets and (when every
 member shares one data seed) the batch indices are replicated, so a shared batch enters each
-device's first layer as one (B, D) x (D, members*width) matrix product. Dense models train with
+device's first layer as one (B, D) x (D, members*width) matrix product. Models train with
 ``models.dense_wgrad``'s weight-gradient rule (``x^T g`` in the weight's own layout; JAX's rule
 computes ``g^T x`` and transposes it), with the first dense weight of a shared-batch SGD group
 stored and updated as one (D, members, H) array (FIRST_DENSE_W), and on CPU with
@@ -159,13 +159,11 @@ def group_steps(cfg: ProgramConfig, axes: Carry, carry: Carry, hp: dict, idx: Ar
                 data: dict[str, Array]) -> tuple[Carry, Array]:
     """All members: T guarded train steps in one lax.scan over the vmapped train step.
     idx: (T, B) shared rows, or (members, T, B) own rows; returns (carry, losses (members, T)),
-    losses NaN once diverged. Dense models take models.dense_wgrad's weight-gradient rule, and
+    losses NaN once diverged. Models take models.dense_wgrad's weight-gradient rule, and
     with group_updates_first_layer the first dense weight is updated by the group (see
     FIRST_DENSE_W). The scan is outside the vmap so the carry keeps its stored layout ``axes``
     inside the loop (a vmapped scan moves every member axis to the front)."""
-    step_cfg = cfg.step
-    if cfg.step.spec.kind != "cnn":
-        step_cfg = dataclasses.replace(cfg.step, wgrad_rule=True)
+    step_cfg = dataclasses.replace(cfg.step, wgrad_rule=True)
     if group_updates_first_layer(cfg):
         step = functools.partial(_group_step, step_cfg, axes)
     else:
@@ -270,7 +268,13 @@ def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int]
           idx_shape: Callable[[int], tuple[int, ...]],
           on_compile: Callable[[], None] | None = None) -> Programs:
     """Compile (or fetch) init, steps for each block length, and point for this piece's shapes;
-    on_compile() is called once before the first compilation that is needed, if any."""
+    on_compile() is called once before the first compilation that is needed, if any. A repeat
+    of the same shapes is a dictionary lookup (no tracing: eval_shape costs ~60 ms a call)."""
+    shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves((hp, data)))
+    memo = ("build", cfg, tuple(d.id for d in mesh.devices.flat), jax.tree.structure((hp, data)),
+            shapes, tuple((b, idx_shape(b)) for b in sorted(blocks)))
+    if memo in _PROGRAMS:
+        return dataclasses.replace(_PROGRAMS[memo], compile_seconds=0.0)
     called = []
 
     def before() -> None:
@@ -301,7 +305,8 @@ def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int]
     point_fn = jax.vmap(functools.partial(member_point, cfg), in_axes=(axes, 0, None))
     point, s = _program("point", cfg, mesh, point_fn, (carry, _abstract(hp), _abstract(data)),
                         (shard, member, repl), member, before=before)
-    return Programs(init, steps, point, spent + s)
+    _PROGRAMS[memo] = Programs(init, steps, point, spent + s)
+    return _PROGRAMS[memo]
 
 
 def pieces(n: int, max_members: int, n_devices: int) -> tuple[int, int]:

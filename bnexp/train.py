@@ -57,7 +57,7 @@ class StepConfig:
     total_steps: int = 1000  # for schedules scaled to the run length (batch renorm)
     divergence_factor: float = 1e3
     norm_call_names: tuple[str, ...] = ()  # names of traced per-call norm options in hp
-    wgrad_rule: bool = False  # dense layers through models.dense_wgrad (set by bnexp.engine)
+    wgrad_rule: bool = False  # matrix products through models.dense_wgrad (set by bnexp.engine)
 
 
 def make_optimizer(name: str, lr: Array | float = 0.0,

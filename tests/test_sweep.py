@@ -267,16 +267,25 @@ def test_sharded_over_four_host_devices_matches_one():
                                        atol=1e-6, err_msg=k)
 
 
-def test_engine_members_match_single_model_training():
-    """Every member of an lr sweep (shared batches, the engine's weight-gradient rule and XLA
-    options) follows the plain single-model loop (train.train_chunk, autodiff's rule, XLA's
-    defaults) on the same batches to float32 precision."""
+CNN_DATA = (("n_train", 256), ("n_test", 128), ("image_shape", (8, 8, 1)), ("seed", 0))
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_engine_members_match_single_model_training(kind):
+    """Every member of an lr sweep (shared batches, the engine's weight-gradient rule, stored
+    layouts and XLA options) follows the plain single-model loop (train.train_chunk, autodiff's
+    rule, XLA's defaults) on the same batches to float32 precision."""
     lrs = (0.1, 0.5, 2.0)
-    spec = ModelSpec(widths=(16, 24, 24, 10), norm="batch")
-    trials = [Trial(**{**BASE.__dict__, "model": spec, "lr": lr, "eval_every": 20})
-              for lr in lrs]
+    if kind == "mlp":
+        spec, options = ModelSpec(widths=(16, 24, 24, 10), norm="batch"), DATA
+    else:  # conv 1 -> 16 channels: im2col through the rule; 16 -> 8: autodiff's
+        spec = ModelSpec(kind="cnn", channels=(16, 8), dense=(12,), input_shape=(8, 8, 1),
+                         activation="relu")
+        options = CNN_DATA
+    trials = [Trial(**{**BASE.__dict__, "model": spec, "data_options": options, "lr": lr,
+                       "eval_every": 20}) for lr in lrs]
     results = run_sweep(trials)
-    ds = data.load("synthetic", **dict(DATA))
+    ds = data.load("synthetic", layout="nhwc" if kind == "cnn" else "flat", **dict(options))
     cfg = train.StepConfig(spec, "sgd", total_steps=20)
     idx = data.batch_indices(0, 0, 20, 256, 16)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
