@@ -78,7 +78,7 @@ class BenchConfig:
     mlp_steps: int = 500  # steps per timed call, single models
     sweep_members: tuple[int, ...] = (16, 64)
     sweep_steps: int = 100  # steps per timed call of a sweep (x members model-steps)
-    cnn_steps: int = 24  # a multiple of the engine's CNN block (8 steps)
+    cnn_steps: int = 48  # a multiple of the engine's CNN block (8 steps)
     torch_mlp_steps: int = 200
     torch_cnn_steps: int = 10
     engine_single: bool = True  # also time the single MLPs as one-trial run_sweep calls
