@@ -108,7 +108,9 @@ FIRST_DENSE_W = (jax.tree_util.DictKey("hidden"), jax.tree_util.SequenceKey(0),
 
 def group_updates_first_layer(cfg: ProgramConfig) -> bool:
     """Whether the group updates the first dense weight itself, stored (D, members, H)."""
-    return cfg.shared_batch and cfg.step.spec.kind != "cnn" and cfg.step.optimizer == "sgd"
+    spec = cfg.step.spec
+    return cfg.shared_batch and spec.kind != "cnn" and spec.num_hidden > 0 \
+        and cfg.step.optimizer == "sgd"
 
 
 def member_axes(cfg: ProgramConfig, tree: Any) -> Any:

@@ -336,3 +336,12 @@ def test_group_step_equals_vmapped_train_step_and_guards_the_first_layer():
     w1 = lambda c: np.asarray(c.state.params["hidden"][0]["w"])  # noqa: E731
     np.testing.assert_array_equal(w1(got)[1], w1(carry)[1])  # frozen, finite
     assert not np.array_equal(w1(got)[0], w1(carry)[0])
+
+
+def test_softmax_regression_sweep_has_no_first_hidden_layer_to_store():
+    spec = ModelSpec(widths=(16, 10), norm="none")  # no hidden layer: nothing stored aside
+    cfg = engine.ProgramConfig(train.StepConfig(spec), 16)
+    assert not engine.group_updates_first_layer(cfg)
+    results = run_sweep(_trials((0.1, 0.5), model=spec, steps=4, eval_every=4))
+    assert all(np.isfinite(r.history["train_loss"]).all() for r in results)
+    assert results[0].history["train_loss"][0] != results[1].history["train_loss"][0]
