@@ -448,6 +448,9 @@ def _render_bench(fig: dict, *, quick: bool) -> None:
                         "setting)", [Column("ratio", kind="text"), Column("value", kind="float"),
                                      Column("target", kind="text"), Column("met", kind="text")],
                         rows, con)
+    if quick:
+        con.print("--quick: short calls whose fixed costs dominate; the targets are judged on the "
+                  "full run (BENCHMARKS.md).", markup=False, highlight=False, soft_wrap=True)
 
 # ---- section: reproduce (reproduce issue) -------------------------------------------------------
 
