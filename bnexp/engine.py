@@ -173,14 +173,9 @@ def group_steps(cfg: ProgramConfig, axes: Carry, carry: Carry, hp: dict, idx: Ar
         step = jax.vmap(functools.partial(train.train_step, step_cfg),
                         in_axes=(0, 0, shared, shared))
     xs = idx if cfg.shared_batch else jnp.swapaxes(idx, 0, 1)  # (T, ...) either way
-
-    def body(c: Carry, i: Array) -> tuple[Carry, Array]:
-        return step(hp, c, data["x_train"][i], data["y_train"][i])
-
-    if cfg.unrolled and xs.shape[0] == 1:  # a length-1 scan still lowers to a while loop
-        carry, loss = body(carry, xs[0])
-        return carry, loss[:, None]
-    carry, losses = jax.lax.scan(body, carry, xs, unroll=True if cfg.unrolled else 1)
+    carry, losses = train.train_chunk(step_cfg, hp, carry, xs, data["x_train"], data["y_train"],
+                                      unroll=True if cfg.unrolled else 1,
+                                      step=lambda c, x, y: step(hp, c, x, y))
     return carry, losses.T
 
 
@@ -221,9 +216,8 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(list(devices or jax.devices())), (AXIS,))
 
 
-def _abstract(tree: Any, sharding: Any = None) -> Any:
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(
-        a.shape, a.dtype, sharding=sharding if sharding is not None else a.sharding), tree)
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
 
 def _program(name: str, cfg: Any, mesh: Mesh, fn: Callable, args: tuple, in_shardings: tuple,

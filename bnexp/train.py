@@ -14,7 +14,7 @@ updates done so far, so step s runs with ``state.step == s - 1`` and per-step ra
 from __future__ import annotations
 
 import collections
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -173,13 +173,19 @@ def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
 
 
 def train_chunk(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, idx: Array, x_train: Array,
-                y_train: Array, *, unroll: int | bool = 1) -> tuple[Carry, Array]:
+                y_train: Array, *, unroll: int | bool = 1,
+                step: Callable[[Any, Array, Array], tuple[Any, Array]] | None = None
+                ) -> tuple[Carry, Array]:
     """Run len(idx) steps in one lax.scan; idx: (T, B) int32 rows of the training set.
     Returns (carry, losses (T,)). ``unroll=True`` leaves no loop in the program (XLA CPU runs
     convolutions inside any while loop several times slower); the body is traced once either way.
+    ``step(carry, x, y) -> (carry, loss)`` replaces ``train_step(cfg, hp, ...)`` (bnexp.engine
+    passes its members' vmapped step; idx rows then index every member's batch at once).
     """
 
     def body(c: Carry, i: Array) -> tuple[Carry, Array]:
+        if step is not None:
+            return step(c, x_train[i], y_train[i])
         return train_step(cfg, hp, c, x_train[i], y_train[i])
 
     if unroll is True and idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop
