@@ -54,14 +54,18 @@ PROBE_KEY_TAG = 2  # fold_in(key(seed), 0) init, 1 training, 2 probes
 CNN_MAX_BLOCK = 8  # steps per unrolled CNN block: more adds compile time, not speed
 # XLA CPU options for the train-step programs of dense models (measured with `bnexp bench`, see
 # BENCHMARKS.md): XLA's tree-reduction rewrite splits every batch reduction (BN statistics, the
-# loss mean, the divergence guard's all-finite checks) into reduce-window + reduce, and YNNPACK
-# runs the many small vmapped dots and reductions of an MLP step slower than XLA's own emitters.
-# Without both, a 64-member lr sweep of the paper MLP ran ~15% faster and a one-member (vmapped)
-# BN program ~1.4x faster. CNNs keep the defaults: YNNPACK runs their im2col dots 10-40% faster.
-DENSE_CPU_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter",
-                     "xla_cpu_experimental_ynn_fusion_type": ""}
-
-
+# loss mean, the divergence guard's all-finite checks) into reduce-window + reduce; without it a
+# 64-member lr sweep of the paper MLP ran ~15% faster. CNNs keep the defaults. (Turning YNNPACK
+# fusion off as well, "xla_cpu_experimental_ynn_fusion_type": "", was faster before member blocks
+# but miscompiled: with 32 paper-MLP members on a device, members 0 and 1 of every device drifted
+# from the single-model loop by 0.05 in loss within 100 steps; tests/test_sweep.py checks it.)
+DENSE_CPU_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
+# Members per block on a CPU device (blocked_steps): as many as fit this estimated working set
+# (weights, optimizer state, gradients, activations; member_bytes). Measured on a 2-core Zen 3
+# (1 MiB L2 per core, 32 MiB L3), 64-member paper-MLP sweep on 2 devices: blocks of 4 members
+# ~3,250 model-steps/s, 2 ~3,100, 8 ~2,950, no blocks (32) ~2,700; 8-member CNN sweep (16-32
+# channels, batch 64): blocks of 1 member 88, 2 75, none 62.
+BLOCK_BYTES = 5 << 20
 def compiler_options(spec: ModelSpec, platform: str) -> dict[str, Any]:
     """XLA options for a model's train-step programs on ``platform`` (empty: XLA's defaults)."""
     return dict(DENSE_CPU_OPTIONS) if platform == "cpu" and spec.kind != "cnn" else {}
@@ -77,6 +81,7 @@ class ProgramConfig:
     shared_batch: bool = True
     unrolled: bool = False  # True: loop-free blocks of block_steps steps; else a rolled scan
     block_steps: int = 0  # unrolled mode: steps per call (0: the chunk length)
+    member_block: int = 0  # members per block on each device (0: one block; see blocked_steps)
 
 
 def layout_for(spec: ModelSpec, lengths: Sequence[int], unrolled: bool | None = None,
@@ -104,6 +109,43 @@ def layout_for(spec: ModelSpec, lengths: Sequence[int], unrolled: bool | None = 
 # guard) meeting a leaf whose member axis is not in front moves that axis to the front.
 FIRST_DENSE_W = (jax.tree_util.DictKey("hidden"), jax.tree_util.SequenceKey(0),
                  jax.tree_util.DictKey("w"))
+
+
+def member_bytes(cfg: ProgramConfig) -> int:
+    """Estimated bytes one member touches in a train step: its carry (weights, norm and optimizer
+    state), its gradients, and four float32 copies of every hidden layer's output over the batch
+    (pre-activation, normalized, activation, their gradient); im2col patches counted for CNNs."""
+    spec = cfg.step.spec
+    one = {"lr": 0.0, "momentum": 0.0, "init_scale": 1.0, "seed": 0, "norm_call": {}}
+    carry = jax.eval_shape(functools.partial(train.init_carry, cfg.step), one)
+    state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(carry.state.params))
+    carry_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(carry)
+                      if not jnp.issubdtype(a.dtype, jax.dtypes.prng_key))
+    x = jax.ShapeDtypeStruct((cfg.batch_size, *(spec.input_shape if spec.kind == "cnn"
+                                                  else spec.widths[:1])), jnp.float32)
+    _, _, aux = jax.eval_shape(lambda p, s, x: models.apply(p, s, x, spec, capture=True,
+                                                            key=jax.random.key(0)),
+                               carry.state.params, carry.state.norm_state, x)
+    floats = 4 * sum(a.size for a in aux["preacts"])
+    if spec.kind == "cnn":  # im2col patches: 9 x the input of every conv, at its resolution
+        h, w, c = spec.input_shape
+        for out in spec.channels:
+            floats += cfg.batch_size * h * w * 9 * c
+            h, w, c = h // 2, w // 2, out
+    return carry_bytes + state_bytes + 4 * floats
+
+
+def member_block(cfg: ProgramConfig, local_members: int, platform: str) -> int:
+    """Members per block for a device holding ``local_members`` (0: one block, no blocked_steps):
+    on CPU, outside unrolled mode, as many as fit BLOCK_BYTES (at least one), or down to half as
+    many where that pads fewer members (run_group pads each device to whole blocks)."""
+    if platform != "cpu" or cfg.unrolled:
+        return 0
+    fit = max(1, BLOCK_BYTES // member_bytes(cfg))
+    if local_members <= fit:
+        return 0
+    return min(range(max(1, fit // 2), fit + 1),
+               key=lambda mb: (-(-local_members // mb) * mb, -mb))
 
 
 def group_updates_first_layer(cfg: ProgramConfig) -> bool:
@@ -177,6 +219,46 @@ def group_steps(cfg: ProgramConfig, axes: Carry, carry: Carry, hp: dict, idx: Ar
                                       unroll=True if cfg.unrolled else 1,
                                       step=lambda c, x, y: step(hp, c, x, y))
     return carry, losses.T
+
+
+def blocked_steps(cfg: ProgramConfig, axes: Carry, mesh: Mesh, carry: Carry, hp: dict,
+                  idx: Array, data: dict[str, Array]) -> tuple[Carry, Array]:
+    """group_steps in blocks of cfg.member_block members on each device, one block after the
+    other (each block runs the whole chunk before the next starts), so a block's weights and
+    gradients stay in the cache for the chunk. Each device sees only its own members
+    (``jax.shard_map``); a lax.scan over its blocks calls group_steps on (mb, ...) slices."""
+    mb = cfg.member_block
+    spec_of = lambda a: PartitionSpec(*[None] * a, AXIS)  # noqa: E731
+    idx_spec = PartitionSpec() if cfg.shared_batch else PartitionSpec(AXIS)
+
+    def split(tree: Any, tree_axes: Any) -> Any:  # member axis a: (.., m, ..) -> (nb, .., mb, ..)
+        def one(x: Array, a: int) -> Array:
+            shape = x.shape[:a] + (x.shape[a] // mb, mb) + x.shape[a + 1:]
+            return jnp.moveaxis(x.reshape(shape), a, 0)
+        return jax.tree.map(one, tree, tree_axes)
+
+    def join(tree: Any, tree_axes: Any) -> Any:
+        def one(x: Array, a: int) -> Array:
+            x = jnp.moveaxis(x, 0, a)
+            return x.reshape(x.shape[:a] + (-1,) + x.shape[a + 2:])
+        return jax.tree.map(one, tree, tree_axes)
+
+    def local(carry: Carry, hp: dict, idx: Array, data: dict[str, Array]) -> tuple[Carry, Array]:
+        hp_axes = jax.tree.map(lambda _: 0, hp)
+        xs = (split(carry, axes), split(hp, hp_axes),
+              None if cfg.shared_batch else split(idx, 0))
+
+        def block(_: None, x: tuple) -> tuple[None, tuple[Carry, Array]]:
+            c, h, i = x
+            return None, group_steps(cfg, axes, c, h, idx if i is None else i, data)
+
+        _, (carry, losses) = jax.lax.scan(block, None, xs)
+        return join(carry, axes), join(losses, 0)
+
+    specs = jax.tree.map(spec_of, axes)
+    return jax.shard_map(local, mesh=mesh, in_specs=(specs, PartitionSpec(AXIS), idx_spec,
+                                                     PartitionSpec()),
+                         out_specs=(specs, PartitionSpec(AXIS)), check_vma=False)(carry, hp, idx, data)
 
 
 def member_point(cfg: ProgramConfig, carry: Carry, hp: dict,
@@ -288,7 +370,8 @@ def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int]
     carry = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
                          jax.eval_shape(init_fn, hp), shard)
     idx_sharding = repl if cfg.shared_batch else member
-    steps_fn = functools.partial(group_steps, cfg, axes)
+    steps_fn = functools.partial(blocked_steps, cfg, axes, mesh) if cfg.member_block else \
+        functools.partial(group_steps, cfg, axes)
     steps = {}
     for b in sorted(blocks):
         idx = jax.ShapeDtypeStruct(idx_shape(b), jnp.int32, sharding=idx_sharding)
@@ -329,6 +412,7 @@ class GroupRun:
     seconds: float
     padded_members: int
     pieces: int
+    member_block: int  # members per block on a device (0: none; see blocked_steps)
 
 
 def _stack_members(hps: list[dict]) -> dict:
@@ -342,19 +426,28 @@ def _stack_members(hps: list[dict]) -> dict:
 def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: dict[str, Any],
               batch_indices: Callable[[int, int, int], np.ndarray], *, steps: int,
               eval_every: int, mesh: Mesh, max_members: int = 64,
-              report: Callable[[int, int, str], None] | None = None) -> GroupRun:
+              report: Callable[[int, int, str], None] | None = None,
+              block: int | None = None) -> GroupRun:
     """Train all members of one group; report(step_done, total, phase) as it goes.
 
     hps[i] is member i's numbers ({"lr", "momentum", "init_scale", "seed", "norm_call": {...}});
     batch_indices(data_seed, start_step, num_steps) -> (num_steps, batch) int32 rows. Members run
     in pieces of at most max_members (each padded to a multiple of the device count by repeating
-    its last member); progress counts steps over all pieces (total = steps x pieces).
+    its last member); progress counts steps over all pieces (total = steps x pieces). block:
+    members per block on a device (None: member_block's choice; 0: no blocks; each device's
+    members are padded to whole blocks).
     """
     t_start = time.perf_counter()
     n_pieces, size = pieces(len(hps), max_members, mesh.devices.size)
     per_piece = math.ceil(len(hps) / n_pieces)
     member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
     data = jax.device_put(data, repl)
+    local = size // mesh.devices.size
+    if block is None:
+        block = member_block(cfg, local, mesh.devices.flat[0].platform)
+    if 0 < block < local:  # whole blocks on every device: pad (as for devices) where needed
+        size = -(-local // block) * block * mesh.devices.size
+    cfg = dataclasses.replace(cfg, member_block=block if 0 < block < local else 0)
     lengths = chunk_lengths(steps, eval_every)
     blocks = {cfg.block_steps} if cfg.unrolled else set(lengths)
     ends = np.cumsum(lengths).astype(np.int64)
@@ -411,4 +504,4 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
             histories.append(h)
             diverged.append(int(stacked["diverged_at"][m, -1]))
     return GroupRun(histories, diverged, compile_seconds, time.perf_counter() - t_start, size,
-                    n_pieces)
+                    n_pieces, cfg.member_block)

@@ -5,13 +5,15 @@ CONTRACT (callers rely on these names):
     trials = [Trial(model=ModelSpec(norm="batch"), lr=lr, seed=s) for lr in lrs for s in range(3)]
     results = run_sweep(trials, progress=cb, on_group_done=save)   # list[TrialResult], input order
     run_sweep(trials, *, progress=None, on_group_done=None, max_members=64, devices=None,
-              unrolled=None) -> list[TrialResult]
+              unrolled=None, member_block=None) -> list[TrialResult]
 
 - Static fields (model, dataset, data_options, batch_size, steps, eval_every, optimizer, probes,
   probe_batch_size, the *names* in norm_call, divergence_factor) form the group signature: one
   compiled program per group (bnexp.engine). A group runs in pieces of at most max_members members
   (PERF.md: past ~64 members per program the working set outgrows the CPU caches), each padded to a
-  multiple of the device count; all pieces share the program.
+  multiple of the device count; all pieces share the program. On a CPU each device trains its
+  members in cache-sized blocks, one block after the other (engine.blocked_steps; member_block
+  overrides the engine's choice, 0 turns blocks off).
 - Numeric fields lr, momentum, init_scale, seed, data_seed and the *values* of norm_call are traced
   data, vmapped over members. Members sharing data_seed see the same batches in the same order
   (data.batch_indices); when every member of a group shares one data seed the batch is passed
@@ -34,7 +36,7 @@ CONTRACT (callers rely on these names):
 - TrialResult.seconds is the member's share of its group's wall time (compilation included);
   extra holds "compile_seconds" (the group's compile time, 0 when every program was already
   compiled in this process), "group_seconds", "group", "members", "padded_members", "pieces",
-  "devices", "shared_batch", "unrolled", "block_steps".
+  "member_block", "devices", "shared_batch", "unrolled", "block_steps".
 - Devices: the member axis is sharded over ``devices`` (default jax.devices()). On a CPU,
   configure_host_devices() must run before JAX initializes to expose the cores as devices.
 """
@@ -217,17 +219,21 @@ def _check(t: Trial, ds: Any) -> None:
 def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], None] | None = None,
               on_group_done: Callable[[list[TrialResult]], None] | None = None,
               max_members: int = 64, devices: Sequence[Any] | None = None,
-              unrolled: bool | None = None) -> list[TrialResult]:
+              unrolled: bool | None = None,
+              member_block: int | None = None) -> list[TrialResult]:
     """Run every trial; one compiled program per group of equal signatures (see module doc).
 
     unrolled: run steps in short loop-free blocks instead of one rolled scan per chunk (None:
-    engine.layout_for decides; only lax.conv CNNs on CPU are unrolled). Prints nothing.
+    engine.layout_for decides; only lax.conv CNNs on CPU are unrolled). member_block: members
+    per block on each device (None: engine.member_block decides; 0: no blocks). Prints nothing.
     """
     from bnexp import data, engine, train
 
     trials = list(trials)
     if max_members < 1:
         raise ValueError(f"max_members must be >= 1, got {max_members}")
+    if member_block is not None and member_block < 0:
+        raise ValueError(f"member_block must be >= 0, got {member_block}")
     mesh = engine.make_mesh(devices)
     loaded: dict[tuple, Any] = {}
     results: list[TrialResult | None] = [None] * len(trials)
@@ -271,10 +277,11 @@ def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], No
 
         run = engine.run_group(cfg, [_member_numbers(trials[i]) for i in ids], data_seeds, arrays,
                                batches, steps=t0.steps, eval_every=t0.eval_every, mesh=mesh,
-                               max_members=max_members, report=report)
+                               max_members=max_members, report=report, block=member_block)
         extra = {"compile_seconds": run.compile_seconds, "group_seconds": run.seconds,
                  "group": gi, "members": len(ids), "padded_members": run.padded_members,
-                 "pieces": run.pieces, "devices": int(mesh.devices.size),
+                 "pieces": run.pieces, "member_block": run.member_block,
+                 "devices": int(mesh.devices.size),
                  "shared_batch": cfg.shared_batch, "unrolled": cfg.unrolled,
                  "block_steps": cfg.block_steps}
         group_results = []
