@@ -37,7 +37,8 @@ CONTRACT (callers rely on these names):
   extra holds "compile_seconds" (the group's compile time, 0 when every program was already
   compiled in this process), "group_seconds", "group", "members", "padded_members", "pieces",
   "member_block", "devices", "shared_batch", "unrolled", "block_steps".
-- Devices: the member axis is sharded over ``devices`` (default jax.devices()). On a CPU,
+- Devices: the member axis is sharded over ``devices`` (default jax.devices()); a group with
+  fewer members than devices is sharded over that many of them. On a CPU,
   configure_host_devices() must run before JAX initializes to expose the cores as devices.
 """
 
@@ -281,7 +282,7 @@ def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], No
         extra = {"compile_seconds": run.compile_seconds, "group_seconds": run.seconds,
                  "group": gi, "members": len(ids), "padded_members": run.padded_members,
                  "pieces": run.pieces, "member_block": run.member_block,
-                 "devices": int(mesh.devices.size),
+                 "devices": run.devices,
                  "shared_batch": cfg.shared_batch, "unrolled": cfg.unrolled,
                  "block_steps": cfg.block_steps}
         group_results = []

@@ -271,12 +271,13 @@ def test_sharded_over_four_host_devices_matches_one():
 CNN_DATA = (("n_train", 256), ("n_test", 128), ("image_shape", (8, 8, 1)), ("seed", 0))
 
 
-@pytest.mark.parametrize("kind", ["mlp", "cnn"])
-def test_engine_members_match_single_model_training(kind):
+@pytest.mark.parametrize("kind,lrs", [("mlp", (0.1, 0.5, 2.0)), ("cnn", (0.1, 0.5, 2.0)),
+                                      ("mlp", (0.5,)), ("cnn", (0.5,))])
+def test_engine_members_match_single_model_training(kind, lrs):
     """Every member of an lr sweep (shared batches, the engine's weight-gradient rule, stored
-    layouts and XLA options) follows the plain single-model loop (train.train_chunk, autodiff's
-    rule, XLA's defaults) on the same batches to float32 precision."""
-    lrs = (0.1, 0.5, 2.0)
+    layouts and XLA options), and a one-trial run (no member axis), follows the plain
+    single-model loop (train.train_chunk, autodiff's rule, XLA's defaults) on the same batches to
+    float32 precision."""
     if kind == "mlp":
         spec, options = ModelSpec(widths=(16, 24, 24, 10), norm="batch"), DATA
     else:  # conv 1 -> 16 channels: im2col through the rule; 16 -> 8: autodiff's
@@ -285,7 +286,7 @@ def test_engine_members_match_single_model_training(kind):
         options = CNN_DATA
     trials = [Trial(**{**BASE.__dict__, "model": spec, "data_options": options, "lr": lr,
                        "eval_every": 20}) for lr in lrs]
-    results = run_sweep(trials)
+    results = run_sweep(trials, devices=jax.devices()[:1])
     ds = data.load("synthetic", layout="nhwc" if kind == "cnn" else "flat", **dict(options))
     cfg = train.StepConfig(spec, "sgd", total_steps=20)
     idx = data.batch_indices(0, 0, 20, 256, 16)
@@ -348,17 +349,19 @@ def test_softmax_regression_sweep_has_no_first_hidden_layer_to_store():
     assert results[0].history["train_loss"][0] != results[1].history["train_loss"][0]
 
 
-@pytest.mark.parametrize("optimizer,own", [("sgd", False), ("momentum", True)])
-def test_member_blocks_give_the_numbers_of_one_block(optimizer, own):
-    """Members trained in blocks (engine.blocked_steps; 5 members, blocks of 2, one padded) follow
-    the same numbers as all members in one block, with shared or own batches, a diverging member
-    included."""
+@pytest.mark.parametrize("optimizer,own,block", [("sgd", False, 2), ("momentum", True, 2),
+                                                ("sgd", True, 1)])
+def test_member_blocks_give_the_numbers_of_one_block(optimizer, own, block):
+    """Members trained in blocks (engine.blocked_steps; 5 members, blocks of 2 with one padded, or
+    of 1 without a member axis) follow the same numbers as all members in one block, with shared
+    or own batches, a diverging member included."""
     lrs = (0.05, 0.5, 2.0, 1e7, 0.2)
     trials = [Trial(**{**BASE.__dict__, "lr": lr, "optimizer": optimizer, "momentum": 0.5,
                        "data_seed": i if own else 0}) for i, lr in enumerate(lrs)]
-    blocked = run_sweep(trials, devices=jax.devices()[:1], member_block=2)
+    blocked = run_sweep(trials, devices=jax.devices()[:1], member_block=block)
     whole = run_sweep(trials, devices=jax.devices()[:1], member_block=0)
-    assert blocked[0].extra["member_block"] == 2 and blocked[0].extra["padded_members"] == 6
+    assert blocked[0].extra["member_block"] == block
+    assert blocked[0].extra["padded_members"] == -(-5 // block) * block
     assert whole[0].extra["member_block"] == 0 and whole[0].extra["padded_members"] == 5
     assert blocked[3].diverged_at is not None
     for a, b in zip(blocked, whole, strict=True):
