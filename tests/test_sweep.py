@@ -370,7 +370,8 @@ def test_member_blocks_give_the_numbers_of_one_block(optimizer, own, block):
 
 def test_member_block_choice():
     """Blocks hold as many members as fit engine.BLOCK_BYTES (or down to half as many where that
-    pads fewer); no blocks off CPU, in unrolled mode, or when a device's members fit at once."""
+    pads fewer); no blocks off CPU, in unrolled mode, on a device with several cores, or when a
+    device's members fit at once."""
     paper = engine.ProgramConfig(train.StepConfig(ModelSpec(), "sgd"), 60)
     one = engine.member_bytes(paper)
     params = 784 * 100 + 2 * 100 * 100 + 100 * 10 + 10 + 3 * 2 * 100  # w, out bias, BN g/b
@@ -382,6 +383,7 @@ def test_member_block_choice():
     assert [engine.member_block(paper, n, "cpu") for n in (1, 4, 5, 9, 31, 32)] == \
         [0, 0, 3, 3, 4, 4]
     assert engine.member_block(paper, 32, "gpu") == 0
+    assert engine.member_block(paper, 32, "cpu", cores=2) == 0
     cnn = engine.ProgramConfig(train.StepConfig(ModelSpec(kind="cnn", channels=(16, 32),
                                                           dense=(64,))), 64)
     assert engine.member_bytes(cnn) > engine.BLOCK_BYTES
