@@ -59,11 +59,16 @@ CNN_MAX_BLOCK = 8  # steps per unrolled CNN block: more adds compile time, not s
 # XLA CPU options for the train-step programs of dense models (measured with `bnexp bench`, see
 # BENCHMARKS.md): XLA's tree-reduction rewrite splits every batch reduction (BN statistics, the
 # loss mean, the divergence guard's all-finite checks) into reduce-window + reduce; without it a
-# 64-member lr sweep of the paper MLP ran ~15% faster. CNNs keep the defaults. (Turning YNNPACK
-# fusion off as well, "xla_cpu_experimental_ynn_fusion_type": "", was faster before member blocks
-# but miscompiled: with 32 paper-MLP members on a device, members 0 and 1 of every device drifted
-# from the single-model loop by 0.05 in loss within 100 steps; tests/test_sweep.py checks it.)
-DENSE_CPU_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter"}
+# 64-member lr sweep of the paper MLP ran ~15% faster. YNNPACK keeps the dots (its default also
+# takes reductions): the small (60 x 100) BN reductions of a dense model ran slower as YNNPACK
+# calls than as XLA's own loops (one paper MLP with BN 1,435 vs 1,202 steps/s, without norm 1,599
+# vs 1,504, interleaved). CNNs keep the defaults: their large reductions (max-pool gradients,
+# conv BN statistics) ran faster in YNNPACK (54 vs 41 steps/s). (Turning YNNPACK off altogether,
+# "xla_cpu_experimental_ynn_fusion_type": "", so that the dots ran on Eigen, was faster still but
+# miscompiled: with 32 paper-MLP members on a device, members 0 and 1 of every device left the
+# single-model loop by 0.05 in loss from step 33 on; tests/test_sweep.py checks it.)
+DENSE_CPU_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter",
+                     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 # Members per block on a CPU device (blocked_steps): as many as fit this estimated working set
 # (weights, optimizer state, gradients, activations; member_bytes). Measured on a 2-core Zen 3
 # (1 MiB L2 per core, 32 MiB L3), 64-member paper-MLP sweep on 2 devices: blocks of 4 members
