@@ -251,13 +251,19 @@ SHARDED = textwrap.dedent("""
 """)
 
 
-def test_sharded_over_four_host_devices_matches_one():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
+def _on_host_devices(script: str, devices: int, timeout: int) -> dict:
+    """Run ``script`` in a fresh Python with ``devices`` JAX host devices; its last stdout line
+    (JSON) parsed."""
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
                JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_over_four_host_devices_matches_one():
+    out = _on_host_devices(SHARDED, 4, timeout=300)
     one, four = out["one"], out["four"]
     assert one["extra"]["devices"] == 1 and four["extra"]["devices"] == 4
     assert four["extra"]["padded_members"] == 8 and one["extra"]["padded_members"] == 5
@@ -431,12 +437,7 @@ def test_paper_scale_sweep_on_two_devices_matches_single_model_loop():
     float32 precision at every step. Guards the engine's XLA options: with YNNPACK fusion turned
     off as well, members 0 and 1 of each device left the loop by up to 0.03 in loss from step 33
     on (an XLA CPU miscompile; measured with exactly these data and learning rates)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", PAPER_SCALE], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _on_host_devices(PAPER_SCALE, 2, timeout=600)
     ref = np.array(out["ref"])
     assert ref.shape == (64, 40) and np.isfinite(ref).all()
     for name in ("4", "0"):
