@@ -33,9 +33,9 @@ repetition r + 1 of any (round-robin), so load from elsewhere on a shared machin
 alike and the ratios measured in one run stay comparable; within a repetition the cases run in a
 shuffled order (seeded by r), so no case always follows the same neighbour: in a fixed order the
 BN MLP, always run right after the two-device matmul, measured 1.26-1.36x slower than the plain
-MLP in three full runs, against 1.08-1.19x when the two alternate on their own. A figure is the median over the
-repetitions (``time.perf_counter`` around a call that blocks until its results are ready), with
-the min and max.
+MLP in three full runs, against 1.08-1.19x when the two alternate on their own. A figure is the
+median over the repetitions (``time.perf_counter`` around a call that blocks until its results
+are ready), with the min and max.
 
 FLOPs (``step_flops``): forward = 2 x multiply-adds of every matmul and convolution (elementwise
 work such as BN, activations and the update is not counted); one training step is counted as

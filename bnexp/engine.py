@@ -75,6 +75,8 @@ DENSE_CPU_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter",
 # ~3,250 model-steps/s, 2 ~3,100, 8 ~2,950, no blocks (32) ~2,700; 8-member CNN sweep (16-32
 # channels, batch 64): blocks of 1 member 88, 2 75, none 62.
 BLOCK_BYTES = 5 << 20
+
+
 def compiler_options(spec: ModelSpec, platform: str) -> dict[str, Any]:
     """XLA options for a model's train-step programs on ``platform`` (empty: XLA's defaults)."""
     return dict(DENSE_CPU_OPTIONS) if platform == "cpu" and spec.kind != "cnn" else {}
@@ -128,7 +130,7 @@ def member_bytes(cfg: ProgramConfig) -> int:
     spec = cfg.step.spec
     one = {"lr": 0.0, "momentum": 0.0, "init_scale": 1.0, "seed": 0, "norm_call": {}}
     carry = jax.eval_shape(functools.partial(train.init_carry, cfg.step), one)
-    state_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(carry.state.params))
+    grad_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(carry.state.params))
     carry_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(carry)
                       if not jnp.issubdtype(a.dtype, jax.dtypes.prng_key))
     x = jax.ShapeDtypeStruct((cfg.batch_size, *(spec.input_shape if spec.kind == "cnn"
@@ -142,7 +144,7 @@ def member_bytes(cfg: ProgramConfig) -> int:
         for out in spec.channels:
             floats += cfg.batch_size * h * w * 9 * c
             h, w, c = h // 2, w // 2, out
-    return carry_bytes + state_bytes + 4 * floats
+    return carry_bytes + grad_bytes + 4 * floats
 
 
 def member_block(cfg: ProgramConfig, local_members: int, platform: str, cores: int = 1) -> int:
@@ -278,9 +280,10 @@ def blocked_steps(cfg: ProgramConfig, axes: Carry, mesh: Mesh, carry: Carry, hp:
         return join(carry, axes), join(losses, 0)
 
     specs = jax.tree.map(spec_of, axes)
-    return jax.shard_map(local, mesh=mesh, in_specs=(specs, PartitionSpec(AXIS), idx_spec,
-                                                     PartitionSpec()),
-                         out_specs=(specs, PartitionSpec(AXIS)), check_vma=False)(carry, hp, idx, data)
+    return jax.shard_map(local, mesh=mesh,
+                         in_specs=(specs, PartitionSpec(AXIS), idx_spec, PartitionSpec()),
+                         out_specs=(specs, PartitionSpec(AXIS)),
+                         check_vma=False)(carry, hp, idx, data)
 
 
 def member_point(cfg: ProgramConfig, carry: Carry, hp: dict,
@@ -456,9 +459,10 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
     hps[i] is member i's numbers ({"lr", "momentum", "init_scale", "seed", "norm_call": {...}});
     batch_indices(data_seed, start_step, num_steps) -> (num_steps, batch) int32 rows. Members run
     in pieces of at most max_members (each padded to a multiple of the device count by repeating
-    its last member; a group with fewer members than devices runs on that many devices); progress counts steps over all pieces (total = steps x pieces). block:
-    members per block on a device (None: member_block's choice; 0: no blocks; each device's
-    members are padded to whole blocks).
+    its last member; a group with fewer members than devices runs on that many devices); progress
+    counts steps over all pieces (total = steps x pieces). block: members per block on a device
+    (None: member_block's choice; 0: no blocks; each device's members are padded to whole
+    blocks).
     """
     t_start = time.perf_counter()
     if len(hps) < mesh.devices.size:  # fewer members than devices: padding would only compete
