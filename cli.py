@@ -182,7 +182,9 @@ def download_cmd(
 # ---- section: run / compare / list / describe / runs / show / report (CLI issue) -----------------
 
 Out = Annotated[Path, typer.Option("--out", help="Directory for run directories.")]
-Json = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")]
+Json = Annotated[
+    bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")
+]
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")]
 Preset = Annotated[str, typer.Option("--preset", help="smoke | quick | paper.")]
 Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Seeds per setting.")]  # noqa: UP045
@@ -205,8 +207,9 @@ def _resolve_config(exp, preset: str, seeds, dataset, steps, sets: list[str]):
     from experiments.runner import replace
 
     cfg = exp.preset(preset)
-    changes = {k: v for k, v in (("seeds", seeds), ("dataset", dataset), ("steps", steps))
-               if v is not None}
+    changes = {
+        k: v for k, v in (("seeds", seeds), ("dataset", dataset), ("steps", steps)) if v is not None
+    }
     cfg = replace(cfg, **changes)
     return apply_overrides(cfg, sets)
 
@@ -218,7 +221,9 @@ def _check_out(out: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        raise RuntimeFailure(f"output directory {out} is not writable ({e.strerror or e})") from None
+        raise RuntimeFailure(
+            f"output directory {out} is not writable ({e.strerror or e})"
+        ) from None
 
 
 def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_plots: bool):  # noqa: UP045
@@ -232,8 +237,15 @@ def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_
     err = report.make_console(stderr=True)
     try:
         with report.sweep_progress(err) as progress:
-            outcome = runner.run(exp, cfg, out=out, resume=resume, progress=progress,
-                                 make_plots=not no_plots, argv=sys.argv)
+            outcome = runner.run(
+                exp,
+                cfg,
+                out=out,
+                resume=resume,
+                progress=progress,
+                make_plots=not no_plots,
+                argv=sys.argv,
+            )
     except runner.RunInterrupted as e:
         raise RuntimeFailure(str(e), code=130) from None
     if json_out:
@@ -241,12 +253,17 @@ def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_
 
         typer.echo(json.dumps(to_jsonable(runner.outcome_json(outcome)), allow_nan=False))
         return outcome
-    _render(outcome.analysis.tables, runner.verdict_dict(outcome.analysis),
-            header=f"{exp.name} ({outcome.config.preset} preset)")
+    _render(
+        outcome.analysis.tables,
+        runner.verdict_dict(outcome.analysis),
+        header=f"{exp.name} ({outcome.config.preset} preset)",
+    )
     con = report.make_console()
     t = outcome.timing
-    con.print(f"run directory: {outcome.run_dir}  (wall time {t['wall_time_seconds']:.1f} s, "
-              f"compile {t['compile_seconds']:.1f} s)")
+    con.print(
+        f"run directory: {outcome.run_dir}  (wall time {t['wall_time_seconds']:.1f} s, "
+        f"compile {t['compile_seconds']:.1f} s)"
+    )
     for p in outcome.analysis.plots:
         con.print(f"plot: {p}")
     return outcome
@@ -257,11 +274,18 @@ def _render(tables, verdict, *, header: str) -> None:
 
     con = report.make_console()
     con.rule(header)
-    tables = [t if isinstance(t, dict) else {"title": t.title, "columns": t.columns,
-                                               "rows": t.rows} for t in tables]
+    tables = [
+        t if isinstance(t, dict) else {"title": t.title, "columns": t.columns, "rows": t.rows}
+        for t in tables
+    ]
     for i, t in enumerate(tables):
-        report.render_table(t["title"], t["columns"], t["rows"], con,
-                            verdict=verdict if i == len(tables) - 1 else None)
+        report.render_table(
+            t["title"],
+            t["columns"],
+            t["rows"],
+            con,
+            verdict=verdict if i == len(tables) - 1 else None,
+        )
 
 
 @app.command("run")
@@ -271,11 +295,16 @@ def run_cmd(
     seeds: Seeds = None,
     dataset: Dataset = None,
     steps: Steps = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config field: key=value (repeatable).")] = None,  # noqa: UP045
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", help="Override a config field: key=value (repeatable)."),
+    ] = None,  # noqa: UP045
     out: Out = Path("runs"),
     json_out: Json = False,
     no_plots: NoPlots = False,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Finish an interrupted run directory.")] = None,  # noqa: UP045
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="Finish an interrupted run directory.")
+    ] = None,  # noqa: UP045
 ) -> None:
     """Run a named experiment, print its tables and verdict, write a run directory."""
     exp = _experiment(name)
@@ -288,9 +317,15 @@ def run_cmd(
 @app.command("compare")
 def compare_cmd(
     bn: Annotated[bool, typer.Option("--bn/--no-bn", help="Include the BN arm.")] = True,
-    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Include the unnormalized arm.")] = True,
-    norm: Annotated[Optional[list[str]], typer.Option("--norm", help="Add an arm with this norm (repeatable).")] = None,  # noqa: UP045
-    activation: Annotated[Optional[str], typer.Option("--activation", help="sigmoid | tanh | relu.")] = None,  # noqa: UP045
+    baseline: Annotated[
+        bool, typer.Option("--baseline/--no-baseline", help="Include the unnormalized arm.")
+    ] = True,
+    norm: Annotated[
+        Optional[list[str]], typer.Option("--norm", help="Add an arm with this norm (repeatable).")
+    ] = None,  # noqa: UP045
+    activation: Annotated[
+        Optional[str], typer.Option("--activation", help="sigmoid | tanh | relu.")
+    ] = None,  # noqa: UP045
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")] = None,  # noqa: UP045
     steps: Steps = None,
     preset: Preset = "quick",
@@ -342,10 +377,17 @@ def describe_cmd(name: Annotated[str, typer.Argument(help="Experiment name.")]) 
     con.print(f"[bold]{exp.name}[/bold]: {exp.claim}\nsource: {exp.source}\nshows: {exp.shows}")
     types_ = field_types(exp.config_type)
     presets = {p: config_dict(c) for p, c in exp.presets.items()}
-    rows = [{"field": k, "type": getattr(t, "__name__", str(t)).replace("typing.", ""),
-             **{p: str(presets[p][k]) for p in presets}} for k, t in types_.items()]
-    report.render_table("Config fields (override with --set key=value)",
-                        ["field", "type", *presets], rows, con)
+    rows = [
+        {
+            "field": k,
+            "type": getattr(t, "__name__", str(t)).replace("typing.", ""),
+            **{p: str(presets[p][k]) for p in presets},
+        }
+        for k, t in types_.items()
+    ]
+    report.render_table(
+        "Config fields (override with --set key=value)", ["field", "type", *presets], rows, con
+    )
 
 
 @app.command("runs")
@@ -366,21 +408,29 @@ def _run_dir(ref: Path, out: Path) -> Path:
 
 
 @app.command("show")
-def show_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (or its name under --out).")],
-             out: Out = Path("runs"), json_out: Json = False) -> None:
+def show_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (or its name under --out).")],
+    out: Out = Path("runs"),
+    json_out: Json = False,
+) -> None:
     """Re-render a run's tables and verdict from its files, without training."""
     from bnexp import results
 
     path = _run_dir(run_dir, out)
     run = results.load_run(path)
     if run.summary is None:
-        raise RuntimeFailure(f"{path} has no summary yet (status {run.status}); finish it with "
-                             f"bnexp run {run.experiment} --resume {path}")
+        raise RuntimeFailure(
+            f"{path} has no summary yet (status {run.status}); finish it with "
+            f"bnexp run {run.experiment} --resume {path}"
+        )
     if json_out:
         typer.echo(json.dumps(results.to_jsonable({"run_dir": str(path), **run.summary})))
         return
-    _render(run.summary.get("tables", []), run.summary.get("verdict"),
-            header=f"{run.experiment} ({run.preset} preset) - {path.name}")
+    _render(
+        run.summary.get("tables", []),
+        run.summary.get("verdict"),
+        header=f"{run.experiment} ({run.preset} preset) - {path.name}",
+    )
 
 
 # ---- section: bench (benchmark issue) -----------------------------------------------------------
@@ -389,25 +439,38 @@ def show_cmd(run_dir: Annotated[Path, typer.Argument(help="A run directory (or i
 @app.command("bench")
 def bench_cmd(
     json_out: Json = False,
-    quick: Annotated[bool, typer.Option(
-        "--quick", help="Few, short repetitions and small sweeps: a check that it runs (about a "
-        "minute), not figures to quote.")] = False,
-    torch: Annotated[Optional[bool], typer.Option(  # noqa: UP045
-        "--torch/--no-torch", help="Compare with PyTorch eager (default: when importable).",
-        show_default=False)] = None,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick",
+            help="Few, short repetitions and small sweeps: a check that it runs (about a "
+            "minute), not figures to quote.",
+        ),
+    ] = False,
+    torch: Annotated[
+        Optional[bool],
+        typer.Option(  # noqa: UP045
+            "--torch/--no-torch",
+            help="Compare with PyTorch eager (default: when importable).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Measure training throughput on this machine: the matmul peak, one model, lr sweeps, a CNN,
     and PyTorch eager doing the same (see BENCHMARKS.md)."""
     from bnexp import bench, report, results, sweep
 
     if torch and bench.torch_version() is None:
-        raise UsageError("--torch: PyTorch is not importable here (pip install torch==2.13.0, "
-                         "or use --no-torch)")
+        raise UsageError(
+            "--torch: PyTorch is not importable here (pip install torch==2.13.0, or use --no-torch)"
+        )
     sweep.configure_host_devices()  # before JAX starts: the engine's default device layout
     err = report.make_console(stderr=True)
-    figures = bench.run(bench.QUICK if quick else bench.FULL, torch=torch,
-                        progress=lambda m: err.print(f"bench: {m}", markup=False,
-                                                     highlight=False, soft_wrap=True))
+    figures = bench.run(
+        bench.QUICK if quick else bench.FULL,
+        torch=torch,
+        progress=lambda m: err.print(f"bench: {m}", markup=False, highlight=False, soft_wrap=True),
+    )
     if json_out:
         typer.echo(json.dumps(results.to_jsonable(figures), allow_nan=False))
         return
@@ -421,46 +484,109 @@ def _render_bench(fig: dict, *, quick: bool) -> None:
     con = report.make_console()
     m, mm = fig["machine"], fig["matmul"]
     con.rule(f"bnexp bench{' --quick' if quick else ''}")
-    con.print(f"{m['processor']} ({m['cpu_count']} cores), {m['devices']} {m['platform']} "
-              f"device(s), jax {m['jax']}, torch {m['torch'] or 'absent'}; load average "
-              f"{m['load_average_before'][0]:.2f} before, {m['load_average_after'][0]:.2f} after",
-              markup=False, highlight=False, soft_wrap=True)
+    con.print(
+        f"{m['processor']} ({m['cpu_count']} cores), {m['devices']} {m['platform']} "
+        f"device(s), jax {m['jax']}, torch {m['torch'] or 'absent'}; load average "
+        f"{m['load_average_before'][0]:.2f} before, {m['load_average_after'][0]:.2f} after",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     layouts = ", ".join(f"{k.split('_')[1]} {v:.0f}" for k, v in mm["layouts_gflops"].items())
-    con.print(f"float32 matmul peak ({mm['n']}^2, best call): {mm['peak_gflops']:.1f} GFLOP/s "
-              f"({layouts})", markup=False, highlight=False, soft_wrap=True)
+    con.print(
+        f"float32 matmul peak ({mm['n']}^2, best call): {mm['peak_gflops']:.1f} GFLOP/s "
+        f"({layouts})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     con.print()
-    rows = [{"case": name, "what": c["what"], "steps/s": c["steps_per_s"],
-             "min–max": f"{c['steps_per_s_min']:.4g}–{c['steps_per_s_max']:.4g}",
-             "GFLOP/s": c["gflops"], "of peak": f"{100 * c['fraction_of_peak']:.1f}%",
-             "compile s": c["compile_s"]} for name, c in fig["cases"].items()]
-    cols = [Column("case", kind="text"), Column("what", kind="text"), Column("steps/s", kind="float"),
-            Column("min–max", kind="text"), Column("GFLOP/s", kind="float"),
-            Column("of peak", kind="text"), Column("compile s", kind="float")]
-    report.render_table(f"Throughput (model-steps/s, median of {fig['config']['reps']}; "
-                        f"a step = {fig['flops_per_step']['mlp'] / 1e6:.1f} MFLOP for the MLP, "
-                        f"{fig['flops_per_step']['cnn'] / 1e6:.0f} for the CNN)", cols, rows, con)
-    rows = [{"ratio": k, "value": t["value"], "target": t["target"],
-             "met": "n/a" if t["met"] is None else ("yes" if t["met"] else "NO")}
-            for k, t in fig["targets"].items()]
-    rows += [{"ratio": k, "value": v, "target": "", "met": ""} for k, v in fig["ratios"].items()
-             if k not in fig["targets"]]
-    report.render_table(f"Ratios (sweep = {fig['sweep_case']}; PyTorch = its faster thread "
-                        "setting)", [Column("ratio", kind="text"), Column("value", kind="float"),
-                                     Column("target", kind="text"), Column("met", kind="text")],
-                        rows, con)
+    rows = [
+        {
+            "case": name,
+            "what": c["what"],
+            "steps/s": c["steps_per_s"],
+            "min–max": f"{c['steps_per_s_min']:.4g}–{c['steps_per_s_max']:.4g}",
+            "GFLOP/s": c["gflops"],
+            "of peak": f"{100 * c['fraction_of_peak']:.1f}%",
+            "compile s": c["compile_s"],
+        }
+        for name, c in fig["cases"].items()
+    ]
+    cols = [
+        Column("case", kind="text"),
+        Column("what", kind="text"),
+        Column("steps/s", kind="float"),
+        Column("min–max", kind="text"),
+        Column("GFLOP/s", kind="float"),
+        Column("of peak", kind="text"),
+        Column("compile s", kind="float"),
+    ]
+    report.render_table(
+        f"Throughput (model-steps/s, median of {fig['config']['reps']}; "
+        f"a step = {fig['flops_per_step']['mlp'] / 1e6:.1f} MFLOP for the MLP, "
+        f"{fig['flops_per_step']['cnn'] / 1e6:.0f} for the CNN)",
+        cols,
+        rows,
+        con,
+    )
+    rows = [
+        {
+            "ratio": k,
+            "value": t["value"],
+            "target": t["target"],
+            "met": "n/a" if t["met"] is None else ("yes" if t["met"] else "NO"),
+        }
+        for k, t in fig["targets"].items()
+    ]
+    rows += [
+        {"ratio": k, "value": v, "target": "", "met": ""}
+        for k, v in fig["ratios"].items()
+        if k not in fig["targets"]
+    ]
+    report.render_table(
+        f"Ratios (sweep = {fig['sweep_case']}; PyTorch = its faster thread setting)",
+        [
+            Column("ratio", kind="text"),
+            Column("value", kind="float"),
+            Column("target", kind="text"),
+            Column("met", kind="text"),
+        ],
+        rows,
+        con,
+    )
     if quick:
-        con.print("--quick: short calls whose fixed costs dominate; the targets are judged on the "
-                  "full run (BENCHMARKS.md).", markup=False, highlight=False, soft_wrap=True)
+        con.print(
+            "--quick: short calls whose fixed costs dominate; the targets are judged on the "
+            "full run (BENCHMARKS.md).",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
 
 # ---- section: reproduce (reproduce issue) -------------------------------------------------------
 
-ReproducePreset = Annotated[str, typer.Option(
-    "--preset", help="quick (minutes on a laptop) | paper (paper scale) | smoke (machinery check).")]
-Only = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-    "--only", help="Run only these experiments: NAME,NAME,... (repeatable; default: all).")]
-ReproduceOut = Annotated[Optional[Path], typer.Option(  # noqa: UP045
-    "--out", help="Directory for the run directories and the report "
-    "(default: runs/reproduce-PRESET).")]
+ReproducePreset = Annotated[
+    str,
+    typer.Option(
+        "--preset",
+        help="quick (minutes on a laptop) | paper (paper scale) | smoke (machinery check).",
+    ),
+]
+Only = Annotated[
+    Optional[list[str]],
+    typer.Option(  # noqa: UP045
+        "--only", help="Run only these experiments: NAME,NAME,... (repeatable; default: all)."
+    ),
+]
+ReproduceOut = Annotated[
+    Optional[Path],
+    typer.Option(  # noqa: UP045
+        "--out",
+        help="Directory for the run directories and the report (default: runs/reproduce-PRESET).",
+    ),
+]
 
 
 def _nested_live_ok() -> bool:
@@ -491,10 +617,15 @@ class _OverallProgress:
         self.console = console
         self.progress = None
         if not report.is_plain(console) and _nested_live_ok():
-            self.progress = Progress(TextColumn("[bold]reproduce"), BarColumn(),
-                                     MofNCompleteColumn(), TextColumn("experiments"),
-                                     TimeElapsedColumn(), TextColumn("{task.description}"),
-                                     console=console)
+            self.progress = Progress(
+                TextColumn("[bold]reproduce"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("experiments"),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=console,
+            )
             self.task = self.progress.add_task("", total=total)
 
     def __enter__(self):
@@ -520,8 +651,9 @@ class _OverallProgress:
         self.console.print(lines[step.phase], markup=False, highlight=False, soft_wrap=True)
         if self.progress is not None:
             finished = step.phase in ("reuse", "done", "failed")
-            self.progress.update(self.task, advance=1 if finished else 0,
-                                 description="" if finished else step.name)
+            self.progress.update(
+                self.task, advance=1 if finished else 0, description="" if finished else step.name
+            )
 
 
 @app.command("reproduce")
@@ -554,24 +686,47 @@ def reproduce_cmd(
     err = report.make_console(stderr=True)
     try:
         with _OverallProgress(err, len(exps)) as overall:
-            rep = rp.reproduce(out, preset=preset, only=names, seeds=seeds, on_step=overall,
-                               sweep_progress=lambda: report.sweep_progress(err),
-                               keep_going=not _DEBUG, argv=sys.argv)
+            rep = rp.reproduce(
+                out,
+                preset=preset,
+                only=names,
+                seeds=seeds,
+                on_step=overall,
+                sweep_progress=lambda: report.sweep_progress(err),
+                keep_going=not _DEBUG,
+                argv=sys.argv,
+            )
     except rp.ReproduceInterrupted as e:
         raise RuntimeFailure(str(e), code=130) from None
     except KeyboardInterrupt:
-        raise RuntimeFailure(f"stopped; finished experiments are kept in {out}; to continue, run "
-                             f"the same command again: {again}", code=130) from None
-    verdicts = {i.experiment.name: (results.read_json(i.run_dir / "summary.json")["verdict"]
-                                    if i.run_dir and (i.run_dir / "summary.json").is_file()
-                                    else None) for i in rep.items}
+        raise RuntimeFailure(
+            f"stopped; finished experiments are kept in {out}; to continue, run "
+            f"the same command again: {again}",
+            code=130,
+        ) from None
+    verdicts = {
+        i.experiment.name: (
+            results.read_json(i.run_dir / "summary.json")["verdict"]
+            if i.run_dir and (i.run_dir / "summary.json").is_file()
+            else None
+        )
+        for i in rep.items
+    }
     if json_out:
         doc = {
-            "out": str(out), "preset": preset, "wall_time_seconds": rep.wall_time_seconds,
-            "experiments": [{"name": i.experiment.name, "action": i.action,
-                             "run_dir": str(i.run_dir) if i.run_dir else None,
-                             "verdict": verdicts[i.experiment.name], "error": i.error}
-                            for i in rep.items],
+            "out": str(out),
+            "preset": preset,
+            "wall_time_seconds": rep.wall_time_seconds,
+            "experiments": [
+                {
+                    "name": i.experiment.name,
+                    "action": i.action,
+                    "run_dir": str(i.run_dir) if i.run_dir else None,
+                    "verdict": verdicts[i.experiment.name],
+                    "error": i.error,
+                }
+                for i in rep.items
+            ],
             "run_dirs": [str(i.run_dir) for i in rep.items if i.run_dir],
             "verdicts": verdicts,
             "reports": {k: str(p) for k, p in rep.reports.items()},
@@ -579,29 +734,49 @@ def reproduce_cmd(
         }
         typer.echo(json.dumps(results.to_jsonable(doc), allow_nan=False))
     else:
-        rows = [{"experiment": i.experiment.name, "verdict": results.verdict_text(
-                    verdicts[i.experiment.name]) or f"no result ({i.action})",
-                 "measured": (verdicts[i.experiment.name] or {}).get("evidence") or i.error or "",
-                 "run": i.action} for i in rep.items]
+        rows = [
+            {
+                "experiment": i.experiment.name,
+                "verdict": results.verdict_text(verdicts[i.experiment.name])
+                or f"no result ({i.action})",
+                "measured": (verdicts[i.experiment.name] or {}).get("evidence") or i.error or "",
+                "run": i.action,
+            }
+            for i in rep.items
+        ]
         con = report.make_console()
-        report.render_table(f"Claims ({preset} preset)", ["experiment", "verdict", "measured",
-                                                          "run"], rows, con)
+        report.render_table(
+            f"Claims ({preset} preset)", ["experiment", "verdict", "measured", "run"], rows, con
+        )
         for kind, p in rep.reports.items():
             con.print(f"report ({kind}): {p}", markup=False, highlight=False)
-        con.print(f"wall time {rep.wall_time_seconds:.1f} s; runs and reproduce.json in {out}",
-                  markup=False, highlight=False)
+        con.print(
+            f"wall time {rep.wall_time_seconds:.1f} s; runs and reproduce.json in {out}",
+            markup=False,
+            highlight=False,
+        )
     if rep.failed:
         what = "; ".join(f"{i.experiment.name}: {i.error}" for i in rep.failed)
-        raise RuntimeFailure(f"{len(rep.failed)} experiment(s) failed ({what}); the report shows "
-                             f"them; fix and run the same command again: {again}")
+        raise RuntimeFailure(
+            f"{len(rep.failed)} experiment(s) failed ({what}); the report shows "
+            f"them; fix and run the same command again: {again}"
+        )
 
 
 @app.command("report")
 def report_cmd(
-    run_dir: Annotated[Path, typer.Argument(
-        help="A run directory (or its name under --out), or a `bnexp reproduce` output directory.")],
-    html_: Annotated[bool, typer.Option(
-        "--html", help="Also write report.html: one self-contained page (plots embedded).")] = False,
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A run directory (or its name under --out), or a `bnexp reproduce` output directory."
+        ),
+    ],
+    html_: Annotated[
+        bool,
+        typer.Option(
+            "--html", help="Also write report.html: one self-contained page (plots embedded)."
+        ),
+    ] = False,
     out: Out = Path("runs"),
 ) -> None:
     """Write report.md (and report.html) for one run, from its files; prints the paths."""
@@ -617,8 +792,9 @@ def report_cmd(
         path = _run_dir(run_dir, out)
         entry = rp.run_entry(path)
         preset = results.load_run(path).preset or "?"
-        paths = htmlreport.write([entry], path, html_file=html_,
-                                 title=f"bnexp report: {entry.name} ({preset} preset)")
+        paths = htmlreport.write(
+            [entry], path, html_file=html_, title=f"bnexp report: {entry.name} ({preset} preset)"
+        )
     for p in paths.values():
         typer.echo(str(p))
 
@@ -673,8 +849,11 @@ def main() -> None:
         if code is not None:
             typer.echo(f"bnexp: error: {_one_line(e)}", err=True)
             sys.exit(code)
-        typer.echo(f"bnexp: error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for "
-                   "the traceback)", err=True)
+        typer.echo(
+            f"bnexp: error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for "
+            "the traceback)",
+            err=True,
+        )
         sys.exit(1)
 
 

@@ -88,8 +88,17 @@ class BenchConfig:
 
 
 FULL = BenchConfig()
-QUICK = BenchConfig(reps=3, matmul_n=1024, mlp_steps=100, sweep_members=(8,), sweep_steps=20,
-                    cnn_steps=2, torch_mlp_steps=20, torch_cnn_steps=2, engine_single=False)
+QUICK = BenchConfig(
+    reps=3,
+    matmul_n=1024,
+    mlp_steps=100,
+    sweep_members=(8,),
+    sweep_steps=20,
+    cnn_steps=2,
+    torch_mlp_steps=20,
+    torch_cnn_steps=2,
+    engine_single=False,
+)
 
 
 # ---- FLOP counting ---------------------------------------------------------------------------
@@ -156,22 +165,38 @@ def matmul_cases(n: int) -> list[Case]:
     cases = []
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     mm = jax.jit(lambda a: a @ a)
-    cases.append(_jit_case("matmul_1dev", f"{n}^2 f32 matmul, one device", mm, (a,), 1,
-                           2.0 * n**3))
+    cases.append(_jit_case("matmul_1dev", f"{n}^2 f32 matmul, one device", mm, (a,), 1, 2.0 * n**3))
     cases[-1].info["n"] = n
     d = jax.device_count()
     if d > 1:
         mesh = engine.make_mesh()
-        ab = jax.device_put(jnp.broadcast_to(a, (d, n, n)),
-                            NamedSharding(mesh, PartitionSpec(engine.AXIS)))
+        ab = jax.device_put(
+            jnp.broadcast_to(a, (d, n, n)), NamedSharding(mesh, PartitionSpec(engine.AXIS))
+        )
         bmm = jax.jit(lambda a: jnp.einsum("bij,bjk->bik", a, a))
-        cases.append(_jit_case(f"matmul_{d}dev", f"{n}^2 f32 matmul on each of {d} devices", bmm,
-                               (ab,), 1, 2.0 * d * n**3))
+        cases.append(
+            _jit_case(
+                f"matmul_{d}dev",
+                f"{n}^2 f32 matmul on each of {d} devices",
+                bmm,
+                (ab,),
+                1,
+                2.0 * d * n**3,
+            )
+        )
     return cases
 
 
-def _jit_case(name: str, what: str, fn: Callable, args: tuple, model_steps: int,
-              flops: float, members: int = 1, options: dict[str, Any] | None = None) -> Case:
+def _jit_case(
+    name: str,
+    what: str,
+    fn: Callable,
+    args: tuple,
+    model_steps: int,
+    flops: float,
+    members: int = 1,
+    options: dict[str, Any] | None = None,
+) -> Case:
     """A jitted function: compiled ahead of time in setup (timed) with XLA ``options``, then
     called on fixed args."""
     import jax
@@ -206,18 +231,29 @@ def train_loop_case(name: str, spec: ModelSpec, batch: int, steps: int) -> Case:
     cfg = train.StepConfig(spec, "sgd", total_steps=10 * steps, wgrad_rule=True)
     x, y = (jnp.asarray(a) for a in _random_data(N_TRAIN, (spec.widths[0],)))
     idx = jnp.asarray(_batches(steps, batch))
-    hp = {"lr": jnp.float32(0.1), "momentum": jnp.float32(0.9), "init_scale": jnp.float32(1.0),
-          "seed": jnp.int32(0), "norm_call": {}}
+    hp = {
+        "lr": jnp.float32(0.1),
+        "momentum": jnp.float32(0.9),
+        "init_scale": jnp.float32(1.0),
+        "seed": jnp.int32(0),
+        "norm_call": {},
+    }
     carry = jax.jit(functools.partial(train.init_carry, cfg))(hp)
     norm = "BN" if spec.norm != "none" else "no norm"
-    return _jit_case(name, f"{spec.kind} {norm}, batch {batch}, one model, train.train_chunk",
-                     functools.partial(train.train_chunk, cfg), (hp, carry, idx, x, y), steps,
-                     steps * step_flops(spec, batch),
-                     options=engine.compiler_options(spec, jax.devices()[0].platform))
+    return _jit_case(
+        name,
+        f"{spec.kind} {norm}, batch {batch}, one model, train.train_chunk",
+        functools.partial(train.train_chunk, cfg),
+        (hp, carry, idx, x, y),
+        steps,
+        steps * step_flops(spec, batch),
+        options=engine.compiler_options(spec, jax.devices()[0].platform),
+    )
 
 
-def sweep_case(name: str, spec: ModelSpec, batch: int, members: int, steps: int, *,
-               one_device: bool = False) -> Case:
+def sweep_case(
+    name: str, spec: ModelSpec, batch: int, members: int, steps: int, *, one_device: bool = False
+) -> Case:
     """``members`` trials of spec (learning rates 0.01 to 1, one seed: shared batches) through
     bnexp.sweep.run_sweep, ``steps`` steps each with one evaluation point at the end (on a
     test set of one batch, so it costs about one step); one_device: a mesh of the first device
@@ -231,8 +267,18 @@ def sweep_case(name: str, spec: ModelSpec, batch: int, members: int, steps: int,
     else:
         data = (("n_train", N_TRAIN), ("n_test", batch), ("dim", spec.widths[0]))
     lrs = np.geomspace(0.01, 1.0, members) if members > 1 else [0.1]
-    trials = [Trial(model=spec, dataset="synthetic", data_options=data, batch_size=batch,
-                    steps=steps, eval_every=steps, lr=float(lr)) for lr in lrs]
+    trials = [
+        Trial(
+            model=spec,
+            dataset="synthetic",
+            data_options=data,
+            batch_size=batch,
+            steps=steps,
+            eval_every=steps,
+            lr=float(lr),
+        )
+        for lr in lrs
+    ]
     devices = jax.devices()[:1] if one_device else None
 
     def setup() -> float:
@@ -245,11 +291,14 @@ def sweep_case(name: str, spec: ModelSpec, batch: int, members: int, steps: int,
         run_sweep(trials, devices=devices)
 
     norm = "BN" if spec.norm != "none" else "no norm"
-    what = (f"{spec.kind} {norm}, batch {batch}, "
-            + (f"lr sweep of {members} members" if members > 1 else "one model")
-            + f", run_sweep on {'1 device' if one_device else 'all devices'}")
-    case = Case(name, what, setup, call, members * steps, members * steps * step_flops(spec, batch),
-                members)
+    what = (
+        f"{spec.kind} {norm}, batch {batch}, "
+        + (f"lr sweep of {members} members" if members > 1 else "one model")
+        + f", run_sweep on {'1 device' if one_device else 'all devices'}"
+    )
+    case = Case(
+        name, what, setup, call, members * steps, members * steps * step_flops(spec, batch), members
+    )
     return case
 
 
@@ -289,8 +338,9 @@ def _torch_model(spec: ModelSpec) -> Any:
     return nn.Sequential(*layers)
 
 
-def torch_case(name: str, spec: ModelSpec, batch: int, steps: int,
-               threads: int | None = None) -> Case:
+def torch_case(
+    name: str, spec: ModelSpec, batch: int, steps: int, threads: int | None = None
+) -> Case:
     """PyTorch eager training of spec, one model, ``steps`` SGD steps per call, with ``threads``
     intra-op threads (None: PyTorch's default, one per core)."""
     import torch
@@ -302,8 +352,9 @@ def torch_case(name: str, spec: ModelSpec, batch: int, steps: int,
     torch.manual_seed(0)
     model = _torch_model(spec).to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    shape = (spec.input_shape[-1], *spec.input_shape[:2]) if spec.kind == "cnn" else \
-        (spec.widths[0],)
+    shape = (
+        (spec.input_shape[-1], *spec.input_shape[:2]) if spec.kind == "cnn" else (spec.widths[0],)
+    )
     xs, ys = _random_data(N_TRAIN, shape)
     x, y = torch.from_numpy(xs).to(dev), torch.from_numpy(ys).long().to(dev)
     idx = torch.from_numpy(_batches(steps, batch)).long().to(dev)
@@ -323,11 +374,14 @@ def torch_case(name: str, spec: ModelSpec, batch: int, steps: int,
         call()  # warm-up (allocator, kernels); nothing is compiled
         return None
 
-    what = f"PyTorch eager {spec.kind} {'BN' if spec.norm != 'none' else 'no norm'}, batch " \
-           f"{batch}, " + (f"{threads} thread{'s' if threads > 1 else ''}" if dev.type == "cpu"
-                            else str(dev))
-    return Case(name, what, setup, call, steps, steps * step_flops(spec, batch),
-                info={"threads": threads})
+    what = (
+        f"PyTorch eager {spec.kind} {'BN' if spec.norm != 'none' else 'no norm'}, batch "
+        f"{batch}, "
+        + (f"{threads} thread{'s' if threads > 1 else ''}" if dev.type == "cpu" else str(dev))
+    )
+    return Case(
+        name, what, setup, call, steps, steps * step_flops(spec, batch), info={"threads": threads}
+    )
 
 
 def torch_cases(config: BenchConfig) -> list[Case]:
@@ -339,12 +393,17 @@ def torch_cases(config: BenchConfig) -> list[Case]:
     default = DEFAULT_TORCH_THREADS.setdefault("n", torch.get_num_threads())
     cases = []
     for suffix, threads in [("", default)] + ([("_1t", 1)] if default > 1 else []):
-        cases += [torch_case("torch_mlp_bn" + suffix, MLP, MLP_BATCH, config.torch_mlp_steps,
-                             threads),
-                  torch_case("torch_mlp_plain" + suffix, ModelSpec(norm="none"), MLP_BATCH,
-                             config.torch_mlp_steps, threads),
-                  torch_case("torch_cnn" + suffix, CNN, CNN_BATCH, config.torch_cnn_steps,
-                             threads)]
+        cases += [
+            torch_case("torch_mlp_bn" + suffix, MLP, MLP_BATCH, config.torch_mlp_steps, threads),
+            torch_case(
+                "torch_mlp_plain" + suffix,
+                ModelSpec(norm="none"),
+                MLP_BATCH,
+                config.torch_mlp_steps,
+                threads,
+            ),
+            torch_case("torch_cnn" + suffix, CNN, CNN_BATCH, config.torch_cnn_steps, threads),
+        ]
     return cases
 
 
@@ -355,11 +414,19 @@ def _summary(case: Case, peak_flops: float | None) -> dict[str, Any]:
     rates = [case.model_steps / t for t in case.times]
     med = statistics.median(rates)
     flops = statistics.median([case.flops / t for t in case.times])
-    out = {"what": case.what, "members": case.members, "model_steps_per_call": case.model_steps,
-           "steps_per_s": med, "steps_per_s_min": min(rates), "steps_per_s_max": max(rates),
-           "spread": (max(rates) - min(rates)) / med, "seconds_per_call": statistics.median(
-               case.times), "gflops": flops / 1e9, "compile_s": case.compile_s, "reps":
-           len(case.times)}
+    out = {
+        "what": case.what,
+        "members": case.members,
+        "model_steps_per_call": case.model_steps,
+        "steps_per_s": med,
+        "steps_per_s_min": min(rates),
+        "steps_per_s_max": max(rates),
+        "spread": (max(rates) - min(rates)) / med,
+        "seconds_per_call": statistics.median(case.times),
+        "gflops": flops / 1e9,
+        "compile_s": case.compile_s,
+        "reps": len(case.times),
+    }
     if peak_flops:
         out["fraction_of_peak"] = flops / peak_flops
     return out | case.info
@@ -370,11 +437,19 @@ def machine_info() -> dict[str, Any]:
     import jaxlib
 
     dev = jax.devices()
-    return {"platform": dev[0].platform, "device_kind": dev[0].device_kind,
-            "devices": len(dev), "cpu_count": os.cpu_count(), "processor": _cpu_name(),
-            "python": platform.python_version(), "system": platform.platform(),
-            "jax": jax.__version__, "jaxlib": jaxlib.__version__, "torch": torch_version(),
-            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    return {
+        "platform": dev[0].platform,
+        "device_kind": dev[0].device_kind,
+        "devices": len(dev),
+        "cpu_count": os.cpu_count(),
+        "processor": _cpu_name(),
+        "python": platform.python_version(),
+        "system": platform.platform(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "torch": torch_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
 
 
 def _cpu_name() -> str:
@@ -398,8 +473,12 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def run(config: BenchConfig = FULL, *, torch: bool | None = None,
-        progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def run(
+    config: BenchConfig = FULL,
+    *,
+    torch: bool | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Measure every case (module docstring) and return the figures as one JSON-ready dict.
 
     torch: include the PyTorch cases (None: when PyTorch is importable; True when it is not
@@ -408,21 +487,29 @@ def run(config: BenchConfig = FULL, *, torch: bool | None = None,
     say = progress or (lambda _m: None)
     have_torch = torch_version() is not None
     if torch and not have_torch:
-        raise RuntimeError("PyTorch is not importable (pip install torch==2.13.0 for the "
-                           "comparison, or pass --no-torch)")
+        raise RuntimeError(
+            "PyTorch is not importable (pip install torch==2.13.0 for the "
+            "comparison, or pass --no-torch)"
+        )
     use_torch = have_torch if torch is None else torch
     load_before = os.getloadavg()
     # 2048^2 saturates a CPU; an accelerator needs a larger matmul to reach its peak
     cases = matmul_cases(config.matmul_n if _platform() == "cpu" else max(config.matmul_n, 8192))
     plain = ModelSpec(norm="none")
     single = functools.partial(sweep_case, members=1, one_device=True)
-    cases += [train_loop_case("mlp_bn", MLP, MLP_BATCH, config.mlp_steps),
-              train_loop_case("mlp_plain", plain, MLP_BATCH, config.mlp_steps)]
+    cases += [
+        train_loop_case("mlp_bn", MLP, MLP_BATCH, config.mlp_steps),
+        train_loop_case("mlp_plain", plain, MLP_BATCH, config.mlp_steps),
+    ]
     if config.engine_single:  # the same models as one-trial sweeps (what `bnexp run` does)
-        cases += [single("mlp_bn_run_sweep", MLP, MLP_BATCH, steps=config.mlp_steps),
-                  single("mlp_plain_run_sweep", plain, MLP_BATCH, steps=config.mlp_steps)]
-    cases += [sweep_case(f"sweep_{m}", MLP, MLP_BATCH, m, config.sweep_steps)
-              for m in config.sweep_members]
+        cases += [
+            single("mlp_bn_run_sweep", MLP, MLP_BATCH, steps=config.mlp_steps),
+            single("mlp_plain_run_sweep", plain, MLP_BATCH, steps=config.mlp_steps),
+        ]
+    cases += [
+        sweep_case(f"sweep_{m}", MLP, MLP_BATCH, m, config.sweep_steps)
+        for m in config.sweep_members
+    ]
     cases.append(single("cnn", CNN, CNN_BATCH, steps=config.cnn_steps))
     if use_torch:
         cases += torch_cases(config)
@@ -438,12 +525,16 @@ def run(config: BenchConfig = FULL, *, torch: bool | None = None,
     return summarize(cases, config, load_before)
 
 
-def summarize(cases: Sequence[Case], config: BenchConfig,
-              load_before: tuple[float, ...] = ()) -> dict[str, Any]:
+def summarize(
+    cases: Sequence[Case], config: BenchConfig, load_before: tuple[float, ...] = ()
+) -> dict[str, Any]:
     """The figures of measured cases: per-case summaries, the peak, ratios and targets."""
     by = {c.name: c for c in cases}
-    peaks = {name: max(c.flops / t for t in c.times) for name, c in by.items()
-             if name.startswith("matmul")}
+    peaks = {
+        name: max(c.flops / t for t in c.times)
+        for name, c in by.items()
+        if name.startswith("matmul")
+    }
     peak = max(peaks.values())
     summaries = {c.name: _summary(c, peak) for c in cases if not c.name.startswith("matmul")}
     rate = {name: s["steps_per_s"] for name, s in summaries.items()}
@@ -458,8 +549,9 @@ def summarize(cases: Sequence[Case], config: BenchConfig,
         "sweep_fraction_of_peak": summaries[sweep]["fraction_of_peak"],
         "mlp_fraction_of_peak": summaries["mlp_bn"]["fraction_of_peak"],
         "sweep_vs_single": _ratio(rate[sweep], rate["mlp_bn"]),
-        "bn_overhead_run_sweep": _ratio(rate.get("mlp_plain_run_sweep"),
-                                        rate.get("mlp_bn_run_sweep")),
+        "bn_overhead_run_sweep": _ratio(
+            rate.get("mlp_plain_run_sweep"), rate.get("mlp_bn_run_sweep")
+        ),
         "sweep_vs_torch": _ratio(rate[sweep], rate.get("torch_mlp_bn")),
         "mlp_vs_torch": _ratio(rate["mlp_bn"], rate.get("torch_mlp_bn")),
         "cnn_vs_torch": _ratio(rate["cnn"], rate.get("torch_cnn")),
@@ -471,15 +563,20 @@ def summarize(cases: Sequence[Case], config: BenchConfig,
         met = None if v is None else (v >= bound if op == ">=" else v <= bound)
         targets[name] = {"target": f"{op} {bound:g}", "value": v, "met": met}
     return {
-        "machine": machine_info() | {"load_average_before": list(load_before),
-                                     "load_average_after": list(os.getloadavg())},
+        "machine": machine_info()
+        | {"load_average_before": list(load_before), "load_average_after": list(os.getloadavg())},
         "config": asdict(config),
-        "matmul": {"n": by[next(iter(peaks))].info.get("n", config.matmul_n),
-                   "peak_gflops": peak / 1e9,
-                   "layouts_gflops": {k: v / 1e9 for k, v in peaks.items()},
-                   "compile_s": max(by[k].compile_s or 0.0 for k in peaks)},
-        "flops_per_step": {"mlp": step_flops(MLP, MLP_BATCH), "cnn": step_flops(CNN, CNN_BATCH),
-                           "counting": "3 x forward matmul/conv FLOPs (2 per multiply-add)"},
+        "matmul": {
+            "n": by[next(iter(peaks))].info.get("n", config.matmul_n),
+            "peak_gflops": peak / 1e9,
+            "layouts_gflops": {k: v / 1e9 for k, v in peaks.items()},
+            "compile_s": max(by[k].compile_s or 0.0 for k in peaks),
+        },
+        "flops_per_step": {
+            "mlp": step_flops(MLP, MLP_BATCH),
+            "cnn": step_flops(CNN, CNN_BATCH),
+            "counting": "3 x forward matmul/conv FLOPs (2 per multiply-add)",
+        },
         "sweep_case": sweep,
         "torch_reference": reference,
         "cases": summaries,
@@ -488,5 +585,18 @@ def summarize(cases: Sequence[Case], config: BenchConfig,
     }
 
 
-__all__ = ["CNN", "FULL", "MLP", "QUICK", "TARGETS", "BenchConfig", "Case", "forward_flops",
-           "machine_info", "run", "step_flops", "summarize", "torch_version"]
+__all__ = [
+    "CNN",
+    "FULL",
+    "MLP",
+    "QUICK",
+    "TARGETS",
+    "BenchConfig",
+    "Case",
+    "forward_flops",
+    "machine_info",
+    "run",
+    "step_flops",
+    "summarize",
+    "torch_version",
+]

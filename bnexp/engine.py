@@ -67,8 +67,10 @@ CNN_MAX_BLOCK = 8  # steps per unrolled CNN block: more adds compile time, not s
 # "xla_cpu_experimental_ynn_fusion_type": "", so that the dots ran on Eigen, was faster still but
 # miscompiled: with 32 paper-MLP members on a device, members 0 and 1 of every device left the
 # single-model loop by 0.05 in loss from step 33 on; tests/test_sweep.py checks it.)
-DENSE_CPU_OPTIONS = {"xla_disable_hlo_passes": "tree_reduction_rewriter",
-                     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+DENSE_CPU_OPTIONS = {
+    "xla_disable_hlo_passes": "tree_reduction_rewriter",
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
 # Members per block on a CPU device (blocked_steps): as many as fit this estimated working set
 # (weights, optimizer state, gradients, activations; member_bytes). Measured on a 2-core Zen 3
 # (1 MiB L2 per core, 32 MiB L3), 64-member paper-MLP sweep on 2 devices: blocks of 4 members
@@ -95,15 +97,20 @@ class ProgramConfig:
     member_block: int = 0  # members per block on each device (0: one block; see blocked_steps)
 
 
-def layout_for(spec: ModelSpec, lengths: Sequence[int], unrolled: bool | None = None,
-               platform: str | None = None) -> tuple[bool, int]:
+def layout_for(
+    spec: ModelSpec,
+    lengths: Sequence[int],
+    unrolled: bool | None = None,
+    platform: str | None = None,
+) -> tuple[bool, int]:
     """(unrolled, block_steps) for a model and its chunk lengths. By default (unrolled=None) only
     lax.conv CNNs on CPU are unrolled, in the largest block <= CNN_MAX_BLOCK dividing every chunk;
     everything else scans each chunk."""
     if unrolled is None:
         platform = platform or jax.default_backend()
-        unrolled = spec.kind == "cnn" and models.conv_impl(spec, platform) == "xla" \
-            and platform == "cpu"
+        unrolled = (
+            spec.kind == "cnn" and models.conv_impl(spec, platform) == "xla" and platform == "cpu"
+        )
     if not unrolled:
         return False, 0
     g = functools.reduce(math.gcd, lengths)
@@ -118,8 +125,11 @@ def layout_for(spec: ModelSpec, lengths: Sequence[int], unrolled: bool | None = 
 # weight into (D, members * H) every step (10 MB per device for 32 paper-MLP members). The update
 # is the group's because inside a vmap any per-member scalar (the learning rate, the divergence
 # guard) meeting a leaf whose member axis is not in front moves that axis to the front.
-FIRST_DENSE_W = (jax.tree_util.DictKey("hidden"), jax.tree_util.SequenceKey(0),
-                 jax.tree_util.DictKey("w"))
+FIRST_DENSE_W = (
+    jax.tree_util.DictKey("hidden"),
+    jax.tree_util.SequenceKey(0),
+    jax.tree_util.DictKey("w"),
+)
 
 
 @functools.cache
@@ -131,13 +141,21 @@ def member_bytes(cfg: ProgramConfig) -> int:
     one = {"lr": 0.0, "momentum": 0.0, "init_scale": 1.0, "seed": 0, "norm_call": {}}
     carry = jax.eval_shape(functools.partial(train.init_carry, cfg.step), one)
     grad_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(carry.state.params))
-    carry_bytes = sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(carry)
-                      if not jnp.issubdtype(a.dtype, jax.dtypes.prng_key))
-    x = jax.ShapeDtypeStruct((cfg.batch_size, *(spec.input_shape if spec.kind == "cnn"
-                                                  else spec.widths[:1])), jnp.float32)
-    _, _, aux = jax.eval_shape(lambda p, s, x: models.apply(p, s, x, spec, capture=True,
-                                                            key=jax.random.key(0)),
-                               carry.state.params, carry.state.norm_state, x)
+    carry_bytes = sum(
+        a.size * a.dtype.itemsize
+        for a in jax.tree.leaves(carry)
+        if not jnp.issubdtype(a.dtype, jax.dtypes.prng_key)
+    )
+    x = jax.ShapeDtypeStruct(
+        (cfg.batch_size, *(spec.input_shape if spec.kind == "cnn" else spec.widths[:1])),
+        jnp.float32,
+    )
+    _, _, aux = jax.eval_shape(
+        lambda p, s, x: models.apply(p, s, x, spec, capture=True, key=jax.random.key(0)),
+        carry.state.params,
+        carry.state.norm_state,
+        x,
+    )
     floats = 4 * sum(a.size for a in aux["preacts"])
     if spec.kind == "cnn":  # im2col patches: 9 x the input of every conv, at its resolution
         h, w, c = spec.input_shape
@@ -159,15 +177,18 @@ def member_block(cfg: ProgramConfig, local_members: int, platform: str, cores: i
     fit = max(1, BLOCK_BYTES // member_bytes(cfg))
     if local_members <= fit:
         return 0
-    return min(range(max(1, fit // 2), fit + 1),
-               key=lambda mb: (-(-local_members // mb) * mb, -mb))
+    return min(range(max(1, fit // 2), fit + 1), key=lambda mb: (-(-local_members // mb) * mb, -mb))
 
 
 def group_updates_first_layer(cfg: ProgramConfig) -> bool:
     """Whether the group updates the first dense weight itself, stored (D, members, H)."""
     spec = cfg.step.spec
-    return cfg.shared_batch and spec.kind != "cnn" and spec.num_hidden > 0 \
+    return (
+        cfg.shared_batch
+        and spec.kind != "cnn"
+        and spec.num_hidden > 0
         and cfg.step.optimizer == "sgd"
+    )
 
 
 def member_axes(cfg: ProgramConfig, tree: Any) -> Any:
@@ -190,32 +211,39 @@ def _with_first_w(params: Any, w: Any) -> Any:
     return {**params, "hidden": hidden}
 
 
-def _group_step(cfg: StepConfig, axes: Carry, hp: dict, carry: Carry, x: Array,
-                y: Array) -> tuple[Carry, Array]:
+def _group_step(
+    cfg: StepConfig, axes: Carry, hp: dict, carry: Carry, x: Array, y: Array
+) -> tuple[Carry, Array]:
     """All members' guarded SGD step with the first dense weight w (D, members, H) updated here:
     exactly train.train_step's arithmetic (optax.sgd's ``(-lr) * g``, ``p + u``, the guard)."""
     shared = None if x.ndim == 2 else 0
-    loss, norm_state, grads = jax.vmap(functools.partial(train.step_grads, cfg),
-                                       in_axes=(0, axes, shared, shared),
-                                       out_axes=(0, 0, axes.state.params))(hp, carry, x, y)
+    loss, norm_state, grads = jax.vmap(
+        functools.partial(train.step_grads, cfg),
+        in_axes=(0, axes, shared, shared),
+        out_axes=(0, 0, axes.state.params),
+    )(hp, carry, x, y)
     w, g = _first_w(carry.state.params), _first_w(grads)
     lr = carry.state.opt_state.hyperparams["learning_rate"]  # (members,), what optax.sgd uses
     u = (-lr)[None, :, None] * g
     ok = jnp.all(jnp.isfinite(u), axis=(0, 2))
     members = lr.shape[0]
     stub = jnp.zeros((members,), w.dtype)  # the rest of the step sees a per-member scalar
-    rest = carry._replace(state=carry.state._replace(params=_with_first_w(carry.state.params,
-                                                                           stub)))
+    rest = carry._replace(
+        state=carry.state._replace(params=_with_first_w(carry.state.params, stub))
+    )
     rest, loss = jax.vmap(functools.partial(train.apply_grads, cfg))(
-        rest, loss, norm_state, _with_first_w(grads, stub), ok)
+        rest, loss, norm_state, _with_first_w(grads, stub), ok
+    )
     alive = rest.diverged_at == 0  # == (healthy before) & ~bad this step
     w = jnp.where(alive[None, :, None], w + u, w)
-    return rest._replace(state=rest.state._replace(params=_with_first_w(rest.state.params, w))), \
-        loss
+    return rest._replace(
+        state=rest.state._replace(params=_with_first_w(rest.state.params, w))
+    ), loss
 
 
-def group_steps(cfg: ProgramConfig, axes: Carry, carry: Carry, hp: dict, idx: Array,
-                data: dict[str, Array]) -> tuple[Carry, Array]:
+def group_steps(
+    cfg: ProgramConfig, axes: Carry, carry: Carry, hp: dict, idx: Array, data: dict[str, Array]
+) -> tuple[Carry, Array]:
     """All members: T guarded train steps in one lax.scan over the vmapped train step.
     idx: (T, B) shared rows, or (members, T, B) own rows; returns (carry, losses (members, T)),
     losses NaN once diverged. Models take models.dense_wgrad's weight-gradient rule, and
@@ -228,25 +256,46 @@ def group_steps(cfg: ProgramConfig, axes: Carry, carry: Carry, hp: dict, idx: Ar
     if jax.tree.leaves(hp)[0].shape[0] == 1:  # one member: no member axis (vmap costs ~20%)
         one = jax.tree.map(lambda a, ax: jnp.squeeze(a, ax), carry, axes)
         hp1 = jax.tree.map(lambda a: a[0], hp)
-        one, losses = train.train_chunk(step_cfg, hp1, one, idx if cfg.shared_batch else idx[0],
-                                        data["x_train"], data["y_train"],
-                                        unroll=True if cfg.unrolled else 1)
+        one, losses = train.train_chunk(
+            step_cfg,
+            hp1,
+            one,
+            idx if cfg.shared_batch else idx[0],
+            data["x_train"],
+            data["y_train"],
+            unroll=True if cfg.unrolled else 1,
+        )
         return jax.tree.map(jnp.expand_dims, one, axes), losses[None]
     if group_updates_first_layer(cfg):
         step = functools.partial(_group_step, step_cfg, axes)
     else:
         shared = None if cfg.shared_batch else 0
-        step = jax.vmap(functools.partial(train.train_step, step_cfg),
-                        in_axes=(0, 0, shared, shared))
+        step = jax.vmap(
+            functools.partial(train.train_step, step_cfg), in_axes=(0, 0, shared, shared)
+        )
     xs = idx if cfg.shared_batch else jnp.swapaxes(idx, 0, 1)  # (T, ...) either way
-    carry, losses = train.train_chunk(step_cfg, hp, carry, xs, data["x_train"], data["y_train"],
-                                      unroll=True if cfg.unrolled else 1,
-                                      step=lambda c, x, y: step(hp, c, x, y))
+    carry, losses = train.train_chunk(
+        step_cfg,
+        hp,
+        carry,
+        xs,
+        data["x_train"],
+        data["y_train"],
+        unroll=True if cfg.unrolled else 1,
+        step=lambda c, x, y: step(hp, c, x, y),
+    )
     return carry, losses.T
 
 
-def blocked_steps(cfg: ProgramConfig, axes: Carry, mesh: Mesh, carry: Carry, hp: dict,
-                  idx: Array, data: dict[str, Array]) -> tuple[Carry, Array]:
+def blocked_steps(
+    cfg: ProgramConfig,
+    axes: Carry,
+    mesh: Mesh,
+    carry: Carry,
+    hp: dict,
+    idx: Array,
+    data: dict[str, Array],
+) -> tuple[Carry, Array]:
     """group_steps in blocks of cfg.member_block members on each device, one block after the
     other (each block runs the whole chunk before the next starts), so a block's weights and
     gradients stay in the cache for the chunk. Each device sees only its own members
@@ -257,20 +306,21 @@ def blocked_steps(cfg: ProgramConfig, axes: Carry, mesh: Mesh, carry: Carry, hp:
 
     def split(tree: Any, tree_axes: Any) -> Any:  # member axis a: (.., m, ..) -> (nb, .., mb, ..)
         def one(x: Array, a: int) -> Array:
-            shape = x.shape[:a] + (x.shape[a] // mb, mb) + x.shape[a + 1:]
+            shape = x.shape[:a] + (x.shape[a] // mb, mb) + x.shape[a + 1 :]
             return jnp.moveaxis(x.reshape(shape), a, 0)
+
         return jax.tree.map(one, tree, tree_axes)
 
     def join(tree: Any, tree_axes: Any) -> Any:
         def one(x: Array, a: int) -> Array:
             x = jnp.moveaxis(x, 0, a)
-            return x.reshape(x.shape[:a] + (-1,) + x.shape[a + 2:])
+            return x.reshape(x.shape[:a] + (-1,) + x.shape[a + 2 :])
+
         return jax.tree.map(one, tree, tree_axes)
 
     def local(carry: Carry, hp: dict, idx: Array, data: dict[str, Array]) -> tuple[Carry, Array]:
         hp_axes = jax.tree.map(lambda _: 0, hp)
-        xs = (split(carry, axes), split(hp, hp_axes),
-              None if cfg.shared_batch else split(idx, 0))
+        xs = (split(carry, axes), split(hp, hp_axes), None if cfg.shared_batch else split(idx, 0))
 
         def block(_: None, x: tuple) -> tuple[None, tuple[Carry, Array]]:
             c, h, i = x
@@ -280,23 +330,43 @@ def blocked_steps(cfg: ProgramConfig, axes: Carry, mesh: Mesh, carry: Carry, hp:
         return join(carry, axes), join(losses, 0)
 
     specs = jax.tree.map(spec_of, axes)
-    return jax.shard_map(local, mesh=mesh,
-                         in_specs=(specs, PartitionSpec(AXIS), idx_spec, PartitionSpec()),
-                         out_specs=(specs, PartitionSpec(AXIS)),
-                         check_vma=False)(carry, hp, idx, data)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(specs, PartitionSpec(AXIS), idx_spec, PartitionSpec()),
+        out_specs=(specs, PartitionSpec(AXIS)),
+        check_vma=False,
+    )(carry, hp, idx, data)
 
 
-def member_point(cfg: ProgramConfig, carry: Carry, hp: dict,
-                 data: dict[str, Array]) -> dict[str, Array]:
+def member_point(
+    cfg: ProgramConfig, carry: Carry, hp: dict, data: dict[str, Array]
+) -> dict[str, Array]:
     """One member's metrics at an evaluation point (NaN once diverged) and diverged_at."""
     TRACE_COUNTS["eval_point"] += 1
     spec, st = cfg.step.spec, carry.state
     call = train.norm_call_at(cfg.step, hp, st.step)
-    acc, loss = train.evaluate(st.params, st.norm_state, data["x_test"], data["y_test"], spec,
-                               mode="eval", norm_call=call, unrolled=cfg.unrolled)
-    acc_b, _ = train.evaluate(st.params, st.norm_state, data["x_test"], data["y_test"], spec,
-                              mode="batch", batch_size=cfg.batch_size, norm_call=call,
-                              unrolled=cfg.unrolled)
+    acc, loss = train.evaluate(
+        st.params,
+        st.norm_state,
+        data["x_test"],
+        data["y_test"],
+        spec,
+        mode="eval",
+        norm_call=call,
+        unrolled=cfg.unrolled,
+    )
+    acc_b, _ = train.evaluate(
+        st.params,
+        st.norm_state,
+        data["x_test"],
+        data["y_test"],
+        spec,
+        mode="batch",
+        batch_size=cfg.batch_size,
+        norm_call=call,
+        unrolled=cfg.unrolled,
+    )
     metrics = {"test_acc": acc, "test_loss": loss, "test_acc_batch": acc_b}
     if cfg.probes:
         root = jax.random.key(hp["seed"])
@@ -304,12 +374,28 @@ def member_point(cfg: ProgramConfig, carry: Carry, hp: dict,
         probe_hp = {**hp, "step": st.step, "norm_call": call, "key": probe_key}
 
         def loss_fn(params, norm_state, x, y, *, mode="train", key=None, norm_call=None):
-            return train.loss_fn(params, norm_state, x, y, spec, mode=mode,
-                                 key=probe_key if key is None else key,
-                                 norm_call=call if norm_call is None else norm_call)
+            return train.loss_fn(
+                params,
+                norm_state,
+                x,
+                y,
+                spec,
+                mode=mode,
+                key=probe_key if key is None else key,
+                norm_call=call if norm_call is None else norm_call,
+            )
 
-        metrics.update(probes.run(cfg.probes, spec, st.params, st.norm_state,
-                                  (data["x_probe"], data["y_probe"]), probe_hp, loss_fn))
+        metrics.update(
+            probes.run(
+                cfg.probes,
+                spec,
+                st.params,
+                st.norm_state,
+                (data["x_probe"], data["y_probe"]),
+                probe_hp,
+                loss_fn,
+            )
+        )
     dead = carry.diverged_at > 0
     metrics = {k: jnp.where(dead, jnp.nan, v) for k, v in metrics.items()}
     metrics["diverged_at"] = carry.diverged_at
@@ -327,10 +413,18 @@ def _abstract(tree: Any) -> Any:
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), tree)
 
 
-def _program(name: str, cfg: Any, mesh: Mesh, fn: Callable, args: tuple, in_shardings: tuple,
-             out_shardings: Any, donate: tuple[int, ...] = (),
-             before: Callable[[], None] | None = None,
-             options: dict[str, Any] | None = None) -> tuple[Any, float]:
+def _program(
+    name: str,
+    cfg: Any,
+    mesh: Mesh,
+    fn: Callable,
+    args: tuple,
+    in_shardings: tuple,
+    out_shardings: Any,
+    donate: tuple[int, ...] = (),
+    before: Callable[[], None] | None = None,
+    options: dict[str, Any] | None = None,
+) -> tuple[Any, float]:
     """A compiled program from the in-process cache, or compiled now (calling ``before`` first)
     with XLA ``options`` (dropped if this XLA does not know them): (program, compile seconds
     spent by this call)."""
@@ -341,8 +435,9 @@ def _program(name: str, cfg: Any, mesh: Mesh, fn: Callable, args: tuple, in_shar
     if before is not None:
         before()
     t0 = time.perf_counter()
-    lowered = jax.jit(fn, in_shardings=in_shardings, out_shardings=out_shardings,
-                      donate_argnums=donate).lower(*args)
+    lowered = jax.jit(
+        fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate
+    ).lower(*args)
     compiled = compile_with(lowered, options)
     _PROGRAMS[key] = compiled
     return compiled, time.perf_counter() - t0
@@ -367,15 +462,27 @@ class Programs:
     compile_seconds: float
 
 
-def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int],
-          idx_shape: Callable[[int], tuple[int, ...]],
-          on_compile: Callable[[], None] | None = None) -> Programs:
+def build(
+    cfg: ProgramConfig,
+    mesh: Mesh,
+    hp: dict,
+    data: dict,
+    blocks: set[int],
+    idx_shape: Callable[[int], tuple[int, ...]],
+    on_compile: Callable[[], None] | None = None,
+) -> Programs:
     """Compile (or fetch) init, steps for each block length, and point for this piece's shapes;
     on_compile() is called once before the first compilation that is needed, if any. A repeat
     of the same shapes is a dictionary lookup (no tracing: eval_shape costs ~60 ms a call)."""
     shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves((hp, data)))
-    memo = ("build", cfg, tuple(d.id for d in mesh.devices.flat), jax.tree.structure((hp, data)),
-            shapes, tuple((b, idx_shape(b)) for b in sorted(blocks)))
+    memo = (
+        "build",
+        cfg,
+        tuple(d.id for d in mesh.devices.flat),
+        jax.tree.structure((hp, data)),
+        shapes,
+        tuple((b, idx_shape(b)) for b in sorted(blocks)),
+    )
     if memo in _PROGRAMS:
         return dataclasses.replace(_PROGRAMS[memo], compile_seconds=0.0)
     called = []
@@ -390,25 +497,54 @@ def build(cfg: ProgramConfig, mesh: Mesh, hp: dict, data: dict, blocks: set[int]
     axes = member_axes(cfg, jax.eval_shape(functools.partial(train.init_carry, cfg.step), one))
     shard = jax.tree.map(lambda a: NamedSharding(mesh, PartitionSpec(*[None] * a, AXIS)), axes)
     init_fn = jax.vmap(functools.partial(train.init_carry, cfg.step), out_axes=axes)
-    init, spent = _program("init", (cfg.step, group_updates_first_layer(cfg)), mesh, init_fn,
-                           (_abstract(hp),), (member,), shard, before=before)
-    carry = jax.tree.map(lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-                         jax.eval_shape(init_fn, hp), shard)
+    init, spent = _program(
+        "init",
+        (cfg.step, group_updates_first_layer(cfg)),
+        mesh,
+        init_fn,
+        (_abstract(hp),),
+        (member,),
+        shard,
+        before=before,
+    )
+    carry = jax.tree.map(
+        lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+        jax.eval_shape(init_fn, hp),
+        shard,
+    )
     idx_sharding = repl if cfg.shared_batch else member
-    steps_fn = functools.partial(blocked_steps, cfg, axes, mesh) if cfg.member_block else \
-        functools.partial(group_steps, cfg, axes)
+    steps_fn = (
+        functools.partial(blocked_steps, cfg, axes, mesh)
+        if cfg.member_block
+        else functools.partial(group_steps, cfg, axes)
+    )
     steps = {}
     for b in sorted(blocks):
         idx = jax.ShapeDtypeStruct(idx_shape(b), jnp.int32, sharding=idx_sharding)
-        steps[b], s = _program("steps", (cfg, b), mesh, steps_fn,
-                               (carry, _abstract(hp), idx, _abstract(data)),
-                               (shard, member, idx_sharding, repl), (shard, member), (0,),
-                               before, compiler_options(cfg.step.spec,
-                                                        mesh.devices.flat[0].platform))
+        steps[b], s = _program(
+            "steps",
+            (cfg, b),
+            mesh,
+            steps_fn,
+            (carry, _abstract(hp), idx, _abstract(data)),
+            (shard, member, idx_sharding, repl),
+            (shard, member),
+            (0,),
+            before,
+            compiler_options(cfg.step.spec, mesh.devices.flat[0].platform),
+        )
         spent += s
     point_fn = jax.vmap(functools.partial(member_point, cfg), in_axes=(axes, 0, None))
-    point, s = _program("point", cfg, mesh, point_fn, (carry, _abstract(hp), _abstract(data)),
-                        (shard, member, repl), member, before=before)
+    point, s = _program(
+        "point",
+        cfg,
+        mesh,
+        point_fn,
+        (carry, _abstract(hp), _abstract(data)),
+        (shard, member, repl),
+        member,
+        before=before,
+    )
     _PROGRAMS[memo] = Programs(init, steps, point, spent + s)
     return _PROGRAMS[memo]
 
@@ -443,17 +579,27 @@ class GroupRun:
 
 def _stack_members(hps: list[dict]) -> dict:
     """Member dicts -> one dict of (M,) arrays: floats as float32, ints (seeds) as int32."""
+
     def stack(*v: Any) -> np.ndarray:
         return np.asarray(v, np.int32 if isinstance(v[0], (int, np.integer)) else np.float32)
 
     return jax.tree.map(stack, *hps)
 
 
-def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: dict[str, Any],
-              batch_indices: Callable[[int, int, int], np.ndarray], *, steps: int,
-              eval_every: int, mesh: Mesh, max_members: int = 64,
-              report: Callable[[int, int, str], None] | None = None,
-              block: int | None = None) -> GroupRun:
+def run_group(
+    cfg: ProgramConfig,
+    hps: list[dict],
+    data_seeds: list[int],
+    data: dict[str, Any],
+    batch_indices: Callable[[int, int, int], np.ndarray],
+    *,
+    steps: int,
+    eval_every: int,
+    mesh: Mesh,
+    max_members: int = 64,
+    report: Callable[[int, int, str], None] | None = None,
+    block: int | None = None,
+) -> GroupRun:
     """Train all members of one group; report(step_done, total, phase) as it goes.
 
     hps[i] is member i's numbers ({"lr", "momentum", "init_scale", "seed", "norm_call": {...}});
@@ -466,7 +612,7 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
     """
     t_start = time.perf_counter()
     if len(hps) < mesh.devices.size:  # fewer members than devices: padding would only compete
-        mesh = make_mesh(list(mesh.devices.flat)[:len(hps)])  # with them for the same cores
+        mesh = make_mesh(list(mesh.devices.flat)[: len(hps)])  # with them for the same cores
     n_pieces, size = pieces(len(hps), max_members, mesh.devices.size)
     per_piece = math.ceil(len(hps) / n_pieces)
     member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
@@ -501,6 +647,7 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
         progs = build(cfg, mesh, hp, data, blocks, idx_shape, compiling)
         compile_seconds += progs.compile_seconds
         carry = progs.init(hp)
+
         def batch_rows(start: int, length: int, seeds: list[int] = seeds) -> dict:
             return {s: batch_indices(s, start, length) for s in sorted(set(seeds))}
 
@@ -513,9 +660,11 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
             losses = []
             for b0 in range(0, length, block):
                 if cfg.shared_batch:
-                    idx = jax.device_put(rows[seeds[0]][b0:b0 + block], repl)
+                    idx = jax.device_put(rows[seeds[0]][b0 : b0 + block], repl)
                 else:
-                    idx = jax.device_put(np.stack([rows[s][b0:b0 + block] for s in seeds]), member)
+                    idx = jax.device_put(
+                        np.stack([rows[s][b0 : b0 + block] for s in seeds]), member
+                    )
                 carry, loss = progs.steps[block](carry, hp, idx, data)
                 losses.append(loss)
             metrics = progs.point(carry, hp, data)
@@ -533,5 +682,13 @@ def run_group(cfg: ProgramConfig, hps: list[dict], data_seeds: list[int], data: 
             h.update({k: v[m] for k, v in stacked.items() if k != "diverged_at"})
             histories.append(h)
             diverged.append(int(stacked["diverged_at"][m, -1]))
-    return GroupRun(histories, diverged, compile_seconds, time.perf_counter() - t_start, size,
-                    n_pieces, int(mesh.devices.size), cfg.member_block)
+    return GroupRun(
+        histories,
+        diverged,
+        compile_seconds,
+        time.perf_counter() - t_start,
+        size,
+        n_pieces,
+        int(mesh.devices.size),
+        cfg.member_block,
+    )

@@ -25,8 +25,17 @@ from bnexp import results
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 _CSS_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "bad", INCONCLUSIVE: "unsure"}
-CLAIM_COLUMNS = ("experiment", "claim", "source", "paper", "bnexp measured", "verdict", "preset",
-                 "seeds", "wall time")
+CLAIM_COLUMNS = (
+    "experiment",
+    "claim",
+    "source",
+    "paper",
+    "bnexp measured",
+    "verdict",
+    "preset",
+    "seeds",
+    "wall time",
+)
 DEFAULT_TITLE = "Which Batch Normalization claims hold?"
 
 
@@ -119,15 +128,25 @@ def load(entry: Entry, report_dir: Path) -> RunView:
     names = summary.get("plots") if summary else None
     if not isinstance(names, list):
         names = sorted(p.name for p in (d / "plots").glob("*.png"))
-    plots = [(str(n), (d / "plots" / str(n)).read_bytes()) for n in names
-             if (d / "plots" / str(n)).is_file()]
+    plots = [
+        (str(n), (d / "plots" / str(n)).read_bytes())
+        for n in names
+        if (d / "plots" / str(n)).is_file()
+    ]
     rel = Path(os.path.relpath(d.resolve(), Path(report_dir).resolve())).as_posix()
 
     def as_dict(x: Any) -> dict[str, Any]:
         return x if isinstance(x, dict) else {}
 
-    return RunView(entry, rel, as_dict(_json(d / "config.json")), as_dict(_json(d / "status.json")),
-                   as_dict(_json(d / "environment.json")), summary, plots)
+    return RunView(
+        entry,
+        rel,
+        as_dict(_json(d / "config.json")),
+        as_dict(_json(d / "status.json")),
+        as_dict(_json(d / "environment.json")),
+        summary,
+        plots,
+    )
 
 
 # ---- text pieces shared by both formats -------------------------------------------------------
@@ -178,15 +197,19 @@ def claim_cells(v: RunView) -> dict[str, str]:
 
 
 def tally(views: Sequence[RunView]) -> str:
-    counts = {k: sum(v.outcome == k for v in views) for k in (REPRODUCED, NOT_REPRODUCED,
-                                                               INCONCLUSIVE)}
+    counts = {
+        k: sum(v.outcome == k for v in views) for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
+    }
     other = len(views) - sum(counts.values())
-    parts = [f"{n} {k}" for k, n in counts.items()] + ([f"{other} without a result"]
-                                                        if other else [])
+    parts = [f"{n} {k}" for k, n in counts.items()] + (
+        [f"{other} without a result"] if other else []
+    )
     presets = sorted({claim_cells(v)["preset"] for v in views})
     total = sum(v.wall_time or 0.0 for v in views)
-    return (f"{len(views)} claim{'s' if len(views) != 1 else ''} tested: {', '.join(parts)}. "
-            f"Preset: {', '.join(presets) or '?'}. Wall time of the runs: {duration(total)}.")
+    return (
+        f"{len(views)} claim{'s' if len(views) != 1 else ''} tested: {', '.join(parts)}. "
+        f"Preset: {', '.join(presets) or '?'}. Wall time of the runs: {duration(total)}."
+    )
 
 
 def run_line(v: RunView) -> str:
@@ -222,8 +245,11 @@ def _tables(v: RunView) -> list[tuple[str, list[str], list[list[str]]]]:
         if not isinstance(t, Mapping):
             continue
         cols = [str(c) for c in t.get("columns") or []]
-        rows = [[cell_text(r.get(c), c) for c in cols] for r in t.get("rows") or []
-                if isinstance(r, Mapping)]
+        rows = [
+            [cell_text(r.get(c), c) for c in cols]
+            for r in t.get("rows") or []
+            if isinstance(r, Mapping)
+        ]
         out.append((str(t.get("title", "")), cols, rows))
     return out
 
@@ -236,8 +262,10 @@ def _md(text: Any) -> str:
 
 
 def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(_md(c) for c in columns) + " |",
-             "|" + "|".join("---" for _ in columns) + "|"]
+    lines = [
+        "| " + " | ".join(_md(c) for c in columns) + " |",
+        "|" + "|".join("---" for _ in columns) + "|",
+    ]
     lines += ["| " + " | ".join(_md(c) for c in r) + " |" for r in rows]
     return lines + [""]
 
@@ -245,17 +273,23 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
 def render_markdown(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str:
     lines = [f"# {_md(title)}", "", tally(views), ""]
     lines += _md_table(CLAIM_COLUMNS, [list(claim_cells(v).values()) for v in views])
-    lines += ["Verdicts are computed from the measured numbers by each experiment's rule "
-              "(`bnexp describe NAME`); a smoke preset proves the machinery and claims no science.",
-              ""]
+    lines += [
+        "Verdicts are computed from the measured numbers by each experiment's rule "
+        "(`bnexp describe NAME`); a smoke preset proves the machinery and claims no science.",
+        "",
+    ]
     for v in views:
-        lines += [f"## {_md(v.entry.name)}: {v.outcome}", "",
-                  f"- **Claim:** {_md(v.claim)}",
-                  f"- **Source:** {_md(v.entry.source or '–')}",
-                  f"- **Paper:** {_md(v.entry.paper or '–')}",
-                  f"- **Measured:** {_md(v.measured)}",
-                  f"- **Run:** `{v.path}` ({_md(run_line(v))})",
-                  f"- **Environment:** {_md(environment_line(v))}", ""]
+        lines += [
+            f"## {_md(v.entry.name)}: {v.outcome}",
+            "",
+            f"- **Claim:** {_md(v.claim)}",
+            f"- **Source:** {_md(v.entry.source or '–')}",
+            f"- **Paper:** {_md(v.entry.paper or '–')}",
+            f"- **Measured:** {_md(v.measured)}",
+            f"- **Run:** `{v.path}` ({_md(run_line(v))})",
+            f"- **Environment:** {_md(environment_line(v))}",
+            "",
+        ]
         if v.entry.command:
             lines += ["Re-run it:", "", "```bash", v.entry.command, "```", ""]
         for t_title, cols, rows in _tables(v):
@@ -373,22 +407,35 @@ _EMPTY = ("never", "not reached", "n/a", "-", "–")
 
 
 def _data_table(title: str, cols: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    out = [f"<h4>{_e(title)}</h4>", '<div class="scroll"><table class="data">',
-           "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead>", "<tbody>"]
+    out = [
+        f"<h4>{_e(title)}</h4>",
+        '<div class="scroll"><table class="data">',
+        "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in cols) + "</tr></thead>",
+        "<tbody>",
+    ]
     for r in rows:
         cells = []
         for c in r:
-            cls = ("diverged" if c.startswith("diverged") else "num" if _NUMERIC.match(c)
-                   else "num muted" if c in _EMPTY else "")
+            cls = (
+                "diverged"
+                if c.startswith("diverged")
+                else "num"
+                if _NUMERIC.match(c)
+                else "num muted"
+                if c in _EMPTY
+                else ""
+            )
             cells.append(f'<td class="{cls}">{_e(c)}</td>' if cls else f"<td>{_e(c)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     return out + ["</tbody></table></div>"]
 
 
 def _claims_table(views: Sequence[RunView]) -> list[str]:
-    out = ['<div class="scroll"><table class="claims" id="claims-table">',
-           "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in CLAIM_COLUMNS) + "</tr></thead>",
-           "<tbody>"]
+    out = [
+        '<div class="scroll"><table class="claims" id="claims-table">',
+        "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in CLAIM_COLUMNS) + "</tr></thead>",
+        "<tbody>",
+    ]
     for v in views:
         cells = claim_cells(v)
         tds = []
@@ -399,20 +446,36 @@ def _claims_table(views: Sequence[RunView]) -> list[str]:
                 inner = _badge(text)
             else:
                 inner = _e(text)
-            cls = (' class="nowrap"' if k in ("experiment", "preset", "seeds", "wall time")
-                   else ' class="wide"' if k == "bnexp measured" else "")
+            cls = (
+                ' class="nowrap"'
+                if k in ("experiment", "preset", "seeds", "wall time")
+                else ' class="wide"'
+                if k == "bnexp measured"
+                else ""
+            )
             tds.append(f'<td data-label="{_e(k)}"{cls}>{inner}</td>')
-        out.append(f'<tr data-experiment="{_e(v.entry.name)}" data-verdict="{_e(v.outcome)}">'
-                   + "".join(tds) + "</tr>")
+        out.append(
+            f'<tr data-experiment="{_e(v.entry.name)}" data-verdict="{_e(v.outcome)}">'
+            + "".join(tds)
+            + "</tr>"
+        )
     return out + ["</tbody></table></div>"]
 
 
 def _section(v: RunView) -> list[str]:
-    out = [f'<section class="experiment" id="{_e(v.anchor)}">',
-           f"<h2>{_e(v.entry.name)} {_badge(v.outcome)}</h2>", '<dl class="facts">']
-    facts = [("Claim", v.claim), ("Source", v.entry.source or "–"),
-             ("Paper", v.entry.paper or "–"), ("Measured", v.measured),
-             ("Run", None), ("Environment", environment_line(v))]
+    out = [
+        f'<section class="experiment" id="{_e(v.anchor)}">',
+        f"<h2>{_e(v.entry.name)} {_badge(v.outcome)}</h2>",
+        '<dl class="facts">',
+    ]
+    facts = [
+        ("Claim", v.claim),
+        ("Source", v.entry.source or "–"),
+        ("Paper", v.entry.paper or "–"),
+        ("Measured", v.measured),
+        ("Run", None),
+        ("Environment", environment_line(v)),
+    ]
     for k, text in facts:
         if k == "Run":
             out.append(f"<dt>Run</dt><dd><code>{_e(v.path)}</code> ({_e(run_line(v))})</dd>")
@@ -430,54 +493,88 @@ def _section(v: RunView) -> list[str]:
         out += ["<h3>Plots</h3>", '<div class="plots">']
         for name, data in v.plots:
             uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            out.append(f'<figure><img src="{uri}" alt="{_e(v.entry.name)}: {_e(Path(name).stem)}"'
-                       f' /><figcaption>{_e(name)}</figcaption></figure>')
+            out.append(
+                f'<figure><img src="{uri}" alt="{_e(v.entry.name)}: {_e(Path(name).stem)}"'
+                f" /><figcaption>{_e(name)}</figcaption></figure>"
+            )
         out.append("</div>")
     out += ["<h3>Config</h3>", '<dl class="config">']
-    out += [f"<div><dt>{_e(k)}</dt><dd>{_e(value_text(x)).replace(',', ',<wbr />')}</dd></div>"
-            for k, x in v.config.items()]  # <wbr />: long lists wrap after a comma
+    out += [
+        f"<div><dt>{_e(k)}</dt><dd>{_e(value_text(x)).replace(',', ',<wbr />')}</dd></div>"
+        for k, x in v.config.items()
+    ]  # <wbr />: long lists wrap after a comma
     return out + ["</dl>", "</section>"]
 
 
 def render_html(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str:
     """One self-contained page (well-formed XML, no script, no external URL)."""
-    out = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8" />',
-           '<meta name="viewport" content="width=device-width, initial-scale=1" />',
-           f"<title>{_e(title)}</title>", f"<style>{_CSS}</style>", "</head>", "<body>",
-           '<div class="page">', "<header>", f"<h1>{_e(title)}</h1>",
-           f'<p class="lede">{_e(tally(views))}</p>']
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en">',
+        "<head>",
+        '<meta charset="utf-8" />',
+        '<meta name="viewport" content="width=device-width, initial-scale=1" />',
+        f"<title>{_e(title)}</title>",
+        f"<style>{_CSS}</style>",
+        "</head>",
+        "<body>",
+        '<div class="page">',
+        "<header>",
+        f"<h1>{_e(title)}</h1>",
+        f'<p class="lede">{_e(tally(views))}</p>',
+    ]
     if len(views) > 1:
-        out.append('<nav class="toc">' + "".join(f'<a href="#{_e(v.anchor)}">{_e(v.entry.name)}</a>'
-                                                  for v in views) + "</nav>")
+        out.append(
+            '<nav class="toc">'
+            + "".join(f'<a href="#{_e(v.anchor)}">{_e(v.entry.name)}</a>' for v in views)
+            + "</nav>"
+        )
     out += ["</header>", "<main>", '<section id="claims">', "<h2>Claims</h2>"]
     out += _claims_table(views)
-    out += ['<p class="note">Verdicts are computed from the measured numbers by each experiment\'s '
-            "rule (<code>bnexp describe NAME</code>). The paper column quotes the source; "
-            "bnexp's numbers come from the run directories below. A smoke preset proves the "
-            "machinery and claims no science.</p>", "</section>"]
+    out += [
+        '<p class="note">Verdicts are computed from the measured numbers by each experiment\'s '
+        "rule (<code>bnexp describe NAME</code>). The paper column quotes the source; "
+        "bnexp's numbers come from the run directories below. A smoke preset proves the "
+        "machinery and claims no science.</p>",
+        "</section>",
+    ]
     for v in views:
         out += _section(v)
-    out += ["</main>", "<footer><p>Generated by bnexp from the run directories named above "
-            "(config.json, status.json, environment.json, summary.json, plots/); rendering the "
-            "same runs again gives this same page.</p></footer>", "</div>", "</body>", "</html>"]
+    out += [
+        "</main>",
+        "<footer><p>Generated by bnexp from the run directories named above "
+        "(config.json, status.json, environment.json, summary.json, plots/); rendering the "
+        "same runs again gives this same page.</p></footer>",
+        "</div>",
+        "</body>",
+        "</html>",
+    ]
     return "\n".join(out) + "\n"
 
 
 # ---- writing ---------------------------------------------------------------------------------
 
 
-def write(entries: Sequence[Entry], out_dir: Path, *, title: str = DEFAULT_TITLE,
-          html_file: bool = True, markdown: bool = True) -> dict[str, Path]:
+def write(
+    entries: Sequence[Entry],
+    out_dir: Path,
+    *,
+    title: str = DEFAULT_TITLE,
+    html_file: bool = True,
+    markdown: bool = True,
+) -> dict[str, Path]:
     """Write report.md and/or report.html into out_dir (atomically); returns {"md"|"html": path}."""
     out_dir = Path(out_dir)
     views = [load(e, out_dir) for e in entries]
     paths: dict[str, Path] = {}
     if markdown:
         text = render_markdown(views, title)
-        paths["md"] = results._write_atomic(out_dir / "report.md",
-                                            lambda f: f.write(text.encode("utf-8")))
+        paths["md"] = results._write_atomic(
+            out_dir / "report.md", lambda f: f.write(text.encode("utf-8"))
+        )
     if html_file:
         page = render_html(views, title)
-        paths["html"] = results._write_atomic(out_dir / "report.html",
-                                              lambda f: f.write(page.encode("utf-8")))
+        paths["html"] = results._write_atomic(
+            out_dir / "report.html", lambda f: f.write(page.encode("utf-8"))
+        )
     return paths

@@ -370,14 +370,22 @@ class SeriesSummary:
         return asdict(self)
 
 
-def series_summary(values: np.ndarray | Sequence[float] | Sequence[Sequence[float]]) -> SeriesSummary:
+def series_summary(
+    values: np.ndarray | Sequence[float] | Sequence[Sequence[float]],
+) -> SeriesSummary:
     """SeriesSummary of an (E,) or (S, E) series (seeds averaged first, NaN skipped)."""
     mean_curve = band(values)[0]
     v = mean_curve[np.isfinite(mean_curve)]
     if v.size == 0:
         return SeriesSummary(None, None, None, None, None, 0)
-    return SeriesSummary(float(v.mean()), float(np.median(v)), float(v.min()), float(v.max()),
-                         float(v[-1]), int(v.size))
+    return SeriesSummary(
+        float(v.mean()),
+        float(np.median(v)),
+        float(v.min()),
+        float(v.max()),
+        float(v[-1]),
+        int(v.size),
+    )
 
 
 def band_width(bands: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:

@@ -78,8 +78,9 @@ class ModelSpec:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {tuple(ACTIVATIONS)}, "
-                             f"got {self.activation!r}")
+            raise ValueError(
+                f"activation must be one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
+            )
         if self.placement not in ("before", "after"):
             raise ValueError(f"placement must be 'before' or 'after', got {self.placement!r}")
         if self.init not in INITS:
@@ -142,8 +143,9 @@ def _flat_dim(spec: ModelSpec) -> int:
     return h * w * spec.channels[-1] if spec.channels else h * w * spec.input_shape[-1]
 
 
-def _layer_shapes(spec: ModelSpec) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]],
-                                            tuple[int, ...]]:
+def _layer_shapes(
+    spec: ModelSpec,
+) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]], tuple[int, ...]]:
     """(conv kernel shapes HWIO, hidden dense shapes, output dense shape)."""
     if spec.kind != "cnn":
         dims = list(zip(spec.widths[:-2], spec.widths[1:-1], strict=True))
@@ -172,8 +174,10 @@ def init(key: Array, spec: ModelSpec, init_scale: Array | float = 1.0) -> tuple[
     sizes = [math.prod(s) for s in shapes]
     z = jax.random.normal(key, (sum(sizes),), jnp.float32)
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
-    weights = [z[a:a + n].reshape(s) * _std_of(s, spec)
-               for a, n, s in zip(starts, sizes, shapes, strict=True)]
+    weights = [
+        z[a : a + n].reshape(s) * _std_of(s, spec)
+        for a, n, s in zip(starts, sizes, shapes, strict=True)
+    ]
     params: dict[str, Any] = {"conv": [], "hidden": []}
     state: dict[str, Any] = {"conv": [], "hidden": []}
     for group, group_shapes, first in (("conv", convs, 0), ("hidden", dense, len(convs))):
@@ -195,8 +199,18 @@ def _channels_last(v: Array, ndim: int) -> Array:
     return v.reshape((1,) * (ndim - 1) + (-1,))
 
 
-def _block(z: Array, p: dict, s: dict, spec: ModelSpec, layer: int, conv: bool, *, mode: str,
-           key: Array | None, norm_call: Mapping[str, Any]) -> tuple[Array, Array, dict]:
+def _block(
+    z: Array,
+    p: dict,
+    s: dict,
+    spec: ModelSpec,
+    layer: int,
+    conv: bool,
+    *,
+    mode: str,
+    key: Array | None,
+    norm_call: Mapping[str, Any],
+) -> tuple[Array, Array, dict]:
     """Bias, norm and activation of one hidden layer: returns (h, preact, new_state)."""
     norm, g = norm_of(spec, conv), _activation(spec)
     if spec.norm_name(conv) != spec.norm:
@@ -216,8 +230,9 @@ def _dropout(h: Array, spec: ModelSpec, layer: int, mode: str, key: Array | None
         return h
     if key is None:
         raise ValueError("dropout in train mode needs a key")
-    keep = jax.random.bernoulli(jax.random.fold_in(key, DROPOUT_KEY_OFFSET + layer),
-                                1.0 - spec.dropout, h.shape)
+    keep = jax.random.bernoulli(
+        jax.random.fold_in(key, DROPOUT_KEY_OFFSET + layer), 1.0 - spec.dropout, h.shape
+    )
     return jnp.where(keep, h / (1.0 - spec.dropout), 0.0)
 
 
@@ -240,11 +255,14 @@ def _conv3x3(h: Array, w: Array, impl: str, dense: Any = None) -> Array:
     if impl == "auto":
         impl = "im2col" if jax.default_backend() == "cpu" else "xla"
     if impl == "xla":
-        return jax.lax.conv_general_dilated(h, w, (1, 1), "SAME",
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.lax.conv_general_dilated(
+            h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
     n, hh, ww, c = h.shape
     p = jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)))
-    cols = jnp.concatenate([p[:, i:i + hh, j:j + ww, :] for i in range(3) for j in range(3)], -1)
+    cols = jnp.concatenate(
+        [p[:, i : i + hh, j : j + ww, :] for i in range(3) for j in range(3)], -1
+    )
     # dense (models.dense_wgrad) where its rule moves less: it transposes the patches (9c wide)
     # for the weight gradient, autodiff's rule the output gradient (as wide as the output)
     mm = dense if dense is not None and 9 * c < w.shape[-1] else jnp.matmul
@@ -280,9 +298,18 @@ def _dense_bwd(res: tuple[Array, Array], g: Array) -> tuple[Array, Array]:
 dense_wgrad.defvjp(_dense_fwd, _dense_bwd)
 
 
-def apply(params: dict, norm_state: dict, x: Array, spec: ModelSpec, *, mode: str = "train",
-          key: Array | None = None, norm_call: Mapping[str, Any] | None = None,
-          capture: bool = False, dense: Any = None) -> tuple[Array, dict, dict]:
+def apply(
+    params: dict,
+    norm_state: dict,
+    x: Array,
+    spec: ModelSpec,
+    *,
+    mode: str = "train",
+    key: Array | None = None,
+    norm_call: Mapping[str, Any] | None = None,
+    capture: bool = False,
+    dense: Any = None,
+) -> tuple[Array, dict, dict]:
     """Logits (N, classes), the new norm state and aux (``{"preacts": [...]}`` if capture).
     dense(h, w): the dense layers' matrix product (default ``h @ w``; see ``dense_wgrad``).
 
@@ -300,16 +327,16 @@ def apply(params: dict, norm_state: dict, x: Array, spec: ModelSpec, *, mode: st
             h = h.reshape((h.shape[0],) + tuple(spec.input_shape))
         for p, s in zip(params["conv"], norm_state["conv"], strict=True):
             z = _conv3x3(h, p["w"], spec.conv_impl, dense)
-            h, pre, s = _block(z, p, s, spec, layer, True, mode=mode, key=key,
-                               norm_call=norm_call)
+            h, pre, s = _block(z, p, s, spec, layer, True, mode=mode, key=key, norm_call=norm_call)
             h = _maxpool2(h)
             preacts.append(pre)
             new_state["conv"].append(s)
             layer += 1
         h = h.reshape((h.shape[0], -1))
     for p, s in zip(params["hidden"], norm_state["hidden"], strict=True):
-        h, pre, s = _block(dense(h, p["w"]), p, s, spec, layer, False, mode=mode, key=key,
-                           norm_call=norm_call)
+        h, pre, s = _block(
+            dense(h, p["w"]), p, s, spec, layer, False, mode=mode, key=key, norm_call=norm_call
+        )
         h = _dropout(h, spec, layer, mode, key)
         preacts.append(pre)
         new_state["hidden"].append(s)

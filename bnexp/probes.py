@@ -44,19 +44,33 @@ PERCENTILE_UNIT = 0  # unit (channel for conv layers) whose input is measured
 PERCENTILE_QS = (15.0, 50.0, 85.0)
 
 
-def unit_preacts(spec: ModelSpec, params: Any, norm_state: Any, x: Array, hp: Mapping[str, Any],
-                 *, layer: int = PERCENTILE_LAYER, unit: int = PERCENTILE_UNIT,
-                 mode: str = "eval") -> Array:
+def unit_preacts(
+    spec: ModelSpec,
+    params: Any,
+    norm_state: Any,
+    x: Array,
+    hp: Mapping[str, Any],
+    *,
+    layer: int = PERCENTILE_LAYER,
+    unit: int = PERCENTILE_UNIT,
+    mode: str = "eval",
+) -> Array:
     """Inputs of the nonlinearity of one unit over the batch, flattened: (N,) or (N*H*W,)."""
     key = hp["key"] if mode == "train" else None
-    _, _, aux = models.apply(params, norm_state, x, spec, mode=mode, key=key,
-                             norm_call=hp["norm_call"], capture=True)
+    _, _, aux = models.apply(
+        params, norm_state, x, spec, mode=mode, key=key, norm_call=hp["norm_call"], capture=True
+    )
     return aux["preacts"][layer][..., unit].reshape(-1)
 
 
-def percentiles_probe(*, layer: int = PERCENTILE_LAYER, unit: int = PERCENTILE_UNIT,
-                      qs: tuple[float, ...] = PERCENTILE_QS, mode: str = "eval",
-                      name: str = "percentiles") -> ProbeFn:
+def percentiles_probe(
+    *,
+    layer: int = PERCENTILE_LAYER,
+    unit: int = PERCENTILE_UNIT,
+    qs: tuple[float, ...] = PERCENTILE_QS,
+    mode: str = "eval",
+    name: str = "percentiles",
+) -> ProbeFn:
     """{name: (len(qs),)} percentiles of one unit's pre-activation over the probe batch."""
 
     def probe(spec, params, norm_state, batch, hp, loss_fn):
@@ -66,8 +80,13 @@ def percentiles_probe(*, layer: int = PERCENTILE_LAYER, unit: int = PERCENTILE_U
     return probe
 
 
-def preact_stats_probe(*, layer: int = PERCENTILE_LAYER, unit: int = PERCENTILE_UNIT,
-                       mode: str = "eval", suffix: str = "") -> ProbeFn:
+def preact_stats_probe(
+    *,
+    layer: int = PERCENTILE_LAYER,
+    unit: int = PERCENTILE_UNIT,
+    mode: str = "eval",
+    suffix: str = "",
+) -> ProbeFn:
     """{"preact_mean", "preact_std"} of the same unit's pre-activation (for drift measures)."""
 
     def probe(spec, params, norm_state, batch, hp, loss_fn):
@@ -99,14 +118,23 @@ def check(names: tuple[str, ...]) -> None:
         raise ValueError(f"unknown probe(s) {unknown}; choose from {sorted(PROBES)}")
 
 
-def run(names: tuple[str, ...], spec: ModelSpec, params: Any, norm_state: Any,
-        batch: tuple[Array, Array], hp: Mapping[str, Any], loss_fn: Callable) -> dict[str, Array]:
+def run(
+    names: tuple[str, ...],
+    spec: ModelSpec,
+    params: Any,
+    norm_state: Any,
+    batch: tuple[Array, Array],
+    hp: Mapping[str, Any],
+    loss_fn: Callable,
+) -> dict[str, Array]:
     """All requested probes' outputs merged into one dict (an output key clash is an error)."""
     out: dict[str, Array] = {}
     for name in names:
         result = PROBES[name](spec, params, norm_state, batch, hp, loss_fn)
-        clash = set(result) & (set(out) | {"step", "train_loss", "test_acc", "test_loss",
-                                            "test_acc_batch", "diverged_at"})
+        clash = set(result) & (
+            set(out)
+            | {"step", "train_loss", "test_acc", "test_loss", "test_acc_batch", "diverged_at"}
+        )
         if clash:
             raise ValueError(f"probe {name!r} output keys {sorted(clash)} clash with other keys")
         out.update(result)

@@ -75,9 +75,12 @@ SCALES = (0.1, 0.5, 2.0, 10.0)  # scale-invariance factors a
 
 # ---- pytree arithmetic -----------------------------------------------------------------------
 
+
 def tree_dot(a: Tree, b: Tree) -> Array:
-    return sum((jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b),
-                                                 strict=True)), jnp.zeros((), jnp.float32))
+    return sum(
+        (jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)),
+        jnp.zeros((), jnp.float32),
+    )
 
 
 def tree_norm(a: Tree) -> Array:
@@ -95,8 +98,14 @@ def cosine(a: Tree, b: Tree) -> Array:
 
 # ---- the pure measurements -------------------------------------------------------------------
 
-def ics(grad_fn: Callable[[list[Tree]], Sequence[Tree]], layers: Sequence[Tree], lr: Array | float,
-        *, measure: Callable[[Tree], Tree] = lambda t: t) -> dict[str, Array]:
+
+def ics(
+    grad_fn: Callable[[list[Tree]], Sequence[Tree]],
+    layers: Sequence[Tree],
+    lr: Array | float,
+    *,
+    measure: Callable[[Tree], Tree] = lambda t: t,
+) -> dict[str, Array]:
     """Internal covariate shift of every layer (Santurkar et al. Def. 2.1; see module doc).
 
     grad_fn(layers) -> per-layer gradients (same structure as layers); measure(layer_tree) picks
@@ -109,13 +118,18 @@ def ics(grad_fn: Callable[[list[Tree]], Sequence[Tree]], layers: Sequence[Tree],
     g = list(grad_fn(layers))
     grad_norm = jnp.stack([tree_norm(measure(g[j])) for j in range(n)])
     if n == 1:
-        return {"norm": jnp.zeros((1,), jnp.float32), "cos": jnp.ones((1,), jnp.float32),
-                "grad_norm": grad_norm}
+        return {
+            "norm": jnp.zeros((1,), jnp.float32),
+            "cos": jnp.ones((1,), jnp.float32),
+            "grad_norm": grad_norm,
+        }
 
     def shifted(i: Array) -> tuple[Array, Array]:
         # layers j < i take their SGD step; the others stay exactly as they were
-        moved = [jax.tree.map(lambda p, d, j=j: jnp.where(j < i, p - lr * d, p), layers[j], g[j])
-                 for j in range(n)]
+        moved = [
+            jax.tree.map(lambda p, d, j=j: jnp.where(j < i, p - lr * d, p), layers[j], g[j])
+            for j in range(n)
+        ]
         g2 = list(grad_fn(moved))
         norms = jnp.stack([tree_norm(tree_sub(measure(g[j]), measure(g2[j]))) for j in range(n)])
         cos = jnp.stack([cosine(measure(g[j]), measure(g2[j])) for j in range(n)])
@@ -124,13 +138,16 @@ def ics(grad_fn: Callable[[list[Tree]], Sequence[Tree]], layers: Sequence[Tree],
     idx = jnp.arange(1, n)
     norms, cos = jax.lax.map(shifted, idx)  # (n-1, n): row k measured with layers < k+1 moved
     rows = jnp.arange(n - 1)
-    return {"norm": jnp.concatenate([jnp.zeros((1,), norms.dtype), norms[rows, idx]]),
-            "cos": jnp.concatenate([jnp.ones((1,), cos.dtype), cos[rows, idx]]),
-            "grad_norm": grad_norm}
+    return {
+        "norm": jnp.concatenate([jnp.zeros((1,), norms.dtype), norms[rows, idx]]),
+        "cos": jnp.concatenate([jnp.ones((1,), cos.dtype), cos[rows, idx]]),
+        "grad_norm": grad_norm,
+    }
 
 
-def landscape(loss_and_grad: Callable[[Tree], tuple[Array, Tree]], theta: Tree, g: Tree,
-              etas: Array) -> dict[str, Array]:
+def landscape(
+    loss_and_grad: Callable[[Tree], tuple[Array, Tree]], theta: Tree, g: Tree, etas: Array
+) -> dict[str, Array]:
     """Loss landscape along the gradient (Santurkar et al. Fig. 4; see module doc).
 
     loss_and_grad(theta) -> (loss, grad); g = grad L(theta); etas (K,). Returns "loss" (K,)
@@ -146,14 +163,19 @@ def landscape(loss_and_grad: Callable[[Tree], tuple[Array, Tree]], theta: Tree, 
 
     losses, diffs = jax.lax.map(at, etas)
     beta = jnp.max(diffs / jnp.maximum(etas * g_norm, TINY))
-    return {"loss": losses, "grad_diff": diffs,
-            "loss_band": jnp.stack([losses.min(), losses.max()]),
-            "grad_pred_band": jnp.stack([diffs.min(), diffs.max()]),
-            "beta_smooth": beta, "grad_norm": g_norm}
+    return {
+        "loss": losses,
+        "grad_diff": diffs,
+        "loss_band": jnp.stack([losses.min(), losses.max()]),
+        "grad_pred_band": jnp.stack([diffs.min(), diffs.max()]),
+        "beta_smooth": beta,
+        "grad_norm": g_norm,
+    }
 
 
-def scale_invariance(fn: Callable[[Tree], tuple[Array, Array]], w: Tree,
-                     scales: Array) -> dict[str, Array]:
+def scale_invariance(
+    fn: Callable[[Tree], tuple[Array, Array]], w: Tree, scales: Array
+) -> dict[str, Array]:
     """Output and gradient of fn at a*w against w, for each a (see module doc).
 
     fn(w) -> (scalar loss, output array). Returns (K,) arrays "out_diff" (relative output change),
@@ -176,10 +198,14 @@ def scale_invariance(fn: Callable[[Tree], tuple[Array, Array]], w: Tree,
 
 # ---- the model's layers --------------------------------------------------------------------
 
+
 def weight_layers(params: dict) -> list[tuple[str, int | None]]:
     """(group, index) of every weight layer in forward order: conv blocks, hidden, output."""
-    return ([("conv", i) for i in range(len(params["conv"]))]
-            + [("hidden", i) for i in range(len(params["hidden"]))] + [("out", None)])
+    return (
+        [("conv", i) for i in range(len(params["conv"]))]
+        + [("hidden", i) for i in range(len(params["hidden"]))]
+        + [("out", None)]
+    )
 
 
 def split_layers(params: dict) -> list[Tree]:
@@ -203,6 +229,7 @@ def _train_loss(loss_fn: Callable, norm_state: Any, x: Array, y: Array) -> Calla
 
 # ---- registry adapters -------------------------------------------------------------------------
 
+
 def ics_probe() -> probes.ProbeFn:
     """{"ics_norm", "ics_cos", "ics_grad_norm"}: (L,) per weight layer (conv, hidden, output)."""
 
@@ -218,8 +245,9 @@ def ics_probe() -> probes.ProbeFn:
     return probe
 
 
-def landscape_probe(lo: float = ETA_FACTORS[0], hi: float = ETA_FACTORS[1],
-                    num: int = ETA_FACTORS[2]) -> probes.ProbeFn:
+def landscape_probe(
+    lo: float = ETA_FACTORS[0], hi: float = ETA_FACTORS[1], num: int = ETA_FACTORS[2]
+) -> probes.ProbeFn:
     """Fig. 4 measures with etas = linspace(lo, hi, num) x hp["lr"] (see module doc)."""
     if not (0 < lo <= hi and num >= 1):
         raise ValueError(f"step-size grid needs 0 < lo <= hi and num >= 1, got {lo}, {hi}, {num}")
@@ -229,10 +257,15 @@ def landscape_probe(lo: float = ETA_FACTORS[0], hi: float = ETA_FACTORS[1],
         vg = jax.value_and_grad(_train_loss(loss_fn, norm_state, *batch))
         loss0, g = vg(params)
         r = landscape(vg, params, g, hp["lr"] * jnp.asarray(factors))
-        return {"loss_band": r["loss_band"], "grad_pred_band": r["grad_pred_band"],
-                "beta_smooth": r["beta_smooth"], "landscape_loss": r["loss"],
-                "landscape_grad_diff": r["grad_diff"], "landscape_grad_norm": r["grad_norm"],
-                "loss_at": loss0}
+        return {
+            "loss_band": r["loss_band"],
+            "grad_pred_band": r["grad_pred_band"],
+            "beta_smooth": r["beta_smooth"],
+            "landscape_loss": r["loss"],
+            "landscape_grad_diff": r["grad_diff"],
+            "landscape_grad_norm": r["grad_norm"],
+            "loss_at": loss0,
+        }
 
     return probe
 
@@ -254,24 +287,36 @@ def scale_invariance_probe(scales: Sequence[float] = SCALES) -> probes.ProbeFn:
         hidden = [g for g in weight_layers(params) if g[0] != "out"]
         rows = []
         for layer, (group, i) in enumerate(hidden):
+
             def fn(w: Array, group: str = group, i: int = i, layer: int = layer):
-                logits, _, aux = models.apply(_with_weight(params, group, i, w), norm_state, x,
-                                              spec, mode="train", key=hp["key"],
-                                              norm_call=hp["norm_call"], capture=True)
+                logits, _, aux = models.apply(
+                    _with_weight(params, group, i, w),
+                    norm_state,
+                    x,
+                    spec,
+                    mode="train",
+                    key=hp["key"],
+                    norm_call=hp["norm_call"],
+                    capture=True,
+                )
                 loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
                 return loss, aux["preacts"][layer]
 
             rows.append(scale_invariance(fn, params[group][i]["w"], jnp.asarray(grid)))
-        return {f"si_{k}": jnp.stack([r[k] for r in rows])
-                for k in ("out_diff", "grad_ratio", "grad_err")}
+        return {
+            f"si_{k}": jnp.stack([r[k] for r in rows])
+            for k in ("out_diff", "grad_ratio", "grad_err")
+        }
 
     return probe
 
 
 # ---- registration ------------------------------------------------------------------------------
 
-def landscape_probe_name(lo: float = ETA_FACTORS[0], hi: float = ETA_FACTORS[1],
-                         num: int = ETA_FACTORS[2]) -> str:
+
+def landscape_probe_name(
+    lo: float = ETA_FACTORS[0], hi: float = ETA_FACTORS[1], num: int = ETA_FACTORS[2]
+) -> str:
     """Registry name of the landscape probe with this step-size grid, registered on first use
     ("landscape" for the default grid)."""
     if (lo, hi, num) == ETA_FACTORS:
@@ -293,7 +338,10 @@ def scale_invariance_probe_name(scales: Sequence[float] = SCALES) -> str:
     return name
 
 
-for _name, _fn in (("ics", ics_probe()), ("landscape", landscape_probe()),
-                   ("scale_invariance", scale_invariance_probe())):
+for _name, _fn in (
+    ("ics", ics_probe()),
+    ("landscape", landscape_probe()),
+    ("scale_invariance", scale_invariance_probe()),
+):
     if _name not in probes.PROBES:
         probes.register(_name, _fn)

@@ -118,9 +118,19 @@ class ProgressEvent:
 
 def signature(trial: Trial) -> tuple:
     """The static part of a trial: trials with equal signatures share one compiled program."""
-    return (trial.model, trial.dataset, trial.data_options, trial.batch_size, trial.steps,
-            trial.eval_every, trial.optimizer, trial.probes, trial.probe_batch_size,
-            tuple(name for name, _ in trial.norm_call), trial.divergence_factor)
+    return (
+        trial.model,
+        trial.dataset,
+        trial.data_options,
+        trial.batch_size,
+        trial.steps,
+        trial.eval_every,
+        trial.optimizer,
+        trial.probes,
+        trial.probe_batch_size,
+        tuple(name for name, _ in trial.norm_call),
+        trial.divergence_factor,
+    )
 
 
 def group_trials(trials: Sequence[Trial]) -> list[list[int]]:
@@ -190,8 +200,13 @@ def enable_compilation_cache(path: Path | None = None) -> Path:
 
 
 def _member_numbers(t: Trial) -> dict[str, Any]:
-    return {"lr": float(t.lr), "momentum": float(t.momentum), "init_scale": float(t.init_scale),
-            "seed": int(t.seed), "norm_call": {k: float(v) for k, v in t.norm_call}}
+    return {
+        "lr": float(t.lr),
+        "momentum": float(t.momentum),
+        "init_scale": float(t.init_scale),
+        "seed": int(t.seed),
+        "norm_call": {k: float(v) for k, v in t.norm_call},
+    }
 
 
 def _check(t: Trial, ds: Any) -> None:
@@ -203,25 +218,38 @@ def _check(t: Trial, ds: Any) -> None:
     want = spec.input_shape if spec.kind == "cnn" else (spec.widths[0],)
     have = tuple(ds.input_shape) if spec.kind == "cnn" else (math.prod(ds.input_shape),)
     if tuple(want) != have:
-        raise ValueError(f"model input {tuple(want)} does not match dataset {t.dataset!r} "
-                         f"input {tuple(ds.input_shape)}")
+        raise ValueError(
+            f"model input {tuple(want)} does not match dataset {t.dataset!r} "
+            f"input {tuple(ds.input_shape)}"
+        )
     if spec.output_dim != ds.num_classes:
-        raise ValueError(f"model has {spec.output_dim} outputs, dataset {t.dataset!r} has "
-                         f"{ds.num_classes} classes")
+        raise ValueError(
+            f"model has {spec.output_dim} outputs, dataset {t.dataset!r} has "
+            f"{ds.num_classes} classes"
+        )
     if t.batch_size > len(ds.y_train):
-        raise ValueError(f"batch_size {t.batch_size} exceeds the {len(ds.y_train)} training examples")
+        raise ValueError(
+            f"batch_size {t.batch_size} exceeds the {len(ds.y_train)} training examples"
+        )
     allowed = getattr(models.norm_of(spec, True), "call_options", ())
     bad = [k for k, _ in t.norm_call if k not in allowed]
     if bad:
-        raise ValueError(f"norm {spec.norm!r} takes no per-call option(s) {bad}; it takes {allowed}")
+        raise ValueError(
+            f"norm {spec.norm!r} takes no per-call option(s) {bad}; it takes {allowed}"
+        )
     probes.check(t.probes)
 
 
-def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], None] | None = None,
-              on_group_done: Callable[[list[TrialResult]], None] | None = None,
-              max_members: int = 64, devices: Sequence[Any] | None = None,
-              unrolled: bool | None = None,
-              member_block: int | None = None) -> list[TrialResult]:
+def run_sweep(
+    trials: Sequence[Trial],
+    *,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    on_group_done: Callable[[list[TrialResult]], None] | None = None,
+    max_members: int = 64,
+    devices: Sequence[Any] | None = None,
+    unrolled: bool | None = None,
+    member_block: int | None = None,
+) -> list[TrialResult]:
     """Run every trial; one compiled program per group of equal signatures (see module doc).
 
     unrolled: run steps in short loop-free blocks instead of one rolled scan per chunk (None:
@@ -248,50 +276,96 @@ def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], No
         ds = loaded[dkey]
         for i in ids:
             _check(trials[i], ds)
-        arrays = {"x_train": ds.x_train, "y_train": ds.y_train, "x_test": ds.x_test,
-                  "y_test": ds.y_test}
+        arrays = {
+            "x_train": ds.x_train,
+            "y_train": ds.y_train,
+            "x_test": ds.x_test,
+            "y_test": ds.y_test,
+        }
         if t0.probes:
             n = len(ds.y_train)
-            rows = np.sort(np.random.default_rng(PROBE_SEED).choice(
-                n, min(n, t0.probe_batch_size), replace=False))
+            rows = np.sort(
+                np.random.default_rng(PROBE_SEED).choice(
+                    n, min(n, t0.probe_batch_size), replace=False
+                )
+            )
             arrays |= {"x_probe": ds.x_train[rows], "y_probe": ds.y_train[rows]}
         data_seeds = [trials[i].data_seed for i in ids]
-        step_cfg = train.StepConfig(t0.model, t0.optimizer, t0.steps, t0.divergence_factor,
-                                    tuple(k for k, _ in t0.norm_call))
+        step_cfg = train.StepConfig(
+            t0.model,
+            t0.optimizer,
+            t0.steps,
+            t0.divergence_factor,
+            tuple(k for k, _ in t0.norm_call),
+        )
         lengths = engine.chunk_lengths(t0.steps, t0.eval_every)
-        unroll, block = engine.layout_for(t0.model, lengths, unrolled,
-                                          mesh.devices.flat[0].platform)
-        cfg = engine.ProgramConfig(step_cfg, t0.batch_size, t0.probes,
-                                   shared_batch=len(set(data_seeds)) == 1, unrolled=unroll,
-                                   block_steps=block)
+        unroll, block = engine.layout_for(
+            t0.model, lengths, unrolled, mesh.devices.flat[0].platform
+        )
+        cfg = engine.ProgramConfig(
+            step_cfg,
+            t0.batch_size,
+            t0.probes,
+            shared_batch=len(set(data_seeds)) == 1,
+            unrolled=unroll,
+            block_steps=block,
+        )
         started = time.perf_counter()
 
-        def report(step: int, total: int, phase: str, gi: int = gi, n: int = len(ids),
-                   started: float = started) -> None:
+        def report(
+            step: int,
+            total: int,
+            phase: str,
+            gi: int = gi,
+            n: int = len(ids),
+            started: float = started,
+        ) -> None:
             if progress is not None:
-                progress(ProgressEvent(gi, len(groups), step, total, n, phase,
-                                       time.perf_counter() - started))
+                progress(
+                    ProgressEvent(
+                        gi, len(groups), step, total, n, phase, time.perf_counter() - started
+                    )
+                )
 
-        def batches(seed: int, start: int, num: int, n_train: int = len(ds.y_train),
-                    bs: int = t0.batch_size) -> np.ndarray:
+        def batches(
+            seed: int, start: int, num: int, n_train: int = len(ds.y_train), bs: int = t0.batch_size
+        ) -> np.ndarray:
             return data.batch_indices(seed, start, num, n_train, bs)
 
-        run = engine.run_group(cfg, [_member_numbers(trials[i]) for i in ids], data_seeds, arrays,
-                               batches, steps=t0.steps, eval_every=t0.eval_every, mesh=mesh,
-                               max_members=max_members, report=report, block=member_block)
-        extra = {"compile_seconds": run.compile_seconds, "group_seconds": run.seconds,
-                 "group": gi, "members": len(ids), "padded_members": run.padded_members,
-                 "pieces": run.pieces, "member_block": run.member_block,
-                 "devices": run.devices,
-                 "shared_batch": cfg.shared_batch, "unrolled": cfg.unrolled,
-                 "block_steps": cfg.block_steps}
+        run = engine.run_group(
+            cfg,
+            [_member_numbers(trials[i]) for i in ids],
+            data_seeds,
+            arrays,
+            batches,
+            steps=t0.steps,
+            eval_every=t0.eval_every,
+            mesh=mesh,
+            max_members=max_members,
+            report=report,
+            block=member_block,
+        )
+        extra = {
+            "compile_seconds": run.compile_seconds,
+            "group_seconds": run.seconds,
+            "group": gi,
+            "members": len(ids),
+            "padded_members": run.padded_members,
+            "pieces": run.pieces,
+            "member_block": run.member_block,
+            "devices": run.devices,
+            "shared_batch": cfg.shared_batch,
+            "unrolled": cfg.unrolled,
+            "block_steps": cfg.block_steps,
+        }
         group_results = []
         for m, i in enumerate(ids):
             div = run.diverged_at[m] or None
             hist = run.histories[m]
             final = None if div is not None else float(hist["test_acc"][-1])
-            results[i] = TrialResult(trials[i], hist, div, final, run.seconds / len(ids),
-                                     dict(extra))
+            results[i] = TrialResult(
+                trials[i], hist, div, final, run.seconds / len(ids), dict(extra)
+            )
             group_results.append(results[i])
         report(run.pieces * t0.steps, run.pieces * t0.steps, "done")
         if on_group_done is not None:
@@ -299,5 +373,14 @@ def run_sweep(trials: Sequence[Trial], *, progress: Callable[[ProgressEvent], No
     return [r for r in results if r is not None]
 
 
-__all__ = ["ModelSpec", "ProgressEvent", "Trial", "TrialResult", "configure_host_devices",
-           "enable_compilation_cache", "group_trials", "run_sweep", "signature"]
+__all__ = [
+    "ModelSpec",
+    "ProgressEvent",
+    "Trial",
+    "TrialResult",
+    "configure_host_devices",
+    "enable_compilation_cache",
+    "group_trials",
+    "run_sweep",
+    "signature",
+]

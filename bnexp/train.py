@@ -60,8 +60,9 @@ class StepConfig:
     wgrad_rule: bool = False  # matrix products through models.dense_wgrad (set by bnexp.engine)
 
 
-def make_optimizer(name: str, lr: Array | float = 0.0,
-                   momentum: Array | float = 0.0) -> optax.GradientTransformation:
+def make_optimizer(
+    name: str, lr: Array | float = 0.0, momentum: Array | float = 0.0
+) -> optax.GradientTransformation:
     """sgd | momentum (heavy ball, optax.sgd with momentum) | adam, through
     ``optax.inject_hyperparams`` so lr and momentum live in the optimizer state as traced data."""
     if name == "sgd":
@@ -73,8 +74,14 @@ def make_optimizer(name: str, lr: Array | float = 0.0,
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
 
 
-def renorm_schedule(step: Array | int, total_steps: int, *, reference_steps: int = 100_000,
-                    r_max: float = 3.0, d_max: float = 5.0) -> tuple[Array, Array]:
+def renorm_schedule(
+    step: Array | int,
+    total_steps: int,
+    *,
+    reference_steps: int = 100_000,
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+) -> tuple[Array, Array]:
     """Batch renorm bounds (Ioffe 2017, Sec. 5.1) for the step about to run, scaled to the run.
 
     Ioffe: plain BN (r_max=1, d_max=0) for 5k steps, then linear ramps reaching r_max=3 at 40k and
@@ -99,13 +106,22 @@ def norm_call_at(cfg: StepConfig, hp: Mapping[str, Any], step: Array) -> dict[st
     return call
 
 
-def loss_fn(params: Any, norm_state: Any, x: Array, y: Array, spec: ModelSpec, *,
-            mode: str = "train", key: Array | None = None,
-            norm_call: Mapping[str, Any] | None = None,
-            dense: Any = None) -> tuple[Array, tuple[Any, Array]]:
+def loss_fn(
+    params: Any,
+    norm_state: Any,
+    x: Array,
+    y: Array,
+    spec: ModelSpec,
+    *,
+    mode: str = "train",
+    key: Array | None = None,
+    norm_call: Mapping[str, Any] | None = None,
+    dense: Any = None,
+) -> tuple[Array, tuple[Any, Array]]:
     """Mean softmax cross-entropy; returns (loss, (new_norm_state, logits)) for value_and_grad."""
-    logits, new_state, _ = models.apply(params, norm_state, x, spec, mode=mode, key=key,
-                                        norm_call=norm_call, dense=dense)
+    logits, new_state, _ = models.apply(
+        params, norm_state, x, spec, mode=mode, key=key, norm_call=norm_call, dense=dense
+    )
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     return loss, (new_state, logits)
 
@@ -115,8 +131,9 @@ def init_carry(cfg: StepConfig, hp: Mapping[str, Any]) -> Carry:
     root = jax.random.key(hp["seed"])
     params, norm_state = models.init(jax.random.fold_in(root, 0), cfg.spec, hp["init_scale"])
     opt = make_optimizer(cfg.optimizer, hp["lr"], hp["momentum"])
-    state = TrainState(params, norm_state, opt.init(params), jnp.zeros((), jnp.int32),
-                       jax.random.fold_in(root, 1))
+    state = TrainState(
+        params, norm_state, opt.init(params), jnp.zeros((), jnp.int32), jax.random.fold_in(root, 1)
+    )
     return Carry(state, jnp.full((), jnp.nan, jnp.float32), jnp.zeros((), jnp.int32))
 
 
@@ -124,22 +141,37 @@ def _finite(tree: Any) -> Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)]))
 
 
-def step_grads(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
-               y: Array) -> tuple[Array, Any, Any]:
+def step_grads(
+    cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array, y: Array
+) -> tuple[Array, Any, Any]:
     """The first half of a train step: (loss, new norm state, gradients) at the carry's params."""
     TRACE_COUNTS["train_step"] += 1
     state = carry.state
     key = jax.random.fold_in(state.key, state.step)
     call = norm_call_at(cfg, hp, state.step)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, (norm_state, _)), grads = grad_fn(state.params, state.norm_state, x, y, cfg.spec,
-                                             mode="train", key=key, norm_call=call,
-                                             dense=models.dense_wgrad if cfg.wgrad_rule else None)
+    (loss, (norm_state, _)), grads = grad_fn(
+        state.params,
+        state.norm_state,
+        x,
+        y,
+        cfg.spec,
+        mode="train",
+        key=key,
+        norm_call=call,
+        dense=models.dense_wgrad if cfg.wgrad_rule else None,
+    )
     return loss, norm_state, grads
 
 
-def apply_grads(cfg: StepConfig, carry: Carry, loss: Array, norm_state: Any, grads: Any,
-                extra_ok: Array | bool = True) -> tuple[Carry, Array]:
+def apply_grads(
+    cfg: StepConfig,
+    carry: Carry,
+    loss: Array,
+    norm_state: Any,
+    grads: Any,
+    extra_ok: Array | bool = True,
+) -> tuple[Carry, Array]:
     """The second half: the optimizer update, guarded. ``extra_ok`` False marks the step bad
     (bnexp.engine updates one leaf itself and passes its finiteness here)."""
     state = carry.state
@@ -154,14 +186,20 @@ def apply_grads(cfg: StepConfig, carry: Carry, loss: Array, norm_state: Any, gra
     def keep(n: Any, o: Any) -> Any:
         return jax.tree.map(lambda a, b: jnp.where(alive, a, b), n, o)
 
-    kept = TrainState(keep(params, state.params), keep(norm_state, state.norm_state),
-                      keep(opt_state, state.opt_state), step, state.key)
+    kept = TrainState(
+        keep(params, state.params),
+        keep(norm_state, state.norm_state),
+        keep(opt_state, state.opt_state),
+        step,
+        state.key,
+    )
     diverged_at = jnp.where((carry.diverged_at == 0) & bad, step, carry.diverged_at)
     return Carry(kept, init_loss, diverged_at), jnp.where(alive, loss, jnp.nan)
 
 
-def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
-               y: Array) -> tuple[Carry, Array]:
+def train_step(
+    cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array, y: Array
+) -> tuple[Carry, Array]:
     """One divergence-guarded SGD step; returns (carry, loss) with loss NaN once diverged.
 
     A member whose loss is non-finite, exceeds divergence_factor x its step-1 loss, or whose update
@@ -172,10 +210,17 @@ def train_step(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array,
     return apply_grads(cfg, carry, loss, norm_state, grads)
 
 
-def train_chunk(cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, idx: Array, x_train: Array,
-                y_train: Array, *, unroll: int | bool = 1,
-                step: Callable[[Any, Array, Array], tuple[Any, Array]] | None = None
-                ) -> tuple[Carry, Array]:
+def train_chunk(
+    cfg: StepConfig,
+    hp: Mapping[str, Any],
+    carry: Carry,
+    idx: Array,
+    x_train: Array,
+    y_train: Array,
+    *,
+    unroll: int | bool = 1,
+    step: Callable[[Any, Array, Array], tuple[Any, Array]] | None = None,
+) -> tuple[Carry, Array]:
     """Run len(idx) steps in one lax.scan; idx: (T, B) int32 rows of the training set.
     Returns (carry, losses (T,)). ``unroll=True`` leaves no loop in the program (XLA CPU runs
     convolutions inside any while loop several times slower); the body is traced once either way.
@@ -208,10 +253,18 @@ def _map(f: Any, xs: tuple[Array, Array], unrolled: bool) -> tuple[Array, Array]
     return jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs])
 
 
-def evaluate(params: Any, norm_state: Any, x: Array, y: Array, spec: ModelSpec, *,
-             mode: str = "eval", batch_size: int | None = None,
-             norm_call: Mapping[str, Any] | None = None,
-             unrolled: bool = False) -> tuple[Array, Array]:
+def evaluate(
+    params: Any,
+    norm_state: Any,
+    x: Array,
+    y: Array,
+    spec: ModelSpec,
+    *,
+    mode: str = "eval",
+    batch_size: int | None = None,
+    norm_call: Mapping[str, Any] | None = None,
+    unrolled: bool = False,
+) -> tuple[Array, Array]:
     """(accuracy, mean loss) on (x, y).
 
     mode "eval": running statistics, the whole set in chunks of EVAL_CHUNK (padding masked).
@@ -237,9 +290,11 @@ def evaluate(params: Any, norm_state: Any, x: Array, y: Array, spec: ModelSpec, 
         fill = k * per - nb  # filler batches (copies of batch 0), weighted 0
         xs = jnp.concatenate([xs, jnp.broadcast_to(xs[:1], (fill,) + xs.shape[1:])])
         ys = jnp.concatenate([ys, jnp.broadcast_to(ys[:1], (fill, batch_size))])
-        correct, losses = _map(lambda a: jax.vmap(score)(*a),
-                               (xs.reshape((k, per) + xs.shape[1:]),
-                                ys.reshape((k, per, batch_size))), unrolled)
+        correct, losses = _map(
+            lambda a: jax.vmap(score)(*a),
+            (xs.reshape((k, per) + xs.shape[1:]), ys.reshape((k, per, batch_size))),
+            unrolled,
+        )
         w = (jnp.arange(k * per) < nb).astype(jnp.float32).reshape((k, per, 1))
         m = nb * batch_size
         return (correct * w).sum() / m, (losses * w).sum() / m

@@ -39,12 +39,20 @@ class ActivationsConfig(Config):
 
 
 PRESETS = {
-    "smoke": ActivationsConfig(preset="smoke", dataset="synthetic", seeds=1, steps=60,
-                               eval_every=20, activations=("sigmoid", "relu"),
-                               lr_multipliers=(1.0, 30.0), target=0.6),
+    "smoke": ActivationsConfig(
+        preset="smoke",
+        dataset="synthetic",
+        seeds=1,
+        steps=60,
+        eval_every=20,
+        activations=("sigmoid", "relu"),
+        lr_multipliers=(1.0, 30.0),
+        target=0.6,
+    ),
     "quick": ActivationsConfig(preset="quick", steps=2000, eval_every=200, seeds=2),
-    "paper": ActivationsConfig(preset="paper", dataset="mnist", steps=20_000, eval_every=1000,
-                               seeds=3, target=0.97),
+    "paper": ActivationsConfig(
+        preset="paper", dataset="mnist", steps=20_000, eval_every=1000, seeds=3, target=0.97
+    ),
 }
 
 ARMS = (("baseline", "none"), ("bn", "batch"))
@@ -56,8 +64,10 @@ def trials(cfg: ActivationsConfig):
         for tag, norm in ARMS:
             model = mlp(cfg, norm, activation=act)
             for m in cfg.lr_multipliers:
-                out += [make_trial(cfg, model, seed=s, tag=f"{act}/{tag}@{m:g}", lr=cfg.lr * m)
-                        for s in range(cfg.seeds)]
+                out += [
+                    make_trial(cfg, model, seed=s, tag=f"{act}/{tag}@{m:g}", lr=cfg.lr * m)
+                    for s in range(cfg.seeds)
+                ]
     return out
 
 
@@ -74,8 +84,11 @@ def analyze(cfg: ActivationsConfig, results: list[TrialResult]) -> Analysis:
     rows, trains = [], {}
     for act in cfg.activations:
         for m in cfg.lr_multipliers:
-            row: dict[str, Any] = {"activation": act, "lr": cfg.lr * m,
-                                   "lr (x base)": f"{cfg.lr * m:g} ({m:g}x)"}
+            row: dict[str, Any] = {
+                "activation": act,
+                "lr": cfg.lr * m,
+                "lr (x base)": f"{cfg.lr * m:g} ({m:g}x)",
+            }
             for tag, _ in ARMS:
                 rs = by.get(f"{act}/{tag}@{m:g}", [])
                 nums, text = common.final_cell(rs)
@@ -86,39 +99,58 @@ def analyze(cfg: ActivationsConfig, results: list[TrialResult]) -> Analysis:
                 row[tag] = text
                 row[f"{tag} steps"] = "never" if s is None else str(int(s))
             rows.append(row)
-    table = Table(f"Final accuracy and steps to {cfg.target:.0%} by activation and LR",
-                  ["activation", "lr (x base)", "baseline", "bn", "baseline steps", "bn steps"],
-                  rows)
+    table = Table(
+        f"Final accuracy and steps to {cfg.target:.0%} by activation and LR",
+        ["activation", "lr (x base)", "baseline", "bn", "baseline steps", "bn steps"],
+        rows,
+    )
     if "sigmoid" not in cfg.activations:
         return Analysis([table], Verdict(CLAIM, None, "needs the sigmoid activation"))
-    hits = [m for m in cfg.lr_multipliers
-            if trains["sigmoid", "bn", m] and not trains["sigmoid", "baseline", m]]
+    hits = [
+        m
+        for m in cfg.lr_multipliers
+        if trains["sigmoid", "bn", m] and not trains["sigmoid", "baseline", m]
+    ]
     sig_rows = {r["lr"]: r for r in rows if r["activation"] == "sigmoid"}
     ev = "; ".join(
         f"lr {lr:g}: sigmoid+BN {common.pct(r['bn_final_accuracy'])}"
         f" ({'trains' if r['bn_steps_to_target'] is not None else 'stalls'}), sigmoid without BN "
         f"{common.pct(r['baseline_final_accuracy'])}"
         f" ({'trains' if r['baseline_steps_to_target'] is not None else 'stalls'})"
-        for lr, r in sig_rows.items())
+        for lr, r in sig_rows.items()
+    )
     return Analysis([table], Verdict(CLAIM, bool(hits), ev))
 
 
 def plot(cfg: ActivationsConfig, results: list[TrialResult], analysis: Analysis, out: Path):
     by = common.arms(results)
     top = max(cfg.lr_multipliers)
-    sel = {f"{act} {tag}": by[f"{act}/{tag}@{top:g}"] for act in cfg.activations
-           for tag, _ in ARMS if f"{act}/{tag}@{top:g}" in by}
-    return [common.plot_curves(sel, out / "activations.png",
-                               title=f"Test accuracy at lr {cfg.lr * top:g} ({top:g}x base)")]
+    sel = {
+        f"{act} {tag}": by[f"{act}/{tag}@{top:g}"]
+        for act in cfg.activations
+        for tag, _ in ARMS
+        if f"{act}/{tag}@{top:g}" in by
+    }
+    return [
+        common.plot_curves(
+            sel,
+            out / "activations.png",
+            title=f"Test accuracy at lr {cfg.lr * top:g} ({top:g}x base)",
+        )
+    ]
 
 
 EXPERIMENT = Experiment(
-    name="activations", claim=CLAIM,
+    name="activations",
+    claim=CLAIM,
     source="Ioffe & Szegedy 2015, Sec. 4.2.2 (BN-x5-Sigmoid)",
-    config_type=ActivationsConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=ActivationsConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="BN-x5-Sigmoid reaches 69.8%; sigmoid Inception without BN never beats chance",
     shows="final accuracy and steps to target for each activation, with and without BN, at each "
-          "learning-rate multiple",
+    "learning-rate multiple",
 )
-

@@ -96,12 +96,14 @@ class Experiment:
 
     def preset(self, name: str) -> Config:
         if name not in self.presets:
-            raise ConfigError(f"unknown preset {name!r} for {self.name}; choose from "
-                              f"{', '.join(self.presets)}")
+            raise ConfigError(
+                f"unknown preset {name!r} for {self.name}; choose from {', '.join(self.presets)}"
+            )
         return self.presets[name]
 
 
 # ---- models and trials --------------------------------------------------------------------------
+
 
 def input_dim(dataset: str) -> int:
     """Flat input size of a dataset (loads it: a missing dataset fails here, before training)."""
@@ -110,8 +112,14 @@ def input_dim(dataset: str) -> int:
     return int(np.prod(data.load(dataset).input_shape))
 
 
-def mlp(cfg: Config, norm: str, *, activation: str | None = None,
-        norm_options: tuple[tuple[str, Any], ...] = (), **spec: Any) -> ModelSpec:
+def mlp(
+    cfg: Config,
+    norm: str,
+    *,
+    activation: str | None = None,
+    norm_options: tuple[tuple[str, Any], ...] = (),
+    **spec: Any,
+) -> ModelSpec:
     """The paper's MLP (Ioffe & Szegedy Sec. 4.1) with the config's widths, norm by name."""
     return ModelSpec(
         kind="mlp",
@@ -128,9 +136,17 @@ def mlp(cfg: Config, norm: str, *, activation: str | None = None,
 def make_trial(cfg: Config, model: ModelSpec, *, seed: int, tag: str, **overrides: Any) -> Trial:
     """A trial from the shared config fields; every arm of one seed shares seed and data order."""
     base = dict(
-        model=model, dataset=cfg.dataset, batch_size=cfg.batch_size, steps=cfg.steps,
-        eval_every=cfg.eval_every, optimizer=cfg.optimizer, lr=cfg.lr, momentum=cfg.momentum,
-        seed=seed, data_seed=cfg.data_seed + seed, tag=tag,
+        model=model,
+        dataset=cfg.dataset,
+        batch_size=cfg.batch_size,
+        steps=cfg.steps,
+        eval_every=cfg.eval_every,
+        optimizer=cfg.optimizer,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        seed=seed,
+        data_seed=cfg.data_seed + seed,
+        tag=tag,
     )
     base.update(overrides)
     return Trial(**base)
@@ -144,6 +160,7 @@ def by_tag(results: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
 
 
 # ---- config overrides (--set key=value) ---------------------------------------------------------
+
 
 def _parse_value(key: str, raw: str, typ: Any) -> Any:
     origin = typing.get_origin(typ)
@@ -220,8 +237,10 @@ def check_common(cfg: Config, *, num_train: int | None = None) -> None:
     if any(h <= 0 for h in cfg.hidden):
         raise ConfigError(f"hidden widths must be positive, got {cfg.hidden}")
     if num_train is not None and cfg.batch_size > num_train:
-        raise ConfigError(f"batch_size {cfg.batch_size} is larger than the training set "
-                          f"({num_train} examples of {cfg.dataset})")
+        raise ConfigError(
+            f"batch_size {cfg.batch_size} is larger than the training set "
+            f"({num_train} examples of {cfg.dataset})"
+        )
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

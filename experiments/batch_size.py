@@ -51,16 +51,30 @@ class BatchSizeConfig(Config):
 
 
 PRESETS = {
-    "smoke": BatchSizeConfig(preset="smoke", dataset="synthetic", seeds=1, batch_sizes=(2, 16),
-                             norms=("batch", "group", "layer", "renorm", "none"), epochs=0.1,
-                             evals=2),
+    "smoke": BatchSizeConfig(
+        preset="smoke",
+        dataset="synthetic",
+        seeds=1,
+        batch_sizes=(2, 16),
+        norms=("batch", "group", "layer", "renorm", "none"),
+        epochs=0.1,
+        evals=2,
+    ),
     "quick": BatchSizeConfig(preset="quick", seeds=2),
-    "paper": BatchSizeConfig(preset="paper", dataset="mnist", seeds=3, epochs=5.0,
-                             batch_sizes=(2, 4, 8, 16, 32, 64, 128)),
+    "paper": BatchSizeConfig(
+        preset="paper", dataset="mnist", seeds=3, epochs=5.0, batch_sizes=(2, 4, 8, 16, 32, 64, 128)
+    ),
 }
 
-LABEL = {"batch": "BN", "group": "GN", "layer": "LN", "renorm": "BRN", "none": "none",
-         "instance": "IN", "ghost": "GhostBN"}
+LABEL = {
+    "batch": "BN",
+    "group": "GN",
+    "layer": "LN",
+    "renorm": "BRN",
+    "none": "none",
+    "instance": "IN",
+    "ghost": "GhostBN",
+}
 
 
 def _num_train(cfg: BatchSizeConfig) -> int:
@@ -81,9 +95,19 @@ def trials(cfg: BatchSizeConfig):
         model = mlp(cfg, norm, norm_options=opts)
         for b in cfg.batch_sizes:
             steps, every = _steps(cfg, b, n)
-            out += [make_trial(cfg, model, seed=s, tag=f"{norm}@{b}", batch_size=b, steps=steps,
-                               eval_every=every, lr=cfg.lr * b / cfg.ref_batch)
-                    for s in range(cfg.seeds)]
+            out += [
+                make_trial(
+                    cfg,
+                    model,
+                    seed=s,
+                    tag=f"{norm}@{b}",
+                    batch_size=b,
+                    steps=steps,
+                    eval_every=every,
+                    lr=cfg.lr * b / cfg.ref_batch,
+                )
+                for s in range(cfg.seeds)
+            ]
     return out
 
 
@@ -96,8 +120,10 @@ def validate(cfg: BatchSizeConfig) -> None:
         raise ConfigError(f"groups={cfg.groups} must divide every hidden width {cfg.hidden}")
     n = _num_train(cfg)
     if max(cfg.batch_sizes) > n:
-        raise ConfigError(f"batch size {max(cfg.batch_sizes)} is larger than the training set "
-                          f"({n} examples of {cfg.dataset})")
+        raise ConfigError(
+            f"batch size {max(cfg.batch_sizes)} is larger than the training set "
+            f"({n} examples of {cfg.dataset})"
+        )
 
 
 def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
@@ -121,8 +147,13 @@ def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
             row[f"{norm}_ci95"] = nums["ci95"]
             row[f"{norm}_train_eval_gap"] = gm
             div = [r.diverged_at for r in rs if r.diverged_at is not None]
-            row[lab] = (f"diverged @ {int(np.median(div))}" if e is None and div
-                        else "n/a" if e is None else f"{100 * e:.2f}%")
+            row[lab] = (
+                f"diverged @ {int(np.median(div))}"
+                if e is None and div
+                else "n/a"
+                if e is None
+                else f"{100 * e:.2f}%"
+            )
             if norm in ("batch", "renorm"):
                 row[f"{lab} gap"] = "n/a" if gm is None else f"{100 * gm:+.2f}"
         rows.append(row)
@@ -149,15 +180,21 @@ def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
     brn = r.get("renorm")
     between = brn is None or brn < bn
     g_bn = gap["batch"]
-    gap_grows = (np.isfinite(g_bn[0]) and np.isfinite(g_bn[-1])
-                 and abs(g_bn[0]) > abs(g_bn[-1]))
+    gap_grows = np.isfinite(g_bn[0]) and np.isfinite(g_bn[-1]) and abs(g_bn[0]) > abs(g_bn[-1])
     fmt = lambda x: "n/a" if x is None else f"{100 * x:+.2f} pts"  # noqa: E731
-    ev = (f"error change from batch {hi} to {lo}: BN {fmt(bn)}, "
-          + ", ".join(f"{LABEL[n]} {fmt(r[n])}" for n in flat_norms)
-          + (f", BRN {fmt(brn)}" if brn is not None else "")
-          + f"; BN train/eval gap at batch {lo} {fmt(g_bn[0])} vs {fmt(g_bn[-1])} at {hi}")
-    rows.append({"batch": "rise", **{LABEL.get(n, n): fmt(r[n]) for n in cfg.norms},
-                 **{f"{n}_rise": r[n] for n in cfg.norms}})
+    ev = (
+        f"error change from batch {hi} to {lo}: BN {fmt(bn)}, "
+        + ", ".join(f"{LABEL[n]} {fmt(r[n])}" for n in flat_norms)
+        + (f", BRN {fmt(brn)}" if brn is not None else "")
+        + f"; BN train/eval gap at batch {lo} {fmt(g_bn[0])} vs {fmt(g_bn[-1])} at {hi}"
+    )
+    rows.append(
+        {
+            "batch": "rise",
+            **{LABEL.get(n, n): fmt(r[n]) for n in cfg.norms},
+            **{f"{n}_rise": r[n] for n in cfg.norms},
+        }
+    )
     return Analysis([table], Verdict(CLAIM, bool(steep and between and gap_grows), ev))
 
 
@@ -169,13 +206,17 @@ def plot(cfg: BatchSizeConfig, results: list[TrialResult], analysis: Analysis, o
 
 
 EXPERIMENT = Experiment(
-    name="batch-size", claim=CLAIM,
+    name="batch-size",
+    claim=CLAIM,
     source="Wu & He 2018, Table 2 (GN vs BN by batch size); Ioffe 2017 (Batch Renorm)",
-    config_type=BatchSizeConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=BatchSizeConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="val error BN 23.6% @32 -> 34.7% @2 images/GPU, GN 24.1% -> 24.1% (ResNet-50 "
-          "ImageNet); microbatch 4: BN 74.2% vs BRN 76.5% accuracy",
+    "ImageNet); microbatch 4: BN 74.2% vs BRN 76.5% accuracy",
     shows="test error of each norm at each batch size (fixed epochs, LR scaled with batch), "
-          "BN's and BRN's train/eval gap, and the error rise from the largest to smallest batch",
+    "BN's and BRN's train/eval gap, and the error rise from the largest to smallest batch",
 )
-

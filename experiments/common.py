@@ -85,8 +85,9 @@ def arm_steps(rs: Sequence[TrialResult], target: float) -> float | None:
     return None if not np.isfinite(med) else med
 
 
-def curve_table(arm_results: dict[str, list[TrialResult]], *, title: str,
-                max_rows: int = 12) -> Table:
+def curve_table(
+    arm_results: dict[str, list[TrialResult]], *, title: str, max_rows: int = 12
+) -> Table:
     """Eval-mode test accuracy per arm at (a subsample of) the evaluation points."""
     first = next(iter(arm_results.values()))[0]
     steps = np.asarray(first.history["step"])
@@ -104,8 +105,13 @@ def curve_table(arm_results: dict[str, list[TrialResult]], *, title: str,
     return Table(title, ["step", *arm_results], rows)
 
 
-def target_table(arm_results: dict[str, list[TrialResult]], targets: Sequence[float],
-                 total_steps: int, *, baseline: str) -> Table:
+def target_table(
+    arm_results: dict[str, list[TrialResult]],
+    targets: Sequence[float],
+    total_steps: int,
+    *,
+    baseline: str,
+) -> Table:
     """Steps to each target per arm and the speedup of each arm over the baseline."""
     rows = []
     others = [a for a in arm_results if a != baseline]
@@ -127,19 +133,27 @@ def target_table(arm_results: dict[str, list[TrialResult]], targets: Sequence[fl
     cols = ["target", *arm_results]
     if baseline in arm_results:
         cols += [f"{a} speedup" for a in others]
-    return Table(f"Steps to target accuracy (median over seeds; speedup over {baseline})",
-                 cols, rows)
+    return Table(
+        f"Steps to target accuracy (median over seeds; speedup over {baseline})", cols, rows
+    )
 
 
-def final_table(arm_results: dict[str, list[TrialResult]], *, baseline: str | None = None,
-                gap: bool = True) -> Table:
+def final_table(
+    arm_results: dict[str, list[TrialResult]], *, baseline: str | None = None, gap: bool = True
+) -> Table:
     """Final eval-mode accuracy per arm (mean and 95% interval over seeds), divergences, gap."""
     rows = []
     for arm, rs in arm_results.items():
         nums, text = summary_cell(finals(rs))
         div = [r.diverged_at for r in rs if r.diverged_at is not None]
-        row: dict[str, Any] = {"arm": arm, "final accuracy": text, "final_accuracy": nums["mean"],
-                               "ci95": nums["ci95"], "seeds": len(rs), "diverged": len(div)}
+        row: dict[str, Any] = {
+            "arm": arm,
+            "final accuracy": text,
+            "final_accuracy": nums["mean"],
+            "ci95": nums["ci95"],
+            "seeds": len(rs),
+            "diverged": len(div),
+        }
         row["diverged at"] = ", ".join(f"diverged @ {d}" for d in div) if div else "-"
         if gap:
             g = [train_eval_gap(r) for r in rs]
@@ -155,13 +169,16 @@ def train_eval_gap(r: TrialResult) -> float | None:
     """Accuracy with batch statistics minus accuracy with running statistics, at the end."""
     if r.diverged_at is not None or "test_acc_batch" not in r.history:
         return None
-    return metrics.train_eval_gap(float(r.history["test_acc_batch"][-1]),
-                                  float(r.history["test_acc"][-1]))
+    return metrics.train_eval_gap(
+        float(r.history["test_acc_batch"][-1]), float(r.history["test_acc"][-1])
+    )
 
 
 def plot_curves(arm_results: dict[str, list[TrialResult]], path: Path, *, title: str) -> Path:
     first = next(iter(arm_results.values()))[0]
     steps = np.asarray(first.history["step"])
-    curves = {arm: np.stack([np.asarray(r.history["test_acc"], float) for r in rs])
-              for arm, rs in arm_results.items()}
+    curves = {
+        arm: np.stack([np.asarray(r.history["test_acc"], float) for r in rs])
+        for arm, rs in arm_results.items()
+    }
     return plots.learning_curves(steps, curves, path, title=title)

@@ -29,11 +29,18 @@ class CompareConfig(Config):
 
 
 PRESETS = {
-    "smoke": CompareConfig(preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20,
-                           targets=(0.5, 0.7)),
+    "smoke": CompareConfig(
+        preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20, targets=(0.5, 0.7)
+    ),
     "quick": CompareConfig(preset="quick", steps=3000, eval_every=100, seeds=3),
-    "paper": CompareConfig(preset="paper", dataset="mnist", steps=50_000, eval_every=1000,
-                           seeds=3, targets=(0.95, 0.97, 0.98)),
+    "paper": CompareConfig(
+        preset="paper",
+        dataset="mnist",
+        steps=50_000,
+        eval_every=1000,
+        seeds=3,
+        targets=(0.95, 0.97, 0.98),
+    ),
 }
 
 
@@ -54,8 +61,9 @@ def validate(cfg: CompareConfig) -> None:
     if not cfg.arms:
         raise ConfigError("compare needs at least one arm")
     if "group" in cfg.arms and any(h % cfg.norm_groups for h in cfg.hidden):
-        raise ConfigError(f"norm_groups={cfg.norm_groups} must divide every hidden width "
-                          f"{cfg.hidden}")
+        raise ConfigError(
+            f"norm_groups={cfg.norm_groups} must divide every hidden width {cfg.hidden}"
+        )
     if any(not 0 < t <= 1 for t in cfg.targets):
         raise ConfigError(f"targets must be accuracies in (0, 1], got {cfg.targets}")
 
@@ -80,30 +88,44 @@ def analyze(cfg: CompareConfig, results: list[TrialResult]) -> Analysis:
         speedups.append((t, metrics.speedup(sb, sa, cfg.steps)))
     fin_bn = common.final_mean(arms["bn"])
     fin_base = common.final_mean(arms["baseline"])
-    faster = bool(speedups) and not missing and all(
-        s.value is not None and s.value > 1 for _, s in speedups)
+    faster = (
+        bool(speedups)
+        and not missing
+        and all(s.value is not None and s.value > 1 for _, s in speedups)
+    )
     higher = fin_bn is not None and (fin_base is None or fin_bn >= fin_base)
     ev = ", ".join(f"{t:.0%}: {s.text}" for t, s in speedups)
     if missing:
         ev += ("; " if ev else "") + "BN never reached " + ", ".join(f"{t:.0%}" for t in missing)
-    ev = (f"BN speedup to targets [{ev}]; final accuracy BN {common.pct(fin_bn)} vs "
-          f"baseline {common.pct(fin_base)}")
+    ev = (
+        f"BN speedup to targets [{ev}]; final accuracy BN {common.pct(fin_bn)} vs "
+        f"baseline {common.pct(fin_base)}"
+    )
     return Analysis(tables, Verdict(CLAIM, faster and higher, ev))
 
 
 def plot(cfg: CompareConfig, results: list[TrialResult], analysis: Analysis, out: Path):
-    return [common.plot_curves(common.arms(results), out / "learning_curves.png",
-                               title="Test accuracy, paired arms (Ioffe & Szegedy Fig. 1a)")]
+    return [
+        common.plot_curves(
+            common.arms(results),
+            out / "learning_curves.png",
+            title="Test accuracy, paired arms (Ioffe & Szegedy Fig. 1a)",
+        )
+    ]
 
 
 EXPERIMENT = Experiment(
-    name="compare", claim=CLAIM,
+    name="compare",
+    claim=CLAIM,
     source="Ioffe & Szegedy 2015, Sec. 4.1, Fig. 1a (MNIST, MLP 784-100-100-100-10, sigmoid)",
-    config_type=CompareConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=CompareConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="BN 0.980 vs 0.977 without (third-party reproduction, full MNIST; the paper's Fig. 1a "
-          "is a plot)",
+    "is a plot)",
     shows="test accuracy per arm at evaluation points, steps to each target and speedup over the "
-          "baseline, final accuracy with 95% interval",
+    "baseline, final accuracy with 95% interval",
 )
-

@@ -33,19 +33,24 @@ class DistributionsConfig(Config):
 
 
 PRESETS = {
-    "smoke": DistributionsConfig(preset="smoke", dataset="synthetic", seeds=1, steps=60,
-                                 eval_every=20),
+    "smoke": DistributionsConfig(
+        preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20
+    ),
     "quick": DistributionsConfig(preset="quick", steps=3000, eval_every=100, seeds=2),
-    "paper": DistributionsConfig(preset="paper", dataset="mnist", steps=50_000, eval_every=1000,
-                                 seeds=3),
+    "paper": DistributionsConfig(
+        preset="paper", dataset="mnist", steps=50_000, eval_every=1000, seeds=3
+    ),
 }
 
 ARMS = (("baseline", "none"), ("bn", "batch"))
 
 
 def trials(cfg: DistributionsConfig):
-    return [make_trial(cfg, mlp(cfg, norm), seed=s, tag=tag, probes=("percentiles",))
-            for tag, norm in ARMS for s in range(cfg.seeds)]
+    return [
+        make_trial(cfg, mlp(cfg, norm), seed=s, tag=tag, probes=("percentiles",))
+        for tag, norm in ARMS
+        for s in range(cfg.seeds)
+    ]
 
 
 def _percentiles(rs: list[TrialResult]) -> np.ndarray:
@@ -66,16 +71,20 @@ def analyze(cfg: DistributionsConfig, results: list[TrialResult]) -> Analysis:
         row["spread range"] = "n/a" if d.spread_range is None else f"{d.spread_range:.3f}"
         row["drift"] = "n/a" if d.value is None else f"{d.value:.3f}"
         rows.append(row)
-    table = Table("Sigmoid input percentiles (last hidden layer, unit 0) over training",
-                  ["arm", "first (15/50/85)", "last (15/50/85)", "median range", "spread range",
-                   "drift"], rows)
+    table = Table(
+        "Sigmoid input percentiles (last hidden layer, unit 0) over training",
+        ["arm", "first (15/50/85)", "last (15/50/85)", "median range", "spread range", "drift"],
+        rows,
+    )
     final = common.final_table(by, gap=False)
     db, dn = drift["baseline"].value, drift["bn"].value
     if db is None or dn is None:
         return Analysis([table, final], Verdict(CLAIM, None, "too few finite evaluation points"))
     ratio = db / dn if dn > 0 else float("inf")
-    ev = (f"drift (median range + spread range, sigmoid-input units): baseline {db:.3f}, "
-          f"BN {dn:.3f}, ratio {ratio:.1f}x (needs >= {cfg.ratio:g}x)")
+    ev = (
+        f"drift (median range + spread range, sigmoid-input units): baseline {db:.3f}, "
+        f"BN {dn:.3f}, ratio {ratio:.1f}x (needs >= {cfg.ratio:g}x)"
+    )
     return Analysis([table, final], Verdict(CLAIM, bool(ratio >= cfg.ratio), ev))
 
 
@@ -83,17 +92,28 @@ def plot(cfg: DistributionsConfig, results: list[TrialResult], analysis: Analysi
     by = common.arms(results)
     steps = np.asarray(by["baseline"][0].history["step"])
     bands = {tag: np.nanmean(_percentiles(by[tag]), axis=0) for tag, _ in ARMS}
-    return [plots.percentile_bands(steps, bands, out / "distributions.png",
-                                   title="Sigmoid input: 15/50/85th percentiles (Fig. 1b,c)"),
-            common.plot_curves(by, out / "learning_curves.png", title="Test accuracy")]
+    return [
+        plots.percentile_bands(
+            steps,
+            bands,
+            out / "distributions.png",
+            title="Sigmoid input: 15/50/85th percentiles (Fig. 1b,c)",
+        ),
+        common.plot_curves(by, out / "learning_curves.png", title="Test accuracy"),
+    ]
 
 
 EXPERIMENT = Experiment(
-    name="distributions", claim=CLAIM,
+    name="distributions",
+    claim=CLAIM,
     source="Ioffe & Szegedy 2015, Fig. 1b,c",
-    config_type=DistributionsConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=DistributionsConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     paper="no number (Fig. 1b,c plot): without BN the percentiles drift over training, with BN "
-          "they stay stable",
+    "they stay stable",
     shows="first/last 15/50/85th percentiles of one last-layer sigmoid input per arm, and the "
-          "drift number",
+    "drift number",
 )

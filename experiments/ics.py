@@ -42,8 +42,9 @@ class ICSConfig(santurkar.SanturkarConfig):
 
 
 PRESETS = {
-    "smoke": ICSConfig(preset="smoke", dataset="synthetic", seeds=1, steps=40, eval_every=20,
-                       hidden=(32, 32)),
+    "smoke": ICSConfig(
+        preset="smoke", dataset="synthetic", seeds=1, steps=40, eval_every=20, hidden=(32, 32)
+    ),
     "quick": ICSConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
     "paper": ICSConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
@@ -52,8 +53,11 @@ ARMS = (("baseline", "none"), ("bn", "batch"))
 
 
 def trials(cfg: ICSConfig):
-    return [santurkar.trial(cfg, norm, tag=tag, seed=s, probes=("ics",))
-            for tag, norm in ARMS for s in range(cfg.seeds)]
+    return [
+        santurkar.trial(cfg, norm, tag=tag, seed=s, probes=("ics",))
+        for tag, norm in ARMS
+        for s in range(cfg.seeds)
+    ]
 
 
 def validate(cfg: ICSConfig) -> None:
@@ -63,15 +67,20 @@ def validate(cfg: ICSConfig) -> None:
 
 
 def _layer_names(n: int, cfg: ICSConfig) -> list[str]:
-    kinds = (["conv"] * len(cfg.channels) if cfg.model == "cnn" else []) \
-        + ["dense"] * len(cfg.hidden) + ["output"]
+    kinds = (
+        (["conv"] * len(cfg.channels) if cfg.model == "cnn" else [])
+        + ["dense"] * len(cfg.hidden)
+        + ["output"]
+    )
     return [f"layer {i + 1} ({k})" for i, k in enumerate(kinds[:n])]
 
 
 def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
     by = common.arms(results)
-    h = {tag: {k: santurkar.history(by[tag], k) for k in ("ics_norm", "ics_cos", "ics_grad_norm")}
-         for tag, _ in ARMS}
+    h = {
+        tag: {k: santurkar.history(by[tag], k) for k in ("ics_norm", "ics_cos", "ics_grad_norm")}
+        for tag, _ in ARMS
+    }
     n = h["bn"]["ics_norm"].shape[-1]
     names = _layer_names(n, cfg)
     rows, verdicts = [], []
@@ -81,11 +90,16 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
         for tag, _ in ARMS:
             norm = metrics.series_summary(h[tag]["ics_norm"][..., i])
             cos = metrics.series_summary(h[tag]["ics_cos"][..., i])
-            rel = metrics.series_summary(h[tag]["ics_norm"][..., i]
-                                         / np.maximum(h[tag]["ics_grad_norm"][..., i], 1e-30))
+            rel = metrics.series_summary(
+                h[tag]["ics_norm"][..., i] / np.maximum(h[tag]["ics_grad_norm"][..., i], 1e-30)
+            )
             s[tag] = (norm.mean, cos.mean)
             row[f"{tag}_norm"], row[f"{tag}_norm_max"] = norm.mean, norm.max
-            row[f"{tag}_cos"], row[f"{tag}_cos_min"], row[f"{tag}_rel"] = cos.mean, cos.min, rel.mean
+            row[f"{tag}_cos"], row[f"{tag}_cos_min"], row[f"{tag}_rel"] = (
+                cos.mean,
+                cos.min,
+                rel.mean,
+            )
             row[f"{tag} ||G-G'||"] = santurkar.num(norm.mean)
             row[f"{tag} cos"] = santurkar.num(cos.mean, ".4f")
             row[f"{tag} rel."] = santurkar.num(rel.mean)
@@ -101,22 +115,35 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
             row["BN's ICS"] = "not smaller" if ok else "smaller"
             verdicts.append(ok)
         rows.append(row)
-    cols = ["layer", "baseline ||G-G'||", "bn ||G-G'||", "baseline cos", "bn cos",
-            "baseline rel.", "bn rel.", "BN's ICS"]
+    cols = [
+        "layer",
+        "baseline ||G-G'||",
+        "bn ||G-G'||",
+        "baseline cos",
+        "bn cos",
+        "baseline rel.",
+        "bn rel.",
+        "BN's ICS",
+    ]
     table = Table("Internal covariate shift per layer (mean over training and seeds)", cols, rows)
     final = common.final_table(by, gap=False)
     if not verdicts:
-        return Analysis([table, final], Verdict(CLAIM, None, "no layer with a finite ICS beyond "
-                                                             "the first"))
+        return Analysis(
+            [table, final], Verdict(CLAIM, None, "no layer with a finite ICS beyond the first")
+        )
     k = sum(verdicts)
     need = (len(verdicts) + 1) // 2
     detail = "; ".join(
         f"{r['layer']}: ||G-G'|| BN/baseline {santurkar.num(r.get('ratio'), '.2f')}x, cos BN "
         f"{santurkar.num(r['bn_cos'], '.3f')} vs {santurkar.num(r['baseline_cos'], '.3f')}"
-        for r in rows[1:] if "not_smaller" in r)
-    ev = (f"BN's ICS is not smaller in {k} of {len(verdicts)} layers (needs {need}; not smaller = "
-          f"||G-G'|| >= {1 - cfg.norm_tol:g}x baseline's and cos <= baseline's + {cfg.cos_tol:g}): "
-          f"{detail}")
+        for r in rows[1:]
+        if "not_smaller" in r
+    )
+    ev = (
+        f"BN's ICS is not smaller in {k} of {len(verdicts)} layers (needs {need}; not smaller = "
+        f"||G-G'|| >= {1 - cfg.norm_tol:g}x baseline's and cos <= baseline's + {cfg.cos_tol:g}): "
+        f"{detail}"
+    )
     return Analysis([table, final], Verdict(CLAIM, k >= need, ev))
 
 
@@ -126,25 +153,40 @@ def plot(cfg: ICSConfig, results: list[TrialResult], analysis: Analysis, out: Pa
     n = santurkar.history(by["bn"], "ics_norm").shape[-1]
     names = _layer_names(n, cfg)
     paths = []
-    for key, fname, label in (("ics_norm", "ics_l2.png", "||G - G'||_2"),
-                              ("ics_cos", "ics_cos.png", "cos(G, G')")):
-        panels = {names[i]: {tag: santurkar.history(by[tag], key)[..., i] for tag, _ in ARMS}
-                  for i in range(1, n)}
-        paths.append(plots.bands_over_steps_panels(
-            x, panels, out / fname, ylabel=label,
-            title=f"Internal covariate shift, {label}, per layer (Santurkar Fig. 3; band over "
-                  "seeds)"))
+    for key, fname, label in (
+        ("ics_norm", "ics_l2.png", "||G - G'||_2"),
+        ("ics_cos", "ics_cos.png", "cos(G, G')"),
+    ):
+        panels = {
+            names[i]: {tag: santurkar.history(by[tag], key)[..., i] for tag, _ in ARMS}
+            for i in range(1, n)
+        }
+        paths.append(
+            plots.bands_over_steps_panels(
+                x,
+                panels,
+                out / fname,
+                ylabel=label,
+                title=f"Internal covariate shift, {label}, per layer (Santurkar Fig. 3; band over "
+                "seeds)",
+            )
+        )
     paths.append(common.plot_curves(by, out / "learning_curves.png", title="Test accuracy"))
     return paths
 
 
 EXPERIMENT = Experiment(
-    name="ics", claim=CLAIM,
+    name="ics",
+    claim=CLAIM,
     source="Santurkar et al. 2018, Sec. 2.2, Def. 2.1, Fig. 3",
-    config_type=ICSConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=ICSConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="no number (Fig. 3, plot): for VGG and a 25-layer deep linear network, BN's "
-          "||G - G'|| is similar or larger and its cosine similar or lower than without BN",
+    "||G - G'|| is similar or larger and its cosine similar or lower than without BN",
     shows="per layer: mean ||G - G'||, cos(G, G') and ||G - G'||/||G|| over training for baseline "
-          "and BN, and whether BN's ICS is smaller",
+    "and BN, and whether BN's ICS is smaller",
 )

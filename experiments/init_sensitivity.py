@@ -45,11 +45,18 @@ class InitConfig(Config):
 
 
 PRESETS = {
-    "smoke": InitConfig(preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20,
-                        init_scales=(0.1, 1.0, 10.0)),
+    "smoke": InitConfig(
+        preset="smoke",
+        dataset="synthetic",
+        seeds=1,
+        steps=60,
+        eval_every=20,
+        init_scales=(0.1, 1.0, 10.0),
+    ),
     "quick": InitConfig(preset="quick", steps=2000, eval_every=200, seeds=2),
-    "paper": InitConfig(preset="paper", dataset="mnist", steps=20_000, eval_every=1000, seeds=3,
-                        flat_tol=0.01),
+    "paper": InitConfig(
+        preset="paper", dataset="mnist", steps=20_000, eval_every=1000, seeds=3, flat_tol=0.01
+    ),
 }
 
 ARMS = (("baseline", "none"), ("bn", "batch"))
@@ -60,8 +67,10 @@ def trials(cfg: InitConfig):
     for tag, norm in ARMS:
         model = mlp(cfg, norm, scale_output_layer=cfg.scale_output_layer)
         for a in cfg.init_scales:
-            out += [make_trial(cfg, model, seed=s, tag=f"{tag}@{a:g}", init_scale=a)
-                    for s in range(cfg.seeds)]
+            out += [
+                make_trial(cfg, model, seed=s, tag=f"{tag}@{a:g}", init_scale=a)
+                for s in range(cfg.seeds)
+            ]
     return out
 
 
@@ -75,9 +84,12 @@ def analyze(cfg: InitConfig, results: list[TrialResult]) -> Analysis:
     rows = []
     means: dict[str, list[float]] = {t: [] for t, _ in ARMS}
     for a in cfg.init_scales:
-        row: dict[str, Any] = {"init_scale": a, "init scale": f"{a:g}x",
-                               "weight std": f"{a * cfg.init_std:g}",
-                               "bn effective lr": f"{cfg.lr / a**2:.3g}"}
+        row: dict[str, Any] = {
+            "init_scale": a,
+            "init scale": f"{a:g}x",
+            "weight std": f"{a * cfg.init_std:g}",
+            "bn effective lr": f"{cfg.lr / a**2:.3g}",
+        }
         for tag, _ in ARMS:
             rs = by.get(f"{tag}@{a:g}", [])
             nums, text = common.final_cell(rs)
@@ -87,22 +99,35 @@ def analyze(cfg: InitConfig, results: list[TrialResult]) -> Analysis:
             # a diverged setting counts as chance accuracy for the spread
             means[tag].append(0.1 if nums["mean"] is None else nums["mean"])
         rows.append(row)
-    table = Table("Final test accuracy by init scale (hidden-layer weights scaled)",
-                  ["init scale", "weight std", "baseline", "bn", "bn effective lr"], rows)
+    table = Table(
+        "Final test accuracy by init scale (hidden-layer weights scaled)",
+        ["init scale", "weight std", "baseline", "bn", "bn effective lr"],
+        rows,
+    )
     spread = {t: float(np.ptp(v)) for t, v in means.items()}
     flat = spread["bn"] <= cfg.flat_tol
     sensitive = spread["baseline"] > cfg.flat_tol and spread["baseline"] > spread["bn"]
-    ev = (f"accuracy spread across init scales {', '.join(f'{a:g}' for a in cfg.init_scales)}: "
-          f"BN {100 * spread['bn']:.2f} pts (flat if <= {100 * cfg.flat_tol:.2f}), baseline "
-          f"{100 * spread['baseline']:.2f} pts")
+    ev = (
+        f"accuracy spread across init scales {', '.join(f'{a:g}' for a in cfg.init_scales)}: "
+        f"BN {100 * spread['bn']:.2f} pts (flat if <= {100 * cfg.flat_tol:.2f}), baseline "
+        f"{100 * spread['baseline']:.2f} pts"
+    )
     worst = cfg.init_scales[int(np.argmin(means["bn"]))]
-    ev += (f"; BN's lowest accuracy is at scale {worst:g}x, where plain SGD's effective step on "
-           f"the normalized weights is lr/a^2 = {cfg.lr / worst**2:.3g} (Sec. 3.3: the gradient "
-           f"scales as 1/a while the weights scale as a)")
-    rows.append({"init scale": "spread (max-min)", "weight std": "",
-                 "bn": f"{100 * spread['bn']:.2f} pts",
-                 "baseline": f"{100 * spread['baseline']:.2f} pts",
-                 "bn_spread": spread["bn"], "baseline_spread": spread["baseline"]})
+    ev += (
+        f"; BN's lowest accuracy is at scale {worst:g}x, where plain SGD's effective step on "
+        f"the normalized weights is lr/a^2 = {cfg.lr / worst**2:.3g} (Sec. 3.3: the gradient "
+        f"scales as 1/a while the weights scale as a)"
+    )
+    rows.append(
+        {
+            "init scale": "spread (max-min)",
+            "weight std": "",
+            "bn": f"{100 * spread['bn']:.2f} pts",
+            "baseline": f"{100 * spread['baseline']:.2f} pts",
+            "bn_spread": spread["bn"],
+            "baseline_spread": spread["baseline"],
+        }
+    )
     return Analysis([table], Verdict(CLAIM, bool(flat and sensitive), ev))
 
 
@@ -114,9 +139,14 @@ def plot(cfg: InitConfig, results: list[TrialResult], analysis: Analysis, out: P
 
 
 EXPERIMENT = Experiment(
-    name="init-sensitivity", claim=CLAIM,
+    name="init-sensitivity",
+    claim=CLAIM,
     source="Ioffe & Szegedy 2015, Sec. 3.3 (scale invariance of BN)",
-    config_type=InitConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=InitConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="no number: an argument (BN(aWu) = BN(Wu), dBN/d(aW) = (1/a) dBN/dW)",
     shows="final accuracy of baseline and BN at each init scale, and the spread across scales",

@@ -43,8 +43,9 @@ class LandscapeConfig(santurkar.SanturkarConfig):
 
 
 PRESETS = {
-    "smoke": LandscapeConfig(preset="smoke", dataset="synthetic", seeds=1, steps=40,
-                             eval_every=20, hidden=(32, 32)),
+    "smoke": LandscapeConfig(
+        preset="smoke", dataset="synthetic", seeds=1, steps=40, eval_every=20, hidden=(32, 32)
+    ),
     "quick": LandscapeConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
     "paper": LandscapeConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
@@ -64,15 +65,20 @@ def probe_name(cfg: LandscapeConfig) -> str:
 
 def trials(cfg: LandscapeConfig):
     name = probe_name(cfg)
-    return [santurkar.trial(cfg, norm, tag=tag, seed=s, probes=(name,))
-            for tag, norm in ARMS for s in range(cfg.seeds)]
+    return [
+        santurkar.trial(cfg, norm, tag=tag, seed=s, probes=(name,))
+        for tag, norm in ARMS
+        for s in range(cfg.seeds)
+    ]
 
 
 def validate(cfg: LandscapeConfig) -> None:
     santurkar.validate(cfg)
     if not (0 < cfg.eta_min <= cfg.eta_max and cfg.num_etas >= 1):
-        raise ConfigError(f"need 0 < eta_min <= eta_max and num_etas >= 1, got {cfg.eta_min}, "
-                          f"{cfg.eta_max}, {cfg.num_etas}")
+        raise ConfigError(
+            f"need 0 < eta_min <= eta_max and num_etas >= 1, got {cfg.eta_min}, "
+            f"{cfg.eta_max}, {cfg.num_etas}"
+        )
 
 
 def analyze(cfg: LandscapeConfig, results: list[TrialResult]) -> Analysis:
@@ -93,18 +99,24 @@ def analyze(cfg: LandscapeConfig, results: list[TrialResult]) -> Analysis:
         row["BN lower"] = {True: "yes", False: "no", None: "n/a"}[ok]
         rows.append(row)
         lower.append(ok)
-    table = Table(f"Loss landscape along the gradient (eta = {cfg.eta_min:g}..{cfg.eta_max:g} x lr, "
-                  f"{cfg.num_etas} points; mean and peak over training)",
-                  ["measure", "baseline mean", "bn mean", "baseline peak", "bn peak", "BN lower"],
-                  rows)
+    table = Table(
+        f"Loss landscape along the gradient (eta = {cfg.eta_min:g}..{cfg.eta_max:g} x lr, "
+        f"{cfg.num_etas} points; mean and peak over training)",
+        ["measure", "baseline mean", "bn mean", "baseline peak", "bn peak", "BN lower"],
+        rows,
+    )
     final = common.final_table(by, gap=False)
-    ev = "; ".join(f"{r['measure']}: BN {r['bn mean']} vs baseline {r['baseline mean']} (peaks "
-                   f"{r['bn peak']} vs {r['baseline peak']})" for r in rows)
+    ev = "; ".join(
+        f"{r['measure']}: BN {r['bn mean']} vs baseline {r['baseline mean']} (peaks "
+        f"{r['bn peak']} vs {r['baseline peak']})"
+        for r in rows
+    )
     if any(v is None for v in lower):
         return Analysis([table, final], Verdict(CLAIM, None, "an arm has no finite point; " + ev))
     k = sum(lower)
-    return Analysis([table, final],
-                    Verdict(CLAIM, k == len(lower), f"BN lower on {k} of {len(lower)}: " + ev))
+    return Analysis(
+        [table, final], Verdict(CLAIM, k == len(lower), f"BN lower on {k} of {len(lower)}: " + ev)
+    )
 
 
 def _grid(rs: list[TrialResult], key: str) -> np.ndarray:
@@ -118,28 +130,44 @@ def plot(cfg: LandscapeConfig, results: list[TrialResult], analysis: Analysis, o
     x = santurkar.steps(by["bn"])
     grid = f"eta in [{cfg.eta_min:g}, {cfg.eta_max:g}] x lr"
     return [
-        plots.bands_over_steps(x, {t: _grid(by[t], "landscape_loss") for t, _ in ARMS},
-                               out / "loss_landscape.png", ylabel="L(theta - eta g)",
-                               title=f"Loss landscape (Santurkar Fig. 4a; band over {grid})"),
-        plots.bands_over_steps(x, {t: _grid(by[t], "landscape_grad_diff") for t, _ in ARMS},
-                               out / "gradient_predictiveness.png",
-                               ylabel="||g - grad L(theta - eta g)||",
-                               title=f"Gradient predictiveness (Fig. 4b; band over {grid})"),
-        plots.bands_over_steps(x, {t: santurkar.history(by[t], "beta_smooth") for t, _ in ARMS},
-                               out / "beta_smoothness.png", ylabel="effective beta-smoothness",
-                               title="Effective beta-smoothness (Fig. 4c; band over seeds)"),
+        plots.bands_over_steps(
+            x,
+            {t: _grid(by[t], "landscape_loss") for t, _ in ARMS},
+            out / "loss_landscape.png",
+            ylabel="L(theta - eta g)",
+            title=f"Loss landscape (Santurkar Fig. 4a; band over {grid})",
+        ),
+        plots.bands_over_steps(
+            x,
+            {t: _grid(by[t], "landscape_grad_diff") for t, _ in ARMS},
+            out / "gradient_predictiveness.png",
+            ylabel="||g - grad L(theta - eta g)||",
+            title=f"Gradient predictiveness (Fig. 4b; band over {grid})",
+        ),
+        plots.bands_over_steps(
+            x,
+            {t: santurkar.history(by[t], "beta_smooth") for t, _ in ARMS},
+            out / "beta_smoothness.png",
+            ylabel="effective beta-smoothness",
+            title="Effective beta-smoothness (Fig. 4c; band over seeds)",
+        ),
         common.plot_curves(by, out / "learning_curves.png", title="Test accuracy"),
     ]
 
 
 EXPERIMENT = Experiment(
-    name="landscape", claim=CLAIM,
+    name="landscape",
+    claim=CLAIM,
     source="Santurkar et al. 2018, Sec. 3.1, Fig. 4",
-    config_type=LandscapeConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=LandscapeConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="VGG, CIFAR-10, same lr: baseline gradient-predictiveness spikes to ~250, BN mostly "
-          "< ~50 (Fig. 4b, plot); BN's loss band narrower and beta-smoothness lower and flatter "
-          "(Fig. 4a,c)",
+    "< ~50 (Fig. 4b, plot); BN's loss band narrower and beta-smoothness lower and flatter "
+    "(Fig. 4a,c)",
     shows="mean and peak over training of the loss band width, gradient predictiveness and "
-          "effective beta-smoothness for baseline and BN",
+    "effective beta-smoothness for baseline and BN",
 )

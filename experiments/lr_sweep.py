@@ -49,11 +49,19 @@ class LRSweepConfig(Config):
 
 
 PRESETS = {
-    "smoke": LRSweepConfig(preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20,
-                           lrs=(0.1, 1.0, 100.0), target=0.6),
+    "smoke": LRSweepConfig(
+        preset="smoke",
+        dataset="synthetic",
+        seeds=1,
+        steps=60,
+        eval_every=20,
+        lrs=(0.1, 1.0, 100.0),
+        target=0.6,
+    ),
     "quick": LRSweepConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
-    "paper": LRSweepConfig(preset="paper", dataset="mnist", steps=20_000, eval_every=500, seeds=3,
-                           target=0.97),
+    "paper": LRSweepConfig(
+        preset="paper", dataset="mnist", steps=20_000, eval_every=500, seeds=3, target=0.97
+    ),
 }
 
 ARMS = (("baseline", "none"), ("bn", "batch"))
@@ -64,8 +72,9 @@ def trials(cfg: LRSweepConfig):
     for tag, norm in ARMS:
         model = mlp(cfg, norm)
         for lr in cfg.lrs:
-            out += [make_trial(cfg, model, seed=s, tag=f"{tag}@{lr:g}", lr=lr)
-                    for s in range(cfg.seeds)]
+            out += [
+                make_trial(cfg, model, seed=s, tag=f"{tag}@{lr:g}", lr=lr) for s in range(cfg.seeds)
+            ]
     return out
 
 
@@ -103,29 +112,44 @@ def analyze(cfg: LRSweepConfig, results: list[TrialResult]) -> Analysis:
             row[f"{tag} steps"] = "never" if s is None else str(int(s))
         sp = metrics.speedup(steps["baseline", lr], steps["bn", lr], cfg.steps)
         row["speedup"], row["speedup_lower_bound"], row["bn speedup"] = (
-            sp.value, sp.lower_bound, sp.text)
+            sp.value,
+            sp.lower_bound,
+            sp.text,
+        )
         rows.append(row)
     cols = ["lr", "baseline final", "bn final", "baseline steps", "bn steps", "bn speedup"]
     sweep = Table(f"Final accuracy and steps to {cfg.target:.0%} by learning rate", cols, rows)
 
-    best = {tag: _best({lr: steps[tag, lr] for lr in cfg.lrs},
-                       {lr: final[tag, lr] for lr in cfg.lrs}) for tag, _ in ARMS}
+    best = {
+        tag: _best({lr: steps[tag, lr] for lr in cfg.lrs}, {lr: final[tag, lr] for lr in cfg.lrs})
+        for tag, _ in ARMS
+    }
     best_rows = []
     for tag, _ in ARMS:
         lr = best[tag]
-        best_rows.append({
-            "arm": tag, "best lr": "none trains" if lr is None else f"{lr:g}", "best_lr": lr,
-            "steps": None if lr is None else steps[tag, lr],
-            "steps to target": "never" if lr is None else str(int(steps[tag, lr])),
-            "final": common.pct(None if lr is None else final[tag, lr]),
-        })
+        best_rows.append(
+            {
+                "arm": tag,
+                "best lr": "none trains" if lr is None else f"{lr:g}",
+                "best_lr": lr,
+                "steps": None if lr is None else steps[tag, lr],
+                "steps to target": "never" if lr is None else str(int(steps[tag, lr])),
+                "final": common.pct(None if lr is None else final[tag, lr]),
+            }
+        )
     b, n = best["baseline"], best["bn"]
-    sp_best = metrics.speedup(None if b is None else steps["baseline", b],
-                              None if n is None else steps["bn", n], cfg.steps)
+    sp_best = metrics.speedup(
+        None if b is None else steps["baseline", b],
+        None if n is None else steps["bn", n],
+        cfg.steps,
+    )
     best_rows[1]["speedup over best baseline"] = sp_best.text
     best_rows[1]["speedup_best"] = sp_best.value
-    summary = Table("Best learning rate per arm", ["arm", "best lr", "steps to target", "final",
-                                                   "speedup over best baseline"], best_rows)
+    summary = Table(
+        "Best learning rate per arm",
+        ["arm", "best lr", "steps to target", "final", "speedup over best baseline"],
+        best_rows,
+    )
 
     # The four conditions of SCIENCE.md, each from the measured numbers.
     ref = b if b is not None else max(cfg.lrs)
@@ -137,13 +161,15 @@ def analyze(cfg: LRSweepConfig, results: list[TrialResult]) -> Analysis:
     lo = min(cfg.lrs)
     fb, fn = final["baseline", lo], final["bn", lo]
     c_close = fb is not None and fn is not None and abs(fn - fb) <= cfg.close_tol
-    ev = (f"baseline diverges above its best LR: {'yes' if c_div else 'no'}"
-          f" (diverged at lr {', '.join(f'{x:g}' for x in base_div) or 'none'}); "
-          f"BN trains at >= {cfg.high_lr_factor:g}x the baseline's best LR ({ref:g}): "
-          f"{'yes, lr ' + ', '.join(f'{x:g}' for x in bn_high) if bn_high else 'no'}; "
-          f"best-BN speedup over best-baseline {sp_best.text}; at the smallest LR ({lo:g}) "
-          f"BN {common.pct(fn)} vs baseline {common.pct(fb)} "
-          f"({'close' if c_close else 'not close'}, tolerance {100 * cfg.close_tol:.0f} pts)")
+    ev = (
+        f"baseline diverges above its best LR: {'yes' if c_div else 'no'}"
+        f" (diverged at lr {', '.join(f'{x:g}' for x in base_div) or 'none'}); "
+        f"BN trains at >= {cfg.high_lr_factor:g}x the baseline's best LR ({ref:g}): "
+        f"{'yes, lr ' + ', '.join(f'{x:g}' for x in bn_high) if bn_high else 'no'}; "
+        f"best-BN speedup over best-baseline {sp_best.text}; at the smallest LR ({lo:g}) "
+        f"BN {common.pct(fn)} vs baseline {common.pct(fb)} "
+        f"({'close' if c_close else 'not close'}, tolerance {100 * cfg.close_tol:.0f} pts)"
+    )
     reproduced = bool(c_div and c_high and c_fast and c_close)
     return Analysis([sweep, summary], Verdict(CLAIM, reproduced, ev))
 
@@ -154,17 +180,25 @@ def plot(cfg: LRSweepConfig, results: list[TrialResult], analysis: Analysis, out
     tags = [t for t, _ in ARMS]
     final = {t: common.column(rows, f"{t}_final_accuracy") for t in tags}
     steps = {t: common.column(rows, f"{t}_steps_to_target") for t in tags}
-    return [plots.lr_sweep(lrs, steps, final, out / "lr_sweep.png", target=cfg.target,
-                           total_steps=cfg.steps)]
+    return [
+        plots.lr_sweep(
+            lrs, steps, final, out / "lr_sweep.png", target=cfg.target, total_steps=cfg.steps
+        )
+    ]
 
 
 EXPERIMENT = Experiment(
-    name="lr-sweep", claim=CLAIM,
+    name="lr-sweep",
+    claim=CLAIM,
     source="Ioffe & Szegedy 2015 Sec. 4.2.2 (Inception table); Bjorck et al. 2018",
-    config_type=LRSweepConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=LRSweepConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="steps to 72.2%: Inception 31.0M, BN-Baseline 13.3M, BN-x5 2.1M (14x fewer), BN-x30 "
-          "2.7M; Inception at 5x LR diverges",
+    "2.7M; Inception at 5x LR diverges",
     shows="per learning rate: final accuracy and steps to target for baseline and BN, speedup; "
-          "best learning rate per arm and best-vs-best speedup",
+    "best learning rate per arm and best-vs-best speedup",
 )

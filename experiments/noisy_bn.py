@@ -31,8 +31,10 @@ from bnexp.sweep import TrialResult
 from experiments import common, santurkar
 from experiments.base import Analysis, ConfigError, Experiment, Table, Verdict
 
-CLAIM = ("BN helps even with a deliberately unstable distribution: noisy BN trains about as well "
-         "as BN while its distributions drift more than the baseline's")
+CLAIM = (
+    "BN helps even with a deliberately unstable distribution: noisy BN trains about as well "
+    "as BN while its distributions drift more than the baseline's"
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +51,9 @@ class NoisyBNConfig(santurkar.SanturkarConfig):
 
 
 PRESETS = {
-    "smoke": NoisyBNConfig(preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20,
-                           probe_batch=200),
+    "smoke": NoisyBNConfig(
+        preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20, probe_batch=200
+    ),
     "quick": NoisyBNConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
     "paper": NoisyBNConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
@@ -63,17 +66,23 @@ def trials(cfg: NoisyBNConfig):
     out = []
     for tag, norm in ARMS:
         call = tuple((k, float(getattr(cfg, k))) for k in NOISE) if norm == "noisy" else ()
-        out += [santurkar.trial(cfg, norm, tag=tag, seed=s, probes=("percentiles_train",),
-                                norm_call=call) for s in range(cfg.seeds)]
+        out += [
+            santurkar.trial(
+                cfg, norm, tag=tag, seed=s, probes=("percentiles_train",), norm_call=call
+            )
+            for s in range(cfg.seeds)
+        ]
     return out
 
 
 def validate(cfg: NoisyBNConfig) -> None:
     santurkar.validate(cfg)
-    if not (cfg.mu_max >= 0 and cfg.sigma_min <= cfg.sigma_max and cfg.m_spread >= 0
-            and cfg.s_std >= 0):
-        raise ConfigError("noise constants need mu_max >= 0, sigma_min <= sigma_max, "
-                          "m_spread >= 0 and s_std >= 0")
+    if not (
+        cfg.mu_max >= 0 and cfg.sigma_min <= cfg.sigma_max and cfg.m_spread >= 0 and cfg.s_std >= 0
+    ):
+        raise ConfigError(
+            "noise constants need mu_max >= 0, sigma_min <= sigma_max, m_spread >= 0 and s_std >= 0"
+        )
 
 
 def _percentiles(rs: list[TrialResult]) -> np.ndarray:
@@ -96,43 +105,59 @@ def analyze(cfg: NoisyBNConfig, results: list[TrialResult]) -> Analysis:
         row["spread range"] = santurkar.num(d.spread_range, ".3f")
         row["drift"] = santurkar.num(d.value, ".3f")
         rows.append(row)
-    table = Table("Train-mode input of one last-layer unit (with the noise) over training",
-                  ["arm", "first (15/50/85)", "last (15/50/85)", "median range", "spread range",
-                   "drift"], rows)
+    table = Table(
+        "Train-mode input of one last-layer unit (with the noise) over training",
+        ["arm", "first (15/50/85)", "last (15/50/85)", "median range", "spread range", "drift"],
+        rows,
+    )
     tables = [final, table]
     if any(v is None for v in (*acc.values(), *drift.values())):
-        return Analysis(tables, Verdict(CLAIM, None, "an arm diverged or has too few finite "
-                                                     "evaluation points"))
+        return Analysis(
+            tables, Verdict(CLAIM, None, "an arm diverged or has too few finite evaluation points")
+        )
     close = abs(acc["noisy"] - acc["bn"]) <= cfg.close_tol
     far = acc["noisy"] - acc["baseline"] >= cfg.far_margin
     unstable = drift["noisy"] > cfg.drift_ratio * drift["baseline"]
-    ev = (f"final accuracy: noisy BN {common.pct(acc['noisy'])}, BN {common.pct(acc['bn'])}, "
-          f"baseline {common.pct(acc['baseline'])}; close to BN (<= {100 * cfg.close_tol:g} pts): "
-          f"{'yes' if close else 'no'}; far above baseline (>= {100 * cfg.far_margin:g} pts): "
-          f"{'yes' if far else 'no'}; drift: noisy {drift['noisy']:.3f}, BN {drift['bn']:.3f}, "
-          f"baseline {drift['baseline']:.3f} (noisy more than {cfg.drift_ratio:g}x baseline: "
-          f"{'yes' if unstable else 'no'})")
+    ev = (
+        f"final accuracy: noisy BN {common.pct(acc['noisy'])}, BN {common.pct(acc['bn'])}, "
+        f"baseline {common.pct(acc['baseline'])}; close to BN (<= {100 * cfg.close_tol:g} pts): "
+        f"{'yes' if close else 'no'}; far above baseline (>= {100 * cfg.far_margin:g} pts): "
+        f"{'yes' if far else 'no'}; drift: noisy {drift['noisy']:.3f}, BN {drift['bn']:.3f}, "
+        f"baseline {drift['baseline']:.3f} (noisy more than {cfg.drift_ratio:g}x baseline: "
+        f"{'yes' if unstable else 'no'})"
+    )
     return Analysis(tables, Verdict(CLAIM, bool(close and far and unstable), ev))
 
 
 def plot(cfg: NoisyBNConfig, results: list[TrialResult], analysis: Analysis, out: Path):
     by = common.arms(results)
     bands = {tag: _percentiles(by[tag]) for tag, _ in ARMS}
-    return [plots.percentile_bands(santurkar.steps(by["baseline"]), bands, out / "noisy_bn.png",
-                                   title="Train-mode input of one last-layer unit: 15/50/85th "
-                                         "percentiles (Santurkar Fig. 2)",
-                                   ylabel="pre-activation (after the norm and noise)"),
-            common.plot_curves(by, out / "learning_curves.png", title="Test accuracy")]
+    return [
+        plots.percentile_bands(
+            santurkar.steps(by["baseline"]),
+            bands,
+            out / "noisy_bn.png",
+            title="Train-mode input of one last-layer unit: 15/50/85th "
+            "percentiles (Santurkar Fig. 2)",
+            ylabel="pre-activation (after the norm and noise)",
+        ),
+        common.plot_curves(by, out / "learning_curves.png", title="Test accuracy"),
+    ]
 
 
 EXPERIMENT = Experiment(
-    name="noisy-bn", claim=CLAIM,
+    name="noisy-bn",
+    claim=CLAIM,
     source="Santurkar et al. 2018, Sec. 2.1, Fig. 2",
-    config_type=NoisyBNConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=NoisyBNConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="no number (Fig. 2, plot): VGG on CIFAR-10, noisy BN's training curve is close to BN's "
-          "and above the standard network's, while its activation distributions are visibly "
-          "unstable",
+    "and above the standard network's, while its activation distributions are visibly "
+    "unstable",
     shows="final accuracy of baseline, BN and noisy BN; drift of one unit's train-mode "
-          "percentiles per arm",
+    "percentiles per arm",
 )

@@ -32,8 +32,10 @@ class ReproduceInterrupted(Exception):
     """Ctrl-C or SIGTERM during one experiment; what finished is kept and reused next time."""
 
     def __init__(self, out: Path, name: str, done: int, total: int, command: str):
-        super().__init__(f"stopped during {name}; {done}/{total} experiments finished and kept "
-                         f"in {out}; to continue, run the same command again: {command}")
+        super().__init__(
+            f"stopped during {name}; {done}/{total} experiments finished and kept "
+            f"in {out}; to continue, run the same command again: {command}"
+        )
         self.out = out
 
 
@@ -88,8 +90,9 @@ def select(only: Sequence[str] | None = None) -> list[Experiment]:
         if n not in REGISTRY:
             close = difflib.get_close_matches(n, REGISTRY, n=1, cutoff=0.4)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"unknown experiment {n!r} in --only{hint}; choose from "
-                              f"{', '.join(REGISTRY)}")
+            raise ConfigError(
+                f"unknown experiment {n!r} in --only{hint}; choose from {', '.join(REGISTRY)}"
+            )
     if not names:
         raise ConfigError("--only names no experiment")
     return [e for e in REGISTRY.values() if e.name in names]
@@ -112,8 +115,9 @@ def rerun_command(exp: Experiment, config: Mapping[str, Any]) -> str:
     return shlex.join(args)
 
 
-def reproduce_command(preset: str, names: Sequence[str] | None, seeds: int | None,
-                      out: Path) -> str:
+def reproduce_command(
+    preset: str, names: Sequence[str] | None, seeds: int | None, out: Path
+) -> str:
     args = ["bnexp", "reproduce", "--preset", preset]
     if names:
         args += ["--only", ",".join(names)]
@@ -157,8 +161,9 @@ def entry(exp: Experiment | None, run_dir: Path, name: str | None = None) -> htm
     if exp is None:
         return htmlreport.Entry(run_dir, name or run_dir.name)
     config = results.read_json(run_dir / "config.json")
-    return htmlreport.Entry(run_dir, exp.name, exp.claim, exp.source, exp.paper,
-                            rerun_command(exp, config))
+    return htmlreport.Entry(
+        run_dir, exp.name, exp.claim, exp.source, exp.paper, rerun_command(exp, config)
+    )
 
 
 def run_entry(run_dir: Path) -> htmlreport.Entry:
@@ -196,13 +201,21 @@ def write_index(rep: Reproduction) -> Path:
         summary = {}
         if i.run_dir is not None and (i.run_dir / "summary.json").is_file():
             summary = results.read_json(i.run_dir / "summary.json")
-        experiments.append({
-            "name": i.experiment.name, "run_dir": rel(i.run_dir), "action": i.action,
-            "error": i.error, "verdict": summary.get("verdict"),
-            "wall_time_seconds": summary.get("timing", {}).get("wall_time_seconds"),
-        })
-    doc = {"preset": rep.preset, "experiments": experiments,
-           "reports": {k: rel(p) for k, p in rep.reports.items()}}
+        experiments.append(
+            {
+                "name": i.experiment.name,
+                "run_dir": rel(i.run_dir),
+                "action": i.action,
+                "error": i.error,
+                "verdict": summary.get("verdict"),
+                "wall_time_seconds": summary.get("timing", {}).get("wall_time_seconds"),
+            }
+        )
+    doc = {
+        "preset": rep.preset,
+        "experiments": experiments,
+        "reports": {k: rel(p) for k, p in rep.reports.items()},
+    }
     return results.write_json_atomic(rep.out / INDEX, doc)
 
 
@@ -247,34 +260,55 @@ def reproduce(
         found = find_run(out, exp, cfg)
         if found is not None and found[0] == "reuse":
             rep.items.append(Item(exp, cfg, "reused", found[1]))
-            emit(Step(k, len(exps), exp.name, "reuse", found[1], _outcome(found[1]),
-                      _wall(found[1])))
+            emit(
+                Step(k, len(exps), exp.name, "reuse", found[1], _outcome(found[1]), _wall(found[1]))
+            )
             continue
         resume = found[1] if found is not None else None
         emit(Step(k, len(exps), exp.name, "resume" if resume else "run", resume))
         t1 = time.perf_counter()
         try:
             with progress() as callback:
-                outcome = runner.run(exp, cfg, out=out, resume=resume, progress=callback,
-                                     argv=argv)
+                outcome = runner.run(exp, cfg, out=out, resume=resume, progress=callback, argv=argv)
         except runner.RunInterrupted as e:
-            raise ReproduceInterrupted(out, exp.name, k, len(exps),
-                                       reproduce_command(preset, names, seeds, out)) from e
+            raise ReproduceInterrupted(
+                out, exp.name, k, len(exps), reproduce_command(preset, names, seeds, out)
+            ) from e
         except Exception as e:  # noqa: BLE001 - one broken experiment must not hide the others
             if not keep_going:
                 raise
             run_dir = resume or _newest(out, exp, cfg)
-            item = Item(exp, cfg, "failed", run_dir, time.perf_counter() - t1,
-                        f"{type(e).__name__}: {e}")
+            item = Item(
+                exp, cfg, "failed", run_dir, time.perf_counter() - t1, f"{type(e).__name__}: {e}"
+            )
             rep.items.append(item)
-            emit(Step(k, len(exps), exp.name, "failed", run_dir, seconds=item.seconds,
-                      error=item.error))
+            emit(
+                Step(
+                    k,
+                    len(exps),
+                    exp.name,
+                    "failed",
+                    run_dir,
+                    seconds=item.seconds,
+                    error=item.error,
+                )
+            )
             continue
-        item = Item(exp, cfg, "resumed" if resume else "ran", outcome.run_dir,
-                    time.perf_counter() - t1)
+        item = Item(
+            exp, cfg, "resumed" if resume else "ran", outcome.run_dir, time.perf_counter() - t1
+        )
         rep.items.append(item)
-        emit(Step(k, len(exps), exp.name, "done", outcome.run_dir, _outcome(outcome.run_dir),
-                  item.seconds))
+        emit(
+            Step(
+                k,
+                len(exps),
+                exp.name,
+                "done",
+                outcome.run_dir,
+                _outcome(outcome.run_dir),
+                item.seconds,
+            )
+        )
     rep.reports = write_report(out, rep.items)
     rep.wall_time_seconds = time.perf_counter() - t0
     rep.index = write_index(rep)

@@ -25,8 +25,10 @@ class RunInterrupted(Exception):
     """Raised (from KeyboardInterrupt or SIGTERM) after the run directory was marked."""
 
     def __init__(self, run_dir: Path, done: int, total: int):
-        super().__init__(f"interrupted; {done}/{total} trials saved in {run_dir} "
-                         f"(finish with --resume {run_dir})")
+        super().__init__(
+            f"interrupted; {done}/{total} trials saved in {run_dir} "
+            f"(finish with --resume {run_dir})"
+        )
         self.run_dir = run_dir
 
 
@@ -84,9 +86,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def run(exp: Experiment, cfg: Config, *, out: Path, resume: Path | None = None,
-        progress: Callable[[ProgressEvent], None] | None = None, make_plots: bool = True,
-        argv: Sequence[str] | None = None) -> Outcome:
+def run(
+    exp: Experiment,
+    cfg: Config,
+    *,
+    out: Path,
+    resume: Path | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    make_plots: bool = True,
+    argv: Sequence[str] | None = None,
+) -> Outcome:
     """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary."""
     t0 = time.perf_counter()
     if resume is not None:
@@ -96,12 +105,21 @@ def run(exp: Experiment, cfg: Config, *, out: Path, resume: Path | None = None,
         run_dir = Path(resume)
         results.set_status(run_dir, "running")
     else:
-        run_dir = results.new_run_dir(out, exp.name, config_dict(cfg), preset=cfg.preset,
-                                      argv=list(argv) if argv is not None else None)
-    saved = {tid: r for tid, r in
-             ((results.trial_id(t), r) for t, r in
-              zip(trials, results.load_run(run_dir).results_for(trials), strict=True))
-             if r is not None}
+        run_dir = results.new_run_dir(
+            out,
+            exp.name,
+            config_dict(cfg),
+            preset=cfg.preset,
+            argv=list(argv) if argv is not None else None,
+        )
+    saved = {
+        tid: r
+        for tid, r in (
+            (results.trial_id(t), r)
+            for t, r in zip(trials, results.load_run(run_dir).results_for(trials), strict=True)
+        )
+        if r is not None
+    }
     todo = [t for t in trials if results.trial_id(t) not in saved]
     compile_s = 0.0
 
@@ -124,13 +142,23 @@ def run(exp: Experiment, cfg: Config, *, out: Path, resume: Path | None = None,
                     plot_dir = run_dir / "plots"
                     plot_dir.mkdir(exist_ok=True)
                     analysis.plots = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
-                timing = {"wall_time_seconds": time.perf_counter() - t0,
-                          "train_time_seconds": train_s, "compile_seconds": compile_s,
-                          "trials_run_now": len(todo), "trials_resumed": len(trials) - len(todo)}
-                results.write_summary(run_dir, summary_rows(analysis), verdict_dict(analysis),
-                                      timing, experiment=exp.name, preset=cfg.preset,
-                                      tables=tables_dict(analysis),
-                                      plots=[p.name for p in analysis.plots])
+                timing = {
+                    "wall_time_seconds": time.perf_counter() - t0,
+                    "train_time_seconds": train_s,
+                    "compile_seconds": compile_s,
+                    "trials_run_now": len(todo),
+                    "trials_resumed": len(trials) - len(todo),
+                }
+                results.write_summary(
+                    run_dir,
+                    summary_rows(analysis),
+                    verdict_dict(analysis),
+                    timing,
+                    experiment=exp.name,
+                    preset=cfg.preset,
+                    tables=tables_dict(analysis),
+                    plots=[p.name for p in analysis.plots],
+                )
         except KeyboardInterrupt:
             raise RunInterrupted(run_dir, len(saved), len(trials)) from None
     return Outcome(exp, cfg, run_dir, trials, ordered, analysis, timing)
@@ -146,14 +174,19 @@ def tables_dict(analysis: Analysis) -> list[dict[str, Any]]:
 
 def verdict_dict(analysis: Analysis) -> dict[str, Any]:
     v = analysis.verdict
-    return {"claim": v.claim, "reproduced": v.reproduced, "evidence": v.evidence,
-            "outcome": v.label}
+    return {
+        "claim": v.claim,
+        "reproduced": v.reproduced,
+        "evidence": v.evidence,
+        "outcome": v.label,
+    }
 
 
 def trial_json(t: Trial, r: TrialResult, tgts: Sequence[float]) -> dict[str, Any]:
     """One trial in the `--json` document (keys fixed by the CLI issue)."""
-    steps = {f"{x:g}": metrics.steps_to_target(r.history["step"], r.history["test_acc"], x)
-             for x in tgts}
+    steps = {
+        f"{x:g}": metrics.steps_to_target(r.history["step"], r.history["test_acc"], x) for x in tgts
+    }
     return {
         "config": results.trial_to_dict(t),
         "tag": t.tag,

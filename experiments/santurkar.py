@@ -32,30 +32,64 @@ class SanturkarConfig(Config):
 
 # The paper's optimization setting (Santurkar et al. Sec. 2 / App. A) with our CNN.
 PAPER_CNN: dict[str, Any] = dict(
-    dataset="cifar10", model="cnn", channels=(32, 64, 128), hidden=(256,), activation="relu",
-    init="he", optimizer="sgd", lr=0.1, batch_size=128, steps=15_000, seeds=3)
+    dataset="cifar10",
+    model="cnn",
+    channels=(32, 64, 128),
+    hidden=(256,),
+    activation="relu",
+    init="he",
+    optimizer="sgd",
+    lr=0.1,
+    batch_size=128,
+    steps=15_000,
+    seeds=3,
+)
 
 
-def model_spec(cfg: SanturkarConfig, norm: str,
-               norm_options: tuple[tuple[str, Any], ...] = ()) -> ModelSpec:
+def model_spec(
+    cfg: SanturkarConfig, norm: str, norm_options: tuple[tuple[str, Any], ...] = ()
+) -> ModelSpec:
     """The config's MLP or CNN with the given norm (BN before each nonlinearity, bias dropped)."""
     if cfg.model == "mlp":
         return mlp(cfg, norm, norm_options=norm_options)
     ds = data.load(cfg.dataset, layout="nhwc")
-    return ModelSpec(kind="cnn", channels=cfg.channels, dense=cfg.hidden,
-                     input_shape=tuple(ds.input_shape), num_classes=ds.num_classes,
-                     activation=cfg.activation, norm=norm, norm_options=norm_options,
-                     init=cfg.init, init_std=cfg.init_std)
+    return ModelSpec(
+        kind="cnn",
+        channels=cfg.channels,
+        dense=cfg.hidden,
+        input_shape=tuple(ds.input_shape),
+        num_classes=ds.num_classes,
+        activation=cfg.activation,
+        norm=norm,
+        norm_options=norm_options,
+        init=cfg.init,
+        init_std=cfg.init_std,
+    )
 
 
 def probe_batch_size(cfg: SanturkarConfig) -> int:
     return cfg.probe_batch or cfg.batch_size
 
 
-def trial(cfg: SanturkarConfig, norm: str, *, tag: str, seed: int, probes: tuple[str, ...],
-          norm_options: tuple[tuple[str, Any], ...] = (), **overrides: Any) -> Trial:
-    return make_trial(cfg, model_spec(cfg, norm, norm_options), seed=seed, tag=tag,
-                      probes=probes, probe_batch_size=probe_batch_size(cfg), **overrides)
+def trial(
+    cfg: SanturkarConfig,
+    norm: str,
+    *,
+    tag: str,
+    seed: int,
+    probes: tuple[str, ...],
+    norm_options: tuple[tuple[str, Any], ...] = (),
+    **overrides: Any,
+) -> Trial:
+    return make_trial(
+        cfg,
+        model_spec(cfg, norm, norm_options),
+        seed=seed,
+        tag=tag,
+        probes=probes,
+        probe_batch_size=probe_batch_size(cfg),
+        **overrides,
+    )
 
 
 def validate(cfg: SanturkarConfig) -> None:

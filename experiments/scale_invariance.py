@@ -47,8 +47,15 @@ class ScaleInvarianceConfig(santurkar.SanturkarConfig):
 
 
 PRESETS = {
-    "smoke": ScaleInvarianceConfig(preset="smoke", dataset="synthetic", seeds=1, steps=40,
-                                   eval_every=20, hidden=(32, 32), bn_eps=None),
+    "smoke": ScaleInvarianceConfig(
+        preset="smoke",
+        dataset="synthetic",
+        seeds=1,
+        steps=40,
+        eval_every=20,
+        hidden=(32, 32),
+        bn_eps=None,
+    ),
     "quick": ScaleInvarianceConfig(preset="quick", steps=300, eval_every=100, seeds=2),
     "paper": ScaleInvarianceConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
@@ -70,8 +77,11 @@ def label(cfg: ScaleInvarianceConfig, tag: str) -> str:
 
 def trials(cfg: ScaleInvarianceConfig):
     name = probes_s.scale_invariance_probe_name(cfg.scales)
-    return [santurkar.trial(cfg, norm, tag=tag, seed=s, probes=(name,), norm_options=opts)
-            for tag, norm, opts in arms(cfg) for s in range(cfg.seeds)]
+    return [
+        santurkar.trial(cfg, norm, tag=tag, seed=s, probes=(name,), norm_options=opts)
+        for tag, norm, opts in arms(cfg)
+        for s in range(cfg.seeds)
+    ]
 
 
 def validate(cfg: ScaleInvarianceConfig) -> None:
@@ -115,24 +125,44 @@ def analyze(cfg: ScaleInvarianceConfig, results: list[TrialResult]) -> Analysis:
             row["max grad error"] = santurkar.num(row["grad_err_max"], ".2e")
             rows.append(row)
         worst[tag] = (_max(m["out_diff"]), _max(m["ratio_dev"]))
-    table = Table("Scaling one hidden layer's weights by a (worst case over layers, evaluation "
-                  "points and seeds; ratio: mean)",
-                  ["arm", "a", "max output change", "grad ratio", "1/a", "max |a·ratio - 1|",
-                   "max grad error"], rows)
+    table = Table(
+        "Scaling one hidden layer's weights by a (worst case over layers, evaluation "
+        "points and seeds; ratio: mean)",
+        [
+            "arm",
+            "a",
+            "max output change",
+            "grad ratio",
+            "1/a",
+            "max |a·ratio - 1|",
+            "max grad error",
+        ],
+        rows,
+    )
     (bn_out, bn_dev), (base_out, _) = worst["bn"], worst["baseline"]
-    ev = (f"BN (eps=0): max output change {santurkar.num(bn_out, '.2e')} (<= {cfg.out_tol:g}?), "
-          f"max |a·ratio - 1| {santurkar.num(bn_dev, '.2e')} (<= {cfg.grad_tol:g}?); baseline: max "
-          f"output change {santurkar.num(base_out, '.2e')}")
+    ev = (
+        f"BN (eps=0): max output change {santurkar.num(bn_out, '.2e')} (<= {cfg.out_tol:g}?), "
+        f"max |a·ratio - 1| {santurkar.num(bn_dev, '.2e')} (<= {cfg.grad_tol:g}?); baseline: max "
+        f"output change {santurkar.num(base_out, '.2e')}"
+    )
     if "bn-eps" in worst:
         eps_out, eps_dev = worst["bn-eps"]
-        ev += (f"; BN with eps={cfg.bn_eps:g} (not judged): max output change "
-               f"{santurkar.num(eps_out, '.2e')}, max |a·ratio - 1| {santurkar.num(eps_dev, '.2e')}")
+        ev += (
+            f"; BN with eps={cfg.bn_eps:g} (not judged): max output change "
+            f"{santurkar.num(eps_out, '.2e')}, max |a·ratio - 1| {santurkar.num(eps_dev, '.2e')}"
+        )
     if None in (bn_out, bn_dev, base_out):
         return Analysis([table], Verdict(CLAIM, None, "no finite measurement; " + ev))
     invariant = bn_out <= cfg.out_tol and bn_dev <= cfg.grad_tol
     if invariant and base_out <= cfg.out_tol:
-        return Analysis([table], Verdict(CLAIM, None, "the baseline looks invariant too, so the "
-                                                      "measurement cannot tell; " + ev))
+        return Analysis(
+            [table],
+            Verdict(
+                CLAIM,
+                None,
+                "the baseline looks invariant too, so the measurement cannot tell; " + ev,
+            ),
+        )
     return Analysis([table], Verdict(CLAIM, bool(invariant), ev))
 
 
@@ -146,21 +176,34 @@ def plot(cfg: ScaleInvarianceConfig, results: list[TrialResult], analysis: Analy
         return np.where(np.isfinite(v), np.maximum(v, FLOOR), np.nan)
 
     tags = [t for t, _, _ in arms(cfg)]
-    panels = {"relative output change": {label(cfg, t): members(t, "out_diff") for t in tags},
-              "|a · grad ratio - 1|": {label(cfg, t): members(t, "ratio_dev") for t in tags}}
+    panels = {
+        "relative output change": {label(cfg, t): members(t, "out_diff") for t in tags},
+        "|a · grad ratio - 1|": {label(cfg, t): members(t, "ratio_dev") for t in tags},
+    }
     grid = ", ".join(f"{a:g}" for a in cfg.scales)
-    return [plots.bands_over_steps_panels(
-        x, panels, out / "scale_invariance.png", logy=True,
-        ylabel=f"relative deviation (floor {FLOOR:g})",
-        title=f"W -> aW, a in {{{grid}}}: band over seeds, layers and a")]
+    return [
+        plots.bands_over_steps_panels(
+            x,
+            panels,
+            out / "scale_invariance.png",
+            logy=True,
+            ylabel=f"relative deviation (floor {FLOOR:g})",
+            title=f"W -> aW, a in {{{grid}}}: band over seeds, layers and a",
+        )
+    ]
 
 
 EXPERIMENT = Experiment(
-    name="scale-invariance", claim=CLAIM,
+    name="scale-invariance",
+    claim=CLAIM,
     source="Ioffe & Szegedy 2015, Sec. 3.3; Santurkar et al. 2018, Sec. 3",
-    config_type=ScaleInvarianceConfig, presets=PRESETS, trials=trials, analyze=analyze, plot=plot,
+    config_type=ScaleInvarianceConfig,
+    presets=PRESETS,
+    trials=trials,
+    analyze=analyze,
+    plot=plot,
     validate=validate,
     paper="no number: an identity, BN(aWu) = BN(Wu) and dBN/d(aW) = (1/a) dBN/dW (ignoring eps)",
     shows="per arm and scale a: worst relative output change, gradient ratio vs 1/a, and the "
-          "gradient error",
+    "gradient error",
 )

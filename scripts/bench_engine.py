@@ -25,8 +25,9 @@ def child(a: argparse.Namespace) -> None:
     from bnexp.sweep import Trial, run_sweep
 
     if a.kind == "cnn":
-        spec = ModelSpec(kind="cnn", channels=(16, 32), dense=(64,), activation="relu",
-                         conv_impl=a.conv)
+        spec = ModelSpec(
+            kind="cnn", channels=(16, 32), dense=(64,), activation="relu", conv_impl=a.conv
+        )
         batch = 64
     else:
         spec, batch = ModelSpec(), 60
@@ -35,9 +36,17 @@ def child(a: argparse.Namespace) -> None:
     compile_s: dict[str, float] = {}
     for r in range(a.repeats + 1):  # variants interleaved: load from other processes hits all
         for shared in variants["shared"]:
-            trials = [Trial(model=spec, lr=0.01 * 1.1**i, batch_size=batch, steps=a.steps,
-                            eval_every=a.steps // 2, data_seed=0 if shared else i)
-                      for i in range(a.members)]
+            trials = [
+                Trial(
+                    model=spec,
+                    lr=0.01 * 1.1**i,
+                    batch_size=batch,
+                    steps=a.steps,
+                    eval_every=a.steps // 2,
+                    data_seed=0 if shared else i,
+                )
+                for i in range(a.members)
+            ]
             extra = run_sweep(trials, unrolled=a.unrolled)[0].extra
             name = "shared" if shared else "own"
             if r == 0:
@@ -48,10 +57,24 @@ def child(a: argparse.Namespace) -> None:
 
 
 def run_case(a: argparse.Namespace, devices: int, **case: object) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
-    args = [sys.executable, __file__, "--child", "--kind", a.kind, "--steps", str(a.steps),
-            "--repeats", str(a.repeats), "--members", str(case["members"])]
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+    args = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--kind",
+        a.kind,
+        "--steps",
+        str(a.steps),
+        "--repeats",
+        str(a.repeats),
+        "--members",
+        str(case["members"]),
+    ]
     args += ["--unrolled", str(case["unrolled"])] if "unrolled" in case else []
     args += ["--conv", str(case["conv"])] if "conv" in case else []
     out = subprocess.run(args, env=env, capture_output=True, text=True, check=True)
@@ -76,13 +99,19 @@ def main() -> None:
     if a.kind == "mlp":  # device counts alternate over rounds; best round reported
         cases = [dict(devices=d, members=a.members) for _ in range(a.rounds) for d in a.devices]
     else:
-        cases = [dict(devices=1, members=m, conv=c, unrolled=u) for m in (1, 8)
-                 for c, u in (("xla", False), ("xla", True), ("im2col", False))]
+        cases = [
+            dict(devices=1, members=m, conv=c, unrolled=u)
+            for m in (1, 8)
+            for c, u in (("xla", False), ("xla", True), ("im2col", False))
+        ]
     for case in cases:
         res = run_case(a, **case)
         for name, v in res["steps_per_s"].items():
-            print(f"{a.kind} {case} {name}: {v:7.0f} model-steps/s "
-                  f"(compile {res['compile_s'][name]:.1f} s)", flush=True)
+            print(
+                f"{a.kind} {case} {name}: {v:7.0f} model-steps/s "
+                f"(compile {res['compile_s'][name]:.1f} s)",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -35,8 +35,9 @@ def test_cnn_flops_count_convs_at_their_resolution():
     assert bench.CNN.input_shape == (28, 28, 1) and bench.CNN.activation == "relu"
 
 
-def _case(name: str, seconds: list[float], steps: int = 100, flops: float = 1e9,
-          members: int = 1) -> bench.Case:
+def _case(
+    name: str, seconds: list[float], steps: int = 100, flops: float = 1e9, members: int = 1
+) -> bench.Case:
     c = bench.Case(name, name, lambda: None, lambda: None, steps, flops, members)
     c.times, c.compile_s = list(seconds), 1.0
     return c
@@ -47,8 +48,13 @@ def test_summary_ratios_targets_and_pytorch_reference():
         _case("matmul_1dev", [0.02, 0.01], flops=1e9),  # best call: 100 GFLOP/s
         _case("mlp_bn", [0.1, 0.12, 0.1]),  # 1000 steps/s (median)
         _case("mlp_plain", [0.09, 0.09, 0.08]),
-        _case(f"sweep_{max(bench.QUICK.sweep_members)}", [1.0, 1.0, 1.2], steps=6400,
-              flops=6400 * 35.8e6, members=64),
+        _case(
+            f"sweep_{max(bench.QUICK.sweep_members)}",
+            [1.0, 1.0, 1.2],
+            steps=6400,
+            flops=6400 * 35.8e6,
+            members=64,
+        ),
         _case("cnn", [1.0, 1.0, 1.0], steps=20),
         _case("torch_mlp_bn", [0.5, 0.5, 0.5]),  # 200 steps/s with 2 threads
         _case("torch_mlp_bn_1t", [0.25, 0.25, 0.25]),  # 400 with 1: the reference
@@ -63,13 +69,17 @@ def test_summary_ratios_targets_and_pytorch_reference():
     assert r["cnn_vs_torch"] == pytest.approx(2.0)
     assert r["torch_bn_overhead"] is None  # no PyTorch plain-MLP case measured
     assert fig["torch_reference"]["torch_mlp_bn"] == "torch_mlp_bn_1t"
-    assert fig["targets"]["sweep_vs_torch"] == {"target": ">= 5", "value": r["sweep_vs_torch"],
-                                                "met": True}
+    assert fig["targets"]["sweep_vs_torch"] == {
+        "target": ">= 5",
+        "value": r["sweep_vs_torch"],
+        "met": True,
+    }
     assert fig["targets"]["bn_overhead"]["met"] is True
     assert fig["targets"]["cnn_vs_torch"]["met"] is True
     mlp = fig["cases"]["mlp_bn"]
-    assert (mlp["steps_per_s_min"], mlp["steps_per_s"], mlp["steps_per_s_max"]) == \
-        pytest.approx((100 / 0.12, 1000, 1000))
+    assert (mlp["steps_per_s_min"], mlp["steps_per_s"], mlp["steps_per_s_max"]) == pytest.approx(
+        (100 / 0.12, 1000, 1000)
+    )
 
 
 def _positive_finite(x) -> bool:
@@ -78,28 +88,48 @@ def _positive_finite(x) -> bool:
 
 def test_cli_quick_no_torch_json():
     env = dict(os.environ, NO_COLOR="1")
-    p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "bench", "--quick", "--no-torch",
-                        "--json"], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "bench", "--quick", "--no-torch", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=ROOT,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     fig = json.loads(p.stdout)  # the whole stdout is one JSON document
     assert "bench:" in p.stderr  # progress goes to stderr
-    assert set(fig) >= {"machine", "config", "matmul", "flops_per_step", "sweep_case", "cases",
-                        "ratios", "targets", "torch_reference"}
+    assert set(fig) >= {
+        "machine",
+        "config",
+        "matmul",
+        "flops_per_step",
+        "sweep_case",
+        "cases",
+        "ratios",
+        "targets",
+        "torch_reference",
+    }
     assert fig["machine"]["devices"] >= 1 and fig["machine"]["jax"]
     assert _positive_finite(fig["matmul"]["peak_gflops"])
     members = fig["config"]["sweep_members"]
     want = {"mlp_bn", "mlp_plain", "cnn"} | {f"sweep_{m}" for m in members}
     assert set(fig["cases"]) == want  # --no-torch: no PyTorch case
     for name, c in fig["cases"].items():
-        for key in ("steps_per_s", "steps_per_s_min", "steps_per_s_max", "gflops",
-                    "fraction_of_peak", "seconds_per_call"):
+        for key in (
+            "steps_per_s",
+            "steps_per_s_min",
+            "steps_per_s_max",
+            "gflops",
+            "fraction_of_peak",
+            "seconds_per_call",
+        ):
             assert _positive_finite(c[key]), (name, key, c[key])
         assert c["steps_per_s_min"] <= c["steps_per_s"] <= c["steps_per_s_max"]
         assert c["compile_s"] >= 0 and c["reps"] == fig["config"]["reps"]
     assert fig["cases"][fig["sweep_case"]]["members"] == max(members)
     r = fig["ratios"]
-    for key in ("bn_overhead", "sweep_fraction_of_peak", "mlp_fraction_of_peak",
-                "sweep_vs_single"):
+    for key in ("bn_overhead", "sweep_fraction_of_peak", "mlp_fraction_of_peak", "sweep_vs_single"):
         assert _positive_finite(r[key]), key
     for key in ("sweep_vs_torch", "cnn_vs_torch", "mlp_vs_torch", "torch_bn_overhead"):
         assert r[key] is None, key
@@ -109,7 +139,12 @@ def test_cli_quick_no_torch_json():
 
 @pytest.mark.skipif(bench.torch_version() is not None, reason="PyTorch is importable here")
 def test_torch_flag_without_pytorch_is_a_usage_error():
-    p = subprocess.run([sys.executable, str(ROOT / "cli.py"), "bench", "--torch", "--quick"],
-                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "bench", "--torch", "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "PyTorch is not importable" in p.stderr

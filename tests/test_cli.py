@@ -24,8 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def bnexp(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     e = dict(os.environ, NO_COLOR="1", **(env or {}))
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True,
-                          text=True, env=e, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        capture_output=True,
+        text=True,
+        env=e,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 def run_json(tmp_path: Path, *args: str) -> dict:
@@ -44,8 +50,7 @@ def check_document(doc: dict, name: str) -> None:
     assert doc["rows"], "an analysis without rows"
     assert doc["trials"]
     for t in doc["trials"]:
-        assert set(t) >= {"config", "seed", "final_test_accuracy", "steps_to_target",
-                          "diverged_at"}
+        assert set(t) >= {"config", "seed", "final_test_accuracy", "steps_to_target", "diverged_at"}
         acc = t["final_test_accuracy"]
         if t["diverged_at"] is None:
             assert acc is not None and 0.0 <= acc <= 1.0 and math.isfinite(acc)
@@ -61,9 +66,21 @@ def check_document(doc: dict, name: str) -> None:
     assert len(list((run_dir / "trials").glob("*.npz"))) == len(doc["trials"])
 
 
-@pytest.mark.parametrize("name", ["lr-sweep", "init-sensitivity", "batch-size", "activations",
-                                  "distributions", "compare", "noisy-bn", "ics", "landscape",
-                                  "scale-invariance"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lr-sweep",
+        "init-sensitivity",
+        "batch-size",
+        "activations",
+        "distributions",
+        "compare",
+        "noisy-bn",
+        "ics",
+        "landscape",
+        "scale-invariance",
+    ],
+)
 def test_every_experiment_smoke_through_cli(tmp_path, name):
     doc = run_json(tmp_path, "run", name)
     check_document(doc, name)
@@ -93,8 +110,9 @@ def test_compare_speedups_match_steps_to_target(tmp_path):
             assert not r["speedup_bn_lower_bound"] and sp == pytest.approx(base / bn)
     # paired arms: same seeds and data order for both arms
     seeds = {(t["tag"], t["seed"], t["config"]["data_seed"]) for t in doc["trials"]}
-    assert {(s, d) for _, s, d in seeds if _ == "bn"} == {(s, d) for _, s, d in seeds
-                                                            if _ == "baseline"}
+    assert {(s, d) for _, s, d in seeds if _ == "bn"} == {
+        (s, d) for _, s, d in seeds if _ == "baseline"
+    }
 
 
 def test_compare_no_bn_and_extra_norm(tmp_path):
@@ -114,25 +132,31 @@ def test_show_rerenders_saved_run(tmp_path):
     assert p.returncode == 0 and "init-sensitivity" in p.stdout
 
 
-@pytest.mark.parametrize("args, code, needle", [
-    (["run", "lr-swep"], 2, "did you mean 'lr-sweep'"),
-    (["run", "lr-sweep", "--preset", "huge"], 2, "unknown preset"),
-    (["run", "lr-sweep", "--set", "lrr=1"], 2, "valid keys"),
-    (["run", "lr-sweep", "--set", "steps=abc"], 2, "expected an integer"),
-    (["run", "lr-sweep", "--set", "lrs=0,-1"], 2, "positive"),
-    (["run", "lr-sweep", "--steps", "0"], 2, "steps must be positive"),
-    (["run", "compare", "--set", "batch_size=100000"], 2, "larger than the training set"),
-    (["run", "compare", "--set", "arms=group,none", "--set", "norm_groups=7"], 2, "divide"),
-    (["run", "lr-sweep", "--dataset", "mnist"], 1, "bnexp download mnist"),
-    (["run", "lr-sweep", "--dataset", "imagenet"], 2, "unknown dataset"),
-    (["compare", "--no-bn", "--no-baseline"], 2, "no arms"),
-    (["show", "/nonexistent/run"], 2, "run"),
-])
+@pytest.mark.parametrize(
+    "args, code, needle",
+    [
+        (["run", "lr-swep"], 2, "did you mean 'lr-sweep'"),
+        (["run", "lr-sweep", "--preset", "huge"], 2, "unknown preset"),
+        (["run", "lr-sweep", "--set", "lrr=1"], 2, "valid keys"),
+        (["run", "lr-sweep", "--set", "steps=abc"], 2, "expected an integer"),
+        (["run", "lr-sweep", "--set", "lrs=0,-1"], 2, "positive"),
+        (["run", "lr-sweep", "--steps", "0"], 2, "steps must be positive"),
+        (["run", "compare", "--set", "batch_size=100000"], 2, "larger than the training set"),
+        (["run", "compare", "--set", "arms=group,none", "--set", "norm_groups=7"], 2, "divide"),
+        (["run", "lr-sweep", "--dataset", "mnist"], 1, "bnexp download mnist"),
+        (["run", "lr-sweep", "--dataset", "imagenet"], 2, "unknown dataset"),
+        (["compare", "--no-bn", "--no-baseline"], 2, "no arms"),
+        (["show", "/nonexistent/run"], 2, "run"),
+    ],
+)
 def test_bad_input_is_one_line(tmp_path, args, code, needle):
     # "--dataset mnist" must find no downloaded MNIST: give that case an empty data directory
     env = {"BNEXP_DATA_DIR": str(tmp_path / "d")} if "mnist" in args else None
-    p = bnexp(*args, "--out", str(tmp_path / "r"), env=env) \
-        if args[0] in ("run", "compare") else bnexp(*args)
+    p = (
+        bnexp(*args, "--out", str(tmp_path / "r"), env=env)
+        if args[0] in ("run", "compare")
+        else bnexp(*args)
+    )
     assert p.returncode == code, (p.returncode, p.stderr)
     lines = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
     assert len(lines) == 1, p.stderr
@@ -155,10 +179,21 @@ def test_unwritable_output_directory(tmp_path):
 def test_interrupt_then_resume_gives_the_same_summary(tmp_path):
     out = tmp_path / "runs"
     e = dict(os.environ, NO_COLOR="1")
-    args = [sys.executable, str(ROOT / "cli.py"), "run", "batch-size", "--preset", "smoke",
-            "--out", str(out), "--json", "--no-plots"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=e, cwd=ROOT)
+    args = [
+        sys.executable,
+        str(ROOT / "cli.py"),
+        "run",
+        "batch-size",
+        "--preset",
+        "smoke",
+        "--out",
+        str(out),
+        "--json",
+        "--no-plots",
+    ]
+    proc = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         saved = list(out.glob("*/trials/*.json"))
@@ -182,5 +217,6 @@ def test_interrupt_then_resume_gives_the_same_summary(tmp_path):
     assert resumed["run_dir"] == str(run_dir)
     assert resumed["rows"] == full["rows"]
     assert resumed["verdict"] == full["verdict"]
-    assert [t["final_test_accuracy"] for t in resumed["trials"]] == \
-        [t["final_test_accuracy"] for t in full["trials"]]
+    assert [t["final_test_accuracy"] for t in resumed["trials"]] == [
+        t["final_test_accuracy"] for t in full["trials"]
+    ]

@@ -32,32 +32,65 @@ def _png(path: Path, colour: str) -> bytes:
     return path.read_bytes()
 
 
-def make_run(out: Path, name: str, *, reproduced, evidence: str = "BN 97.0% vs 95.0%",
-             status: str = "complete", plots: tuple[str, ...] = ("curves.png",),
-             config: dict | None = None) -> Path:
-    cfg = config or {"preset": "smoke", "seeds": 2, "lr": 0.5, "hidden": [100, 100],
-                     "targets": [0.5, 0.7], "norm": None, "flag": True}
+def make_run(
+    out: Path,
+    name: str,
+    *,
+    reproduced,
+    evidence: str = "BN 97.0% vs 95.0%",
+    status: str = "complete",
+    plots: tuple[str, ...] = ("curves.png",),
+    config: dict | None = None,
+) -> Path:
+    cfg = config or {
+        "preset": "smoke",
+        "seeds": 2,
+        "lr": 0.5,
+        "hidden": [100, 100],
+        "targets": [0.5, 0.7],
+        "norm": None,
+        "flag": True,
+    }
     run = results.new_run_dir(out, name, cfg, environment={"bnexp": "0.1.0", "jax": "0.0"})
     results.set_status(run, status)
     if status != "complete":
         return run
     for i, p in enumerate(plots):
         _png(run / "plots" / p, f"C{i}")
-    verdict = {"claim": f"claim of {name}", "reproduced": reproduced, "evidence": evidence,
-               "outcome": {True: "REPRODUCED", False: "NOT REPRODUCED", None: "inconclusive"}[
-                   reproduced]}
-    table = {"title": "Final accuracy", "columns": ["arm", "final accuracy", "diverged at"],
-             "rows": [{"arm": "bn", "final accuracy": "97.00%", "diverged at": "-"},
-                      {"arm": "baseline", "final accuracy": "diverged @ 40", "diverged at": 40}]}
-    results.write_summary(run, table["rows"], verdict, {"wall_time_seconds": 75.0,
-                                                        "compile_seconds": 3.0},
-                          tables=[table], plots=list(plots))
+    verdict = {
+        "claim": f"claim of {name}",
+        "reproduced": reproduced,
+        "evidence": evidence,
+        "outcome": {True: "REPRODUCED", False: "NOT REPRODUCED", None: "inconclusive"}[reproduced],
+    }
+    table = {
+        "title": "Final accuracy",
+        "columns": ["arm", "final accuracy", "diverged at"],
+        "rows": [
+            {"arm": "bn", "final accuracy": "97.00%", "diverged at": "-"},
+            {"arm": "baseline", "final accuracy": "diverged @ 40", "diverged at": 40},
+        ],
+    }
+    results.write_summary(
+        run,
+        table["rows"],
+        verdict,
+        {"wall_time_seconds": 75.0, "compile_seconds": 3.0},
+        tables=[table],
+        plots=list(plots),
+    )
     return run
 
 
 def entry(run: Path, name: str, **kw) -> htmlreport.Entry:
-    return htmlreport.Entry(run, name, kw.get("claim", f"claim of {name}"), "Paper 2015, Fig. 1",
-                            kw.get("paper", "0.98 vs 0.97"), f"bnexp run {name} --preset smoke")
+    return htmlreport.Entry(
+        run,
+        name,
+        kw.get("claim", f"claim of {name}"),
+        "Paper 2015, Fig. 1",
+        kw.get("paper", "0.98 vs 0.97"),
+        f"bnexp run {name} --preset smoke",
+    )
 
 
 @pytest.fixture
@@ -81,12 +114,23 @@ def test_claims_table_rows_and_verdicts(runs):
     rows = root.findall(".//table[@id='claims-table']/tbody/tr")
     assert [r.get("data-experiment") for r in rows] == ["alpha", "beta", "gamma", "delta"]
     assert [r.get("data-verdict") for r in rows] == [
-        "reproduced", "not reproduced", "inconclusive", "no result (interrupted)"]
+        "reproduced",
+        "not reproduced",
+        "inconclusive",
+        "no result (interrupted)",
+    ]
     first = {td.get("data-label"): "".join(td.itertext()) for td in rows[0].findall("td")}
-    assert first == {"experiment": "alpha", "claim": "claim of alpha",
-                     "source": "Paper 2015, Fig. 1", "paper": "0.98 vs 0.97",
-                     "bnexp measured": "BN 97.0% vs 95.0%", "verdict": "reproduced",
-                     "preset": "smoke", "seeds": "2", "wall time": "1 min 15 s"}
+    assert first == {
+        "experiment": "alpha",
+        "claim": "claim of alpha",
+        "source": "Paper 2015, Fig. 1",
+        "paper": "0.98 vs 0.97",
+        "bnexp measured": "BN 97.0% vs 95.0%",
+        "verdict": "reproduced",
+        "preset": "smoke",
+        "seeds": "2",
+        "wall time": "1 min 15 s",
+    }
     last = {td.get("data-label"): "".join(td.itertext()) for td in rows[3].findall("td")}
     assert last["bnexp measured"] == "no summary yet (status interrupted)"
     assert last["wall time"] == "–"
@@ -97,9 +141,13 @@ def test_every_plot_embedded_and_nothing_external(runs):
     html = htmlreport.write(entries, out)["html"].read_text()
     root = parse(html)
     imgs = root.findall(".//img")
-    expected = [(out / e.run_dir.name / "plots" / p).read_bytes()
-                for e, ps in zip(entries, [("curves.png", "bands.png"), ("curves.png",), (), ()],
-                                 strict=True) for p in ps]
+    expected = [
+        (out / e.run_dir.name / "plots" / p).read_bytes()
+        for e, ps in zip(
+            entries, [("curves.png", "bands.png"), ("curves.png",), (), ()], strict=True
+        )
+        for p in ps
+    ]
     assert len(imgs) == len(expected) == 3
     for img, data in zip(imgs, expected, strict=True):
         src = img.get("src")
@@ -146,8 +194,13 @@ def test_same_runs_give_the_same_bytes(runs, tmp_path):
     # the report names runs relative to itself: moving the whole directory changes nothing
     moved = tmp_path / "moved"
     out.rename(moved)
-    entries = [htmlreport.Entry(moved / e.run_dir.name, *[getattr(e, f) for f in (
-        "name", "claim", "source", "paper", "command")]) for e in entries]
+    entries = [
+        htmlreport.Entry(
+            moved / e.run_dir.name,
+            *[getattr(e, f) for f in ("name", "claim", "source", "paper", "command")],
+        )
+        for e in entries
+    ]
     third = {k: p.read_bytes() for k, p in htmlreport.write(entries, moved).items()}
     assert third == first
 
@@ -165,8 +218,16 @@ def test_not_a_run_directory(tmp_path):
         htmlreport.write([htmlreport.Entry(tmp_path, "x")], tmp_path)
 
 
-@pytest.mark.parametrize("seconds, text", [(None, "–"), (0.04, "0.0 s"), (59.94, "59.9 s"),
-                                           (61, "1 min 01 s"), (3599, "59 min 59 s"),
-                                           (7322, "2 h 02 min")])
+@pytest.mark.parametrize(
+    "seconds, text",
+    [
+        (None, "–"),
+        (0.04, "0.0 s"),
+        (59.94, "59.9 s"),
+        (61, "1 min 01 s"),
+        (3599, "59 min 59 s"),
+        (7322, "2 h 02 min"),
+    ],
+)
 def test_duration(seconds, text):
     assert htmlreport.duration(seconds) == text

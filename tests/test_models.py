@@ -31,8 +31,9 @@ def _spec(norm: str, **kw) -> ModelSpec:
 def _shapes(spec: ModelSpec, x_shape: tuple[int, ...], mode: str) -> tuple:
     def run(key, x):
         params, state = models.init(key, spec)
-        return models.apply(params, state, x, spec, mode=mode, key=jax.random.fold_in(key, 1),
-                            capture=True)
+        return models.apply(
+            params, state, x, spec, mode=mode, key=jax.random.fold_in(key, 1), capture=True
+        )
 
     logits, state, aux = jax.eval_shape(run, KEY, jax.ShapeDtypeStruct(x_shape, jnp.float32))
     return logits.shape, [p.shape for p in aux["preacts"]], state
@@ -53,8 +54,9 @@ def test_mlp_shapes_every_norm_and_activation(norm, activation, placement):
 @pytest.mark.parametrize("norm", norms.names())
 @pytest.mark.parametrize("input_shape", [(28, 28, 1), (32, 32, 3)])
 def test_cnn_shapes(norm, input_shape):
-    spec = _spec(norm, kind="cnn", channels=(8, 16), dense=(12,), input_shape=input_shape,
-                 activation="relu")
+    spec = _spec(
+        norm, kind="cnn", channels=(8, 16), dense=(12,), input_shape=input_shape, activation="relu"
+    )
     h, w = input_shape[0], input_shape[1]
     for x_shape in [(4,) + input_shape, (4, h * w * input_shape[2])]:  # nhwc and flat layouts
         logits, preacts, _ = _shapes(spec, x_shape, "train")
@@ -65,8 +67,9 @@ def test_cnn_shapes(norm, input_shape):
 def test_conv_implementations_agree():
     x = _normal(6, (3, 9, 7, 2))
     w = _normal(7, (3, 3, 2, 4))
-    ref = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME",
-                                       dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    ref = jax.lax.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
     conv = jax.jit(models._conv3x3, static_argnums=2)
     for impl in ("im2col", "xla", "auto"):
         np.testing.assert_allclose(conv(x, w, impl), ref, rtol=1e-5, atol=1e-5)
@@ -83,8 +86,14 @@ def test_linear_kind_is_linear():
 
 
 def test_bias_dropped_before_norm_kept_otherwise():
-    before, after, plain = (jax.eval_shape(lambda k, s=spec: models.init(k, s), KEY)[0] for spec in (
-        ModelSpec(norm="batch"), ModelSpec(norm="batch", placement="after"), ModelSpec(norm="none")))
+    before, after, plain = (
+        jax.eval_shape(lambda k, s=spec: models.init(k, s), KEY)[0]
+        for spec in (
+            ModelSpec(norm="batch"),
+            ModelSpec(norm="batch", placement="after"),
+            ModelSpec(norm="none"),
+        )
+    )
     assert all("b" not in layer for layer in before["hidden"])
     assert all("b" in layer for layer in after["hidden"] + plain["hidden"])
     assert plain["hidden"][0]["norm"] == {} and "scale" in before["hidden"][0]["norm"]
@@ -99,17 +108,23 @@ def test_init_scale_multiplies_weights_not_biases_and_is_traceable():
     np.testing.assert_allclose(p3["hidden"][0]["w"], 3.0 * p1["hidden"][0]["w"], rtol=1e-6)
     np.testing.assert_allclose(p3["out"]["w"], 3.0 * p1["out"]["w"], rtol=1e-6)
     np.testing.assert_array_equal(p3["hidden"][0]["b"], p1["hidden"][0]["b"])
-    np.testing.assert_array_equal(p3["hidden"][0]["norm"]["scale"], p1["hidden"][0]["norm"]["scale"])
+    np.testing.assert_array_equal(
+        p3["hidden"][0]["norm"]["scale"], p1["hidden"][0]["norm"]["scale"]
+    )
     keep_out = ModelSpec(widths=(30, 20, 10), scale_output_layer=False)
-    np.testing.assert_array_equal(init(KEY, keep_out, 3.0)[0]["out"]["w"],
-                                  init(KEY, keep_out, 1.0)[0]["out"]["w"])
+    np.testing.assert_array_equal(
+        init(KEY, keep_out, 3.0)[0]["out"]["w"], init(KEY, keep_out, 1.0)[0]["out"]["w"]
+    )
 
 
-@pytest.mark.parametrize("scheme,expected", [
-    ("gaussian", lambda fi, fo: 0.1),
-    ("glorot", lambda fi, fo: (2.0 / (fi + fo)) ** 0.5),
-    ("he", lambda fi, fo: (2.0 / fi) ** 0.5),
-])
+@pytest.mark.parametrize(
+    "scheme,expected",
+    [
+        ("gaussian", lambda fi, fo: 0.1),
+        ("glorot", lambda fi, fo: (2.0 / (fi + fo)) ** 0.5),
+        ("he", lambda fi, fo: (2.0 / fi) ** 0.5),
+    ],
+)
 def test_init_schemes_std(scheme, expected):
     spec = ModelSpec(widths=(400, 300, 10), init=scheme)
     w = np.asarray(init(KEY, spec)[0]["hidden"][0]["w"])
@@ -151,11 +166,14 @@ def test_eval_uses_running_statistics_train_does_not():
 
 def test_scale_invariance_with_batch_norm():
     """Ioffe & Szegedy Sec. 3.3: BN(aWu) = BN(Wu); with the output layer unscaled, logits agree."""
-    spec = ModelSpec(widths=(20, 16, 16, 10), norm="batch", scale_output_layer=False,
-                     norm_options=(("eps", 0.0),))  # exact invariance needs eps = 0
+    spec = ModelSpec(
+        widths=(20, 16, 16, 10),
+        norm="batch",
+        scale_output_layer=False,
+        norm_options=(("eps", 0.0),),
+    )  # exact invariance needs eps = 0
     x = _normal(4, (32, 20))
-    logits = [apply(*init(KEY, spec, a), x, spec, mode="train")[0]
-              for a in (1.0, 7.0)]
+    logits = [apply(*init(KEY, spec, a), x, spec, mode="train")[0] for a in (1.0, 7.0)]
     np.testing.assert_allclose(logits[0], logits[1], rtol=1e-4, atol=1e-5)
     plain = ModelSpec(widths=(20, 16, 16, 10), norm="none", scale_output_layer=False)
     unnormed = [apply(*init(KEY, plain, a), x, plain)[0] for a in (1.0, 7.0)]
@@ -173,10 +191,20 @@ def test_noisy_norm_gets_fold_in_key_per_layer():
     @jax.jit
     def by_hand(params, state, x, key):
         h = params["hidden"]
-        z0, _ = norm.apply(h[0]["norm"], state["hidden"][0], x @ h[0]["w"], mode="train",
-                           key=jax.random.fold_in(key, 0))
-        z1, _ = norm.apply(h[1]["norm"], state["hidden"][1], jnp.tanh(z0) @ h[1]["w"],
-                           mode="train", key=jax.random.fold_in(key, 1))
+        z0, _ = norm.apply(
+            h[0]["norm"],
+            state["hidden"][0],
+            x @ h[0]["w"],
+            mode="train",
+            key=jax.random.fold_in(key, 0),
+        )
+        z1, _ = norm.apply(
+            h[1]["norm"],
+            state["hidden"][1],
+            jnp.tanh(z0) @ h[1]["w"],
+            mode="train",
+            key=jax.random.fold_in(key, 1),
+        )
         return z0, z1
 
     z0, z1 = by_hand(params, state, x, key)
@@ -204,8 +232,13 @@ def test_dropout_train_only():
 
 
 def test_spec_validation():
-    for bad in [dict(kind="rnn"), dict(activation="gelu"), dict(placement="middle"),
-                dict(init="orthogonal"), dict(dropout=1.0)]:
+    for bad in [
+        dict(kind="rnn"),
+        dict(activation="gelu"),
+        dict(placement="middle"),
+        dict(init="orthogonal"),
+        dict(dropout=1.0),
+    ]:
         with pytest.raises(ValueError):
             ModelSpec(**bad)
     with pytest.raises(ValueError, match="unknown norm"):
@@ -222,8 +255,12 @@ def test_dense_wgrad_matches_autodiff_shared_and_own_inputs():
     def loss(mm):
         return lambda h, w: jnp.sum(jnp.tanh(mm(h, w)) * cot)
 
-    for name, in_axes, args in (("one", None, (h, w[0])), ("shared", (None, 0), (h, w)),
-                                ("own", (0, 0), (hs, w))):
+    for name, in_axes, args in (
+        ("one", None, (h, w[0])),
+        ("shared", (None, 0), (h, w)),
+        ("own", (0, 0), (hs, w)),
+    ):
+
         def grads(mm, in_axes=in_axes, args=args):
             f = jax.grad(loss(mm), argnums=(0, 1))
             f = jax.vmap(f, in_axes=in_axes) if in_axes else f
@@ -232,5 +269,6 @@ def test_dense_wgrad_matches_autodiff_shared_and_own_inputs():
         want, got = grads(jnp.matmul), grads(models.dense_wgrad)
         for a, b in zip(want, got, strict=True):
             np.testing.assert_allclose(b, a, rtol=2e-6, atol=2e-6, err_msg=name)
-    np.testing.assert_array_equal(jax.jit(models.dense_wgrad)(h, w[0]),
-                                  jax.jit(jnp.matmul)(h, w[0]))
+    np.testing.assert_array_equal(
+        jax.jit(models.dense_wgrad)(h, w[0]), jax.jit(jnp.matmul)(h, w[0])
+    )

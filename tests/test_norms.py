@@ -21,8 +21,9 @@ def assert_close(actual, expected, rtol: float = RTOL) -> None:
     value that is ~0) are judged against rtol * 1e-1 * max|expected| instead of their own size."""
     expected = np.asarray(expected, np.float64)
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol,
-                               atol=0.1 * rtol * scale)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), expected, rtol=rtol, atol=0.1 * rtol * scale
+    )
 
 
 def loss_grads(norm, **static):
@@ -66,8 +67,9 @@ def train_then_eval(norm):
 
 def jit_apply(norm, **static):
     """Jitted (params, state, x, **traced) -> (y, new_state); `static` holds mode etc."""
-    return jax.jit(lambda params, state, x, **traced: norm.apply(params, state, x, **static,
-                                                                 **traced))
+    return jax.jit(
+        lambda params, state, x, **traced: norm.apply(params, state, x, **static, **traced)
+    )
 
 
 # ---------------------------------------------------------------- NumPy closed form (float64)
@@ -96,21 +98,36 @@ def np_running(mean, var, x, rate, count, unbiased):
 
 
 def random_params(rng, c):
-    return {"scale": jnp.asarray(1.0 + 0.5 * rng.standard_normal(c), jnp.float32),
-            "bias": jnp.asarray(0.5 * rng.standard_normal(c), jnp.float32)}
+    return {
+        "scale": jnp.asarray(1.0 + 0.5 * rng.standard_normal(c), jnp.float32),
+        "bias": jnp.asarray(0.5 * rng.standard_normal(c), jnp.float32),
+    }
 
 
 # ---------------------------------------------------------------- registry and contract
 
 
 def test_registry_names_and_factories():
-    assert norms.names() == ["batch", "group", "layer", "instance", "renorm", "ghost", "noisy",
-                             "none"]
-    built = {"batch": norms.get("batch"), "group": norms.get("group", groups=2),
-             "layer": norms.get("layer"), "instance": norms.get("instance"),
-             "renorm": norms.get("renorm", r_max=2.0), "ghost": norms.get("ghost",
-                                                                          virtual_batch_size=2),
-             "noisy": norms.get("noisy"), "none": norms.get("none")}
+    assert norms.names() == [
+        "batch",
+        "group",
+        "layer",
+        "instance",
+        "renorm",
+        "ghost",
+        "noisy",
+        "none",
+    ]
+    built = {
+        "batch": norms.get("batch"),
+        "group": norms.get("group", groups=2),
+        "layer": norms.get("layer"),
+        "instance": norms.get("instance"),
+        "renorm": norms.get("renorm", r_max=2.0),
+        "ghost": norms.get("ghost", virtual_batch_size=2),
+        "noisy": norms.get("noisy"),
+        "none": norms.get("none"),
+    }
     for name, norm in built.items():
         assert isinstance(norm, norms.Norm) and norm.name == name
     assert built["noisy"].stochastic and not built["batch"].stochastic
@@ -125,8 +142,9 @@ def test_registry_names_and_factories():
 
 @pytest.mark.parametrize("name", ["batch", "renorm", "ghost", "noisy"])
 def test_state_layout_is_float32(name):
-    params, state = norms.get(name, **({"virtual_batch_size": 2} if name == "ghost" else {})
-                              ).init(3)
+    params, state = norms.get(name, **({"virtual_batch_size": 2} if name == "ghost" else {})).init(
+        3
+    )
     assert set(params) == {"scale", "bias"} and set(state) == {"mean", "var", "count"}
     for v in (*params.values(), *state.values()):
         assert v.dtype == jnp.float32
@@ -156,12 +174,15 @@ def test_unknown_call_option_and_bad_arguments():
 GOLDEN_X = jnp.array([[1.0], [2.0], [3.0], [4.0]])
 
 
-@pytest.mark.parametrize("options, mean, var", [
-    ({"momentum": 0.1}, 0.25, 1.0 + 0.1 * (5 / 3 - 1)),  # torch: unbiased var 5/3
-    ({"momentum": None}, 2.5, 5 / 3),  # torch cumulative average
-    ({"momentum": 0.9, "convention": "flax"}, 0.25, 0.9 + 0.1 * 1.25),  # flax: biased var 1.25
-    ({"decay": 0.9, "running_var": "biased"}, 0.25, 1.025),
-])
+@pytest.mark.parametrize(
+    "options, mean, var",
+    [
+        ({"momentum": 0.1}, 0.25, 1.0 + 0.1 * (5 / 3 - 1)),  # torch: unbiased var 5/3
+        ({"momentum": None}, 2.5, 5 / 3),  # torch cumulative average
+        ({"momentum": 0.9, "convention": "flax"}, 0.25, 0.9 + 0.1 * 1.25),  # flax: biased var 1.25
+        ({"decay": 0.9, "running_var": "biased"}, 0.25, 1.025),
+    ],
+)
 def test_norms_md_golden_case(options, mean, var):
     bn = norms.batch_norm(**options)
     params, state = bn.init(1)
@@ -176,9 +197,11 @@ def test_norms_md_golden_case(options, mean, var):
 def test_momentum_spellings_agree_and_conflicts_fail():
     x = jnp.asarray(np.random.default_rng(0).standard_normal((8, 3)), jnp.float32)
     states = []
-    for opts in ({"momentum": 0.2, "running_var": "biased"},
-                 {"momentum": 0.8, "convention": "flax"},
-                 {"decay": 0.8, "running_var": "biased"}):
+    for opts in (
+        {"momentum": 0.2, "running_var": "biased"},
+        {"momentum": 0.8, "convention": "flax"},
+        {"decay": 0.8, "running_var": "biased"},
+    ):
         bn = norms.batch_norm(**opts)
         params, state = bn.init(3)
         train = jit_apply(bn, mode="train")
@@ -190,9 +213,16 @@ def test_momentum_spellings_agree_and_conflicts_fail():
         assert_close(s["var"], states[0]["var"])
     assert norms.batch_norm(convention="flax").options["rate"] == pytest.approx(0.01)
     assert norms.batch_norm().options["running_var"] == "unbiased"
-    for bad in ({"momentum": 0.1, "decay": 0.9}, {"decay": 0.9, "convention": "torch"},
-                {"momentum": None, "convention": "flax"}, {"convention": "keras"},
-                {"momentum": 1.5}, {"decay": -0.1}, {"running_var": "sample"}, {"eps": -1.0}):
+    for bad in (
+        {"momentum": 0.1, "decay": 0.9},
+        {"decay": 0.9, "convention": "torch"},
+        {"momentum": None, "convention": "flax"},
+        {"convention": "keras"},
+        {"momentum": 1.5},
+        {"decay": -0.1},
+        {"running_var": "sample"},
+        {"eps": -1.0},
+    ):
         with pytest.raises(ValueError):
             norms.batch_norm(**bad)
 
@@ -200,8 +230,9 @@ def test_momentum_spellings_agree_and_conflicts_fail():
 # ---------------------------------------------------------------- NumPy closed-form reference
 
 
-@pytest.mark.parametrize("shape, momentum, running_var", [
-    ((7, 3), 0.3, "biased"), ((2, 3, 4, 3), None, "unbiased")])
+@pytest.mark.parametrize(
+    "shape, momentum, running_var", [((7, 3), 0.3, "biased"), ((2, 3, 4, 3), None, "unbiased")]
+)
 def test_batch_norm_matches_numpy(shape, momentum, running_var):
     rng = np.random.default_rng(1)
     c, eps = shape[-1], 1e-5
@@ -226,8 +257,9 @@ def test_batch_norm_matches_numpy(shape, momentum, running_var):
         assert_close(dx, rdx)
         assert_close(dp["scale"], rdw)
         assert_close(dp["bias"], rdb)
-        ref_mean, ref_var = np_running(ref_mean, ref_var, x64, momentum, step,
-                                       running_var == "unbiased")
+        ref_mean, ref_var = np_running(
+            ref_mean, ref_var, x64, momentum, step, running_var == "unbiased"
+        )
         assert_close(state["mean"], ref_mean)
         assert_close(state["var"], ref_var)
         assert float(state["count"]) == step + 1
@@ -263,8 +295,7 @@ def test_batch_norm_matches_pytorch(name):
     bn = norms.batch_norm(momentum, float(d["eps"]))
     _, state = bn.init(d["x"].shape[-1])
     params = {"scale": jnp.asarray(d["weight"]), "bias": jnp.asarray(d["bias"])}
-    steps, evaluated = train_then_eval(bn)(params, state, d["x"], d["g"], d["x_eval"],
-                                            d["g_eval"])
+    steps, evaluated = train_then_eval(bn)(params, state, d["x"], d["g"], d["x_eval"], d["g_eval"])
     steps = jax.tree.map(np.asarray, steps)
     for t in range(d["x"].shape[0]):
         y, state, dx, dp = jax.tree.map(lambda v, t=t: v[t], steps)
@@ -281,9 +312,15 @@ def test_batch_norm_matches_pytorch(name):
     assert_close(dp["bias"], d["dbias_eval"])
 
 
-@pytest.mark.parametrize("name, norm", [
-    ("gn", norms.group_norm(2)), ("ln_dense", norms.layer_norm()), ("ln_conv", norms.layer_norm()),
-    ("in", norms.instance_norm())])
+@pytest.mark.parametrize(
+    "name, norm",
+    [
+        ("gn", norms.group_norm(2)),
+        ("ln_dense", norms.layer_norm()),
+        ("ln_conv", norms.layer_norm()),
+        ("in", norms.instance_norm()),
+    ],
+)
 def test_per_example_norms_match_pytorch(name, norm):
     d = load(name)
     params = {"scale": jnp.asarray(d["weight"]), "bias": jnp.asarray(d["bias"])}
@@ -307,9 +344,10 @@ def test_per_example_norms_match_pytorch(name, norm):
 
 BATCH_STAT = ["batch", "renorm", "ghost", "noisy"]
 # call options that make renorm/noisy plain BN in train mode, so the invariants can be exact
-NEUTRAL = {"renorm": {"r_max": 1.0, "d_max": 0.0},
-           "noisy": {"mu_max": 0.0, "sigma_min": 1.0, "sigma_max": 1.0, "m_spread": 0.0,
-                     "s_std": 0.0}}
+NEUTRAL = {
+    "renorm": {"r_max": 1.0, "d_max": 0.0},
+    "noisy": {"mu_max": 0.0, "sigma_min": 1.0, "sigma_max": 1.0, "m_spread": 0.0, "s_std": 0.0},
+}
 
 
 def build(name, **options):
@@ -328,8 +366,10 @@ def test_offset_1e4_is_stable(name):
     @jax.jit
     def both(x):
         kw = NEUTRAL.get(name, {})
-        return [norm.apply(params, state, x, mode="train", key=jax.random.key(0), **kw)[0],
-                norm.apply(params, state, x, mode="batch")[0]]
+        return [
+            norm.apply(params, state, x, mode="train", key=jax.random.key(0), **kw)[0],
+            norm.apply(params, state, x, mode="batch")[0],
+        ]
 
     for y in both(x):
         y = np.asarray(y, np.float64)
@@ -361,6 +401,7 @@ def test_scale_invariance(name):
         def loss(w):
             y = norm.apply(params, state, u @ w, mode="train")[0]
             return jnp.sum(y * g), y
+
         return jax.grad(loss, has_aux=True)(w)[::-1]
 
     y1, g1 = out_and_grad(w)
@@ -380,8 +421,12 @@ def test_train_normalizes_and_eval_batch_leave_state(name):
     @jax.jit
     def train_then_batch(x):
         y, trained = norm.apply(params, state, x, mode="train", key=jax.random.key(1), **kw)
-        return y, trained, norm.apply(params, trained, x, mode="batch"), norm.apply(
-            params, trained, x, mode="eval")[1]
+        return (
+            y,
+            trained,
+            norm.apply(params, trained, x, mode="batch"),
+            norm.apply(params, trained, x, mode="eval")[1],
+        )
 
     y, trained, (yb, same), same_eval = train_then_batch(x)
     np.testing.assert_allclose(np.asarray(y, np.float64).mean((0, 1)), 0.0, atol=1e-6)
@@ -471,6 +516,7 @@ def test_regression_equinox_early_eval_variance():
     for running_var, v in (("biased", 4.0), ("unbiased", 4.0 * 16 / 15)):
         bn = norms.batch_norm(0.99, convention="flax", running_var=running_var)
         params, state = bn.init(1)
+
         @jax.jit
         def train_then_eval(params, state, x, bn=bn):
             _, state = bn.apply(params, state, x, mode="train")
@@ -490,8 +536,11 @@ def test_regression_eval_before_training(name):
     x = jnp.asarray(np.random.default_rng(10).standard_normal((4, 3)), jnp.float32)
     y, same = norm.apply(params, state, x, mode="eval")
     assert same is state
-    assert_close(y, np.asarray(x) / np.sqrt(1 + 1e-5) * np.asarray(params["scale"])
-                 + np.asarray(params["bias"]))
+    assert_close(
+        y,
+        np.asarray(x) / np.sqrt(1 + 1e-5) * np.asarray(params["scale"])
+        + np.asarray(params["bias"]),
+    )
 
 
 @pytest.mark.parametrize("name", BATCH_STAT)

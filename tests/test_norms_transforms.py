@@ -22,8 +22,9 @@ def assert_close(actual, expected, rtol: float = RTOL) -> None:
     """Elementwise relative error <= rtol, near-zero entries judged at 0.1 * rtol * max|expected|."""
     expected = np.asarray(expected, np.float64)
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol,
-                               atol=0.1 * rtol * scale)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), expected, rtol=rtol, atol=0.1 * rtol * scale
+    )
 
 
 def assert_tree_close(actual, expected) -> None:
@@ -43,7 +44,8 @@ def model_inputs(name, models, steps):
     inits = [norm.init(SHAPE[-1]) for _ in range(models)]
     params = jax.tree.map(lambda *v: jnp.stack(v), *[p for p, _ in inits])
     params = jax.tree.map(
-        lambda v: v + jnp.asarray(0.1 * rng.standard_normal(v.shape), jnp.float32), params)
+        lambda v: v + jnp.asarray(0.1 * rng.standard_normal(v.shape), jnp.float32), params
+    )
     states = jax.tree.map(lambda *v: jnp.stack(v), *[s for _, s in inits])
     xs = (rng.standard_normal((models, steps) + SHAPE) + 2.0).astype(np.float32)
     # raw key data (numpy), wrapped inside the traced functions: no eager indexing of keys
@@ -63,8 +65,9 @@ def test_jit_grad_vmap_scan_eval_shape(name):
         """One training step's loss, new state and parameter gradients."""
 
         def loss(params):
-            y, new_state = norm.apply(params, state, x, mode="train",
-                                      key=jax.random.wrap_key_data(key))
+            y, new_state = norm.apply(
+                params, state, x, mode="train", key=jax.random.wrap_key_data(key)
+            )
             return jnp.sum(jnp.sin(y)), new_state
 
         (value, new_state), grads = jax.value_and_grad(loss, has_aux=True)(params)
@@ -90,11 +93,13 @@ def test_jit_grad_vmap_scan_eval_shape(name):
         def body(s, xk):
             value, s, grads = step(p, s, *xk)
             return s, (value, s, grads)
+
         return jax.lax.scan(body, s, (xs, keys))[1]
 
     if name not in ("layer", "instance"):  # their composition is covered by "group"
-        values, new_states, grads = jax.tree.map(np.asarray, jax.jit(jax.vmap(run_steps))(
-            params, states, xs, keys))
+        values, new_states, grads = jax.tree.map(
+            np.asarray, jax.jit(jax.vmap(run_steps))(params, states, xs, keys)
+        )
         for i in range(models):
             for t in range(steps):
                 assert_close(values[i, t], ref[i][t][0])
@@ -103,9 +108,15 @@ def test_jit_grad_vmap_scan_eval_shape(name):
 
     # eval_shape: no computation; bf16 input gives bf16 output and float32 state
     for mode in ("train", "eval", "batch"):
-        y, s = jax.eval_shape(lambda p, s, x, k, mode=mode: norm.apply(
-            p, s, x, mode=mode, key=jax.random.wrap_key_data(k)), pick(params, 0),
-            pick(states, 0), jax.ShapeDtypeStruct(SHAPE, jnp.bfloat16), keys[0, 0])
+        y, s = jax.eval_shape(
+            lambda p, s, x, k, mode=mode: norm.apply(
+                p, s, x, mode=mode, key=jax.random.wrap_key_data(k)
+            ),
+            pick(params, 0),
+            pick(states, 0),
+            jax.ShapeDtypeStruct(SHAPE, jnp.bfloat16),
+            keys[0, 0],
+        )
         assert y.shape == SHAPE and y.dtype == jnp.bfloat16
         assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(s))
         assert jax.tree.structure(s) == jax.tree.structure(pick(states, 0))
@@ -124,8 +135,10 @@ def sharded_vs_whole(name, sizes, seed=0):
     params, state = whole.init(3)
     params = {"scale": params["scale"] + 0.5, "bias": params["bias"] - 0.2}
     state = {"mean": state["mean"] + 0.3, "var": state["var"] * 2.0, "count": state["count"] + 2}
-    xs = [(rng.standard_normal((n, 3)) * [1.0, 2.0, 0.5] + [1.0, -2.0, 4.0]).astype(np.float32)
-          for n in sizes]
+    xs = [
+        (rng.standard_normal((n, 3)) * [1.0, 2.0, 0.5] + [1.0, -2.0, 4.0]).astype(np.float32)
+        for n in sizes
+    ]
     gs = [rng.standard_normal((n, 3)).astype(np.float32) for n in sizes]
     pad = max(sizes)
     xp = np.stack([np.pad(x, ((0, pad - len(x)), (0, 0)), constant_values=1e30) for x in xs])
@@ -134,14 +147,16 @@ def sharded_vs_whole(name, sizes, seed=0):
     key = jax.random.key(3)
 
     def shard(params, x, g, m):
-        y, s = synced.apply(params, state, x, mode="train", key=key,
-                            mask=None if len(set(sizes)) == 1 else m)
+        y, s = synced.apply(
+            params, state, x, mode="train", key=key, mask=None if len(set(sizes)) == 1 else m
+        )
         return jnp.sum(jnp.where(m[:, None], y * g, 0)), (y, s)
 
     def run_sharded(params, x, g, m):
         def loss(x, params):
             values, (y, s) = jax.vmap(shard, (None, 0, 0, 0), axis_name="shards")(params, x, g, m)
             return jnp.sum(values), (y, jax.tree.map(lambda v: v[0], s))
+
         (_, (y, s)), (dx, dp) = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, params)
         return y, s, dx, dp
 
@@ -149,11 +164,13 @@ def sharded_vs_whole(name, sizes, seed=0):
         def loss(x, params):
             y, s = whole.apply(params, state, x, mode="train", key=key)
             return jnp.sum(y * g), (y, s)
+
         (_, (y, s)), (dx, dp) = jax.value_and_grad(loss, (0, 1), has_aux=True)(x, params)
         return y, s, dx, dp
 
     (y, s, dx, dp), whole_out = jax.jit(lambda *a: (run_sharded(*a[:4]), run_whole(a[0], *a[4:])))(
-        params, xp, gp, mask, np.concatenate(xs), np.concatenate(gs))
+        params, xp, gp, mask, np.concatenate(xs), np.concatenate(gs)
+    )
     sharded = (np.asarray(y)[mask], s, np.asarray(dx)[mask], dp)  # valid rows, in order
     return sharded, whole_out, xs
 
@@ -178,7 +195,7 @@ def test_sync_unequal_counts_is_count_weighted():
 
 # ---------------------------------------------------------------- 4 CPU devices (subprocess)
 
-DEVICE_SCRIPT = textwrap.dedent('''
+DEVICE_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import PartitionSpec as P
     from bnexp import norms
@@ -258,15 +275,17 @@ DEVICE_SCRIPT = textwrap.dedent('''
         close(s["var"][group[0]], sw["var"])
         close(s["var"][group[1]], sw["var"])
     print("SYNC-OK")
-''')
+""")
 
 
 def test_sync_batch_norm_on_four_devices():
     """shard_map over 4 CPU devices (equal and unequal shards, with gradients), pmap with
     axis_index_groups. XLA_FLAGS must be set before JAX starts, hence the subprocess."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", DEVICE_SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", DEVICE_SCRIPT], env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "SYNC-OK" in result.stdout

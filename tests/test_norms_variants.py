@@ -16,8 +16,9 @@ def assert_close(actual, expected, rtol: float = RTOL) -> None:
     """Elementwise relative error <= rtol, near-zero entries judged at 0.1 * rtol * max|expected|."""
     expected = np.asarray(expected, np.float64)
     scale = float(np.max(np.abs(expected))) if expected.size else 0.0
-    np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol,
-                               atol=0.1 * rtol * scale)
+    np.testing.assert_allclose(
+        np.asarray(actual, np.float64), expected, rtol=rtol, atol=0.1 * rtol * scale
+    )
 
 
 def loss_grads(norm, **static):
@@ -37,8 +38,9 @@ def loss_grads(norm, **static):
 
 def jit_apply(norm, **static):
     """Jitted (params, state, x, **traced) -> (y, new_state); `static` holds mode etc."""
-    return jax.jit(lambda params, state, x, **traced: norm.apply(params, state, x, **static,
-                                                                 **traced))
+    return jax.jit(
+        lambda params, state, x, **traced: norm.apply(params, state, x, **static, **traced)
+    )
 
 
 def data(seed, shape, loc=0.0, scale=1.0):
@@ -47,8 +49,10 @@ def data(seed, shape, loc=0.0, scale=1.0):
 
 def params_for(c, seed=0):
     rng = np.random.default_rng(seed)
-    return {"scale": jnp.asarray(1.0 + 0.5 * rng.standard_normal(c), jnp.float32),
-            "bias": jnp.asarray(0.5 * rng.standard_normal(c), jnp.float32)}
+    return {
+        "scale": jnp.asarray(1.0 + 0.5 * rng.standard_normal(c), jnp.float32),
+        "bias": jnp.asarray(0.5 * rng.standard_normal(c), jnp.float32),
+    }
 
 
 def np_bn_grads(x, g, w, eps):
@@ -71,8 +75,7 @@ def test_group_norm_errors_are_clear():
     with pytest.raises(ValueError, match="groups must be >= 1"):
         norms.group_norm(0)
     with pytest.raises(ValueError, match="at least 3 axes"):
-        norms.instance_norm().apply(*norms.instance_norm().init(3), jnp.ones((4, 3)),
-                                    mode="train")
+        norms.instance_norm().apply(*norms.instance_norm().init(3), jnp.ones((4, 3)), mode="train")
     with pytest.raises(ValueError, match="single value"):
         norms.group_norm(3).apply(*norms.group_norm(3).init(3), jnp.ones((4, 3)), mode="train")
 
@@ -85,14 +88,22 @@ def test_group_norm_reference_and_special_cases():
     mu, var = x64.mean((1, 2, 4), keepdims=True), x64.var((1, 2, 4), keepdims=True)
     ref = ((x64 - mu) / np.sqrt(var + 1e-5)).reshape(x.shape) * w + b
     cases = [(norms.group_norm(3), mode) for mode in ("train", "eval", "batch")] + [
-        (norm, "train") for norm in (norms.group_norm(1), norms.layer_norm(), norms.group_norm(6),
-                                     norms.instance_norm())]
+        (norm, "train")
+        for norm in (
+            norms.group_norm(1),
+            norms.layer_norm(),
+            norms.group_norm(6),
+            norms.instance_norm(),
+        )
+    ]
     outs = jax.jit(lambda p, x: [n.apply(p, {}, x, mode=m) for n, m in cases])(params, x)
     x64 = x.astype(np.float64)
     layer = (x64 - x64.mean((1, 2, 3), keepdims=True)) / np.sqrt(
-        x64.var((1, 2, 3), keepdims=True) + 1e-5) * w + b
+        x64.var((1, 2, 3), keepdims=True) + 1e-5
+    ) * w + b
     inst = (x64 - x64.mean((1, 2), keepdims=True)) / np.sqrt(
-        x64.var((1, 2), keepdims=True) + 1e-5) * w + b
+        x64.var((1, 2), keepdims=True) + 1e-5
+    ) * w + b
     for (y, state), expected in zip(outs, [ref, ref, ref, layer, layer, inst, inst], strict=True):
         assert_close(y, expected)  # groups = 3; 1 is layer norm; C is instance norm
         assert state == {}
@@ -109,18 +120,25 @@ def test_batch_renorm_matches_numpy():
     params = params_for(3, 1)
     w, b = np.asarray(params["scale"], np.float64), np.asarray(params["bias"], np.float64)
     mu0, var0 = np.array([0.5, -1.0, 3.0]), np.array([0.25, 4.0, 1.0])
-    state = {"mean": jnp.asarray(mu0, jnp.float32), "var": jnp.asarray(var0, jnp.float32),
-             "count": jnp.asarray(4.0)}
+    state = {
+        "mean": jnp.asarray(mu0, jnp.float32),
+        "var": jnp.asarray(var0, jnp.float32),
+        "count": jnp.asarray(4.0),
+    }
     x = data(2, (16, 3), loc=0.0, scale=1.0) * np.float32([1.0, 1.8, 0.9]) + np.float32(
-        [0.6, 1.5, 3.05])
+        [0.6, 1.5, 3.05]
+    )
     g = data(3, (16, 3))
     train = loss_grads(rn, mode="train").__wrapped__
 
     @jax.jit
     def run(params, state, x, g):
         y, new, dx, dp = train(params, state, x, g)
-        return (y, new, dx, dp), rn.apply(params, new, x, mode="eval")[0], rn.apply(
-            params, state, x, mode="batch")
+        return (
+            (y, new, dx, dp),
+            rn.apply(params, new, x, mode="eval")[0],
+            rn.apply(params, state, x, mode="batch"),
+        )
 
     (y, new, dx, dp), ye, (yb, same) = run(params, state, x, g)
     x64, g64 = x.astype(np.float64), g.astype(np.float64)
@@ -184,6 +202,7 @@ def test_ghost_is_batch_norm_per_virtual_batch(momentum):
         def body(s, xg):
             y, s, dx, dp = bn_step(params, s, *xg)
             return s, (y, dx, dp, bn.apply(params, s, xg[0], mode="batch")[0])
+
         return jax.lax.scan(body, state, (xs, gs))
 
     @jax.jit
@@ -191,8 +210,7 @@ def test_ghost_is_batch_norm_per_virtual_batch(momentum):
         y, new, dx, dp = gb_step(params, state, x, g)
         return y, new, dx, dp, gb.apply(params, new, x, mode="batch")[0]
 
-    s, (ys, dxs, dps, ybs) = reference(params, state, x.reshape(3, 4, 2, 3),
-                                       g.reshape(3, 4, 2, 3))
+    s, (ys, dxs, dps, ybs) = reference(params, state, x.reshape(3, 4, 2, 3), g.reshape(3, 4, 2, 3))
     y, new, dx, dp, yb = ghost(params, state, x, g)
     assert_close(y, np.asarray(ys).reshape(x.shape))
     assert_close(dx, np.asarray(dxs).reshape(x.shape))
@@ -218,9 +236,12 @@ def test_ghost_edge_cases():
 
     @jax.jit
     def run(params, state, x, mask):
-        return (gb.apply(params, state, x, mode="train"), bn.apply(params, state, x, mode="train"),
-                gb4.apply(params, state, x, mode="train", mask=mask),
-                bn.apply(params, state, x[:4], mode="train"))
+        return (
+            gb.apply(params, state, x, mode="train"),
+            bn.apply(params, state, x, mode="train"),
+            gb4.apply(params, state, x, mode="train", mask=mask),
+            bn.apply(params, state, x[:4], mode="train"),
+        )
 
     (y, s), (y_ref, s_ref), (ym, sm), (y1, s1) = run(params, state, x, mask)
     assert_close(y, y_ref)  # one virtual batch: batch norm
@@ -249,16 +270,21 @@ def test_noisy_batch_norm_modes_and_key():
     @jax.jit
     def run(keys, consts):
         y_bn, s_bn = bn.apply(params, state, x, mode="train")
-        noisy = [nb.apply(params, state, x, mode="train", key=k, **c)
-                 for k, c in zip(keys, consts, strict=True)]
+        noisy = [
+            nb.apply(params, state, x, mode="train", key=k, **c)
+            for k, c in zip(keys, consts, strict=True)
+        ]
         # no noise outside training, and no key needed
-        other = [(nb.apply(params, s_bn, x, mode=m)[0], bn.apply(params, s_bn, x, mode=m)[0])
-                 for m in ("eval", "batch")]
+        other = [
+            (nb.apply(params, s_bn, x, mode=m)[0], bn.apply(params, s_bn, x, mode=m)[0])
+            for m in ("eval", "batch")
+        ]
         return y_bn, s_bn, noisy, other
 
     keys = jax.random.split(jax.random.key(0), 2)
-    y_bn, s_bn, noisy, other = run([keys[0], keys[0], keys[0], keys[1]],
-                                   [OFF, defaults, defaults, defaults])
+    y_bn, s_bn, noisy, other = run(
+        [keys[0], keys[0], keys[0], keys[1]], [OFF, defaults, defaults, defaults]
+    )
     (y_off, s_off), (y0, s0), (y0_again, _), (y1, _) = noisy
     assert_close(y_off, y_bn)  # all noise switched off per call: batch norm
     assert_close(s_off["var"], s_bn["var"])  # statistics of the clean input
@@ -297,9 +323,13 @@ def test_noisy_batch_norm_noise_distribution():
         sigmas.append(sigma_t)
     assert np.std(centers) > 0.05 and np.std(sigmas) > 0.01  # time-varying per call (key)
     # Per-call constants are traced: a sweep over them is one compiled program.
-    consts = {"mu_max": jnp.array([0.0, 2.0]), "sigma_min": jnp.array([1.0, 3.0]),
-              "sigma_max": jnp.array([1.0, 3.0]), "m_spread": jnp.array([0.0, 0.5]),
-              "s_std": jnp.array([0.0, 0.0])}
+    consts = {
+        "mu_max": jnp.array([0.0, 2.0]),
+        "sigma_min": jnp.array([1.0, 3.0]),
+        "sigma_max": jnp.array([1.0, 3.0]),
+        "m_spread": jnp.array([0.0, 0.5]),
+        "s_std": jnp.array([0.0, 0.0]),
+    }
     m, s = jax.vmap(draw, in_axes=(None, 0))(jax.random.key(0), consts)
     np.testing.assert_allclose(np.asarray(m[0]), 0.0, atol=1e-6)
     np.testing.assert_allclose(np.asarray(s[0]), 1.0, atol=1e-6)

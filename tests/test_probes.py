@@ -23,6 +23,7 @@ def f32(a) -> np.ndarray:
 
 # ---- landscape: quadratic L(theta) = 1/2 theta^T H theta - b^T theta ------------------------
 
+
 def _quadratic(n: int = 6, seed: int = 0):
     rng = np.random.default_rng(seed)
     q, _ = np.linalg.qr(rng.normal(size=(n, n)))
@@ -64,13 +65,15 @@ def test_landscape_matches_the_quadratic_closed_form():
     np.testing.assert_allclose(r["loss_band"], [losses.min(), losses.max()], **tol)
     np.testing.assert_allclose(r["grad_diff"], diffs, rtol=RTOL)
     np.testing.assert_allclose(r["grad_pred_band"], [diffs.min(), diffs.max()], rtol=RTOL)
-    np.testing.assert_allclose(np.asarray(r["grad_diff"]) / (etas * np.linalg.norm(g64)), beta,
-                               rtol=RTOL)
+    np.testing.assert_allclose(
+        np.asarray(r["grad_diff"]) / (etas * np.linalg.norm(g64)), beta, rtol=RTOL
+    )
     np.testing.assert_allclose(r["beta_smooth"], beta, rtol=RTOL)
     np.testing.assert_allclose(r["grad_norm"], np.linalg.norm(g64), rtol=RTOL)
 
 
 # ---- ICS: a deep linear network, gradients by hand ----------------------------------------
+
 
 def _linear_net(seed: int = 1):
     rng = np.random.default_rng(seed)
@@ -127,9 +130,15 @@ def _model(spec: ModelSpec = SPEC, n: int = 24, seed: int = 0):
 
 
 def _hp(lr: float = 0.3) -> dict:
-    return {"lr": jnp.float32(lr), "momentum": jnp.float32(0.9), "init_scale": jnp.float32(1.0),
-            "seed": jnp.int32(0), "step": jnp.int32(0), "norm_call": {},
-            "key": jax.random.key(7)}
+    return {
+        "lr": jnp.float32(lr),
+        "momentum": jnp.float32(0.9),
+        "init_scale": jnp.float32(1.0),
+        "seed": jnp.int32(0),
+        "step": jnp.int32(0),
+        "norm_call": {},
+        "key": jax.random.key(7),
+    }
 
 
 def _probe(name: str, spec: ModelSpec = SPEC, **kw) -> dict[str, np.ndarray]:
@@ -137,8 +146,16 @@ def _probe(name: str, spec: ModelSpec = SPEC, **kw) -> dict[str, np.ndarray]:
     hp = _hp(**kw)
 
     def loss_fn(p, s, x, y, *, mode="train", key=None, norm_call=None):
-        return train.loss_fn(p, s, x, y, spec, mode=mode, key=hp["key"] if key is None else key,
-                             norm_call=hp["norm_call"] if norm_call is None else norm_call)
+        return train.loss_fn(
+            p,
+            s,
+            x,
+            y,
+            spec,
+            mode=mode,
+            key=hp["key"] if key is None else key,
+            norm_call=hp["norm_call"] if norm_call is None else norm_call,
+        )
 
     out = jax.jit(lambda p, s: probes.PROBES[name](spec, p, s, batch, hp, loss_fn))(params, state)
     return jax.tree.map(np.asarray, out)
@@ -146,8 +163,9 @@ def _probe(name: str, spec: ModelSpec = SPEC, **kw) -> dict[str, np.ndarray]:
 
 def test_ics_adapter_layers_and_the_step_of_earlier_layers():
     out = _probe("ics")
-    assert {k: v.shape for k, v in out.items()} == {k: (3,) for k in
-                                                     ("ics_norm", "ics_cos", "ics_grad_norm")}
+    assert {k: v.shape for k, v in out.items()} == {
+        k: (3,) for k in ("ics_norm", "ics_cos", "ics_grad_norm")
+    }
     assert out["ics_norm"][0] == 0.0 and out["ics_cos"][0] == 1.0
     # layer 2 by hand: all of layer 1's parameters (w and the BN scale/bias) take lr * G
     params, state, (x, y) = _model()
@@ -158,11 +176,18 @@ def test_ics_adapter_layers_and_the_step_of_earlier_layers():
     @jax.jit
     def by_hand(params):
         g = jax.grad(loss)(params)
-        moved = {**params, "hidden": [jax.tree.map(lambda p, d: p - 0.3 * d, params["hidden"][0],
-                                                   g["hidden"][0]), params["hidden"][1]]}
+        moved = {
+            **params,
+            "hidden": [
+                jax.tree.map(lambda p, d: p - 0.3 * d, params["hidden"][0], g["hidden"][0]),
+                params["hidden"][1],
+            ],
+        }
         g2 = jax.grad(loss)(moved)
-        return (jnp.linalg.norm(g["hidden"][1]["w"] - g2["hidden"][1]["w"]),
-                jnp.linalg.norm(g["hidden"][1]["w"]))
+        return (
+            jnp.linalg.norm(g["hidden"][1]["w"] - g2["hidden"][1]["w"]),
+            jnp.linalg.norm(g["hidden"][1]["w"]),
+        )
 
     want, g_norm = by_hand(params)
     # G - G' cancels: its float32 error is relative to ||G||
@@ -171,6 +196,7 @@ def test_ics_adapter_layers_and_the_step_of_earlier_layers():
 
 
 # ---- scale invariance ------------------------------------------------------------------------
+
 
 def _bn_layer(eps: float, seed: int = 2):
     rng = np.random.default_rng(seed)
@@ -219,10 +245,10 @@ def test_without_a_norm_the_output_scales_with_a():
 def test_scale_invariance_adapter_on_a_bn_mlp():
     out = _probe("scale_invariance")
     assert {k: v.shape for k, v in out.items()} == {
-        k: (2, len(santurkar.SCALES)) for k in ("si_out_diff", "si_grad_ratio", "si_grad_err")}
+        k: (2, len(santurkar.SCALES)) for k in ("si_out_diff", "si_grad_ratio", "si_grad_err")
+    }
     assert np.all(out["si_out_diff"] <= RTOL)
-    np.testing.assert_allclose(out["si_grad_ratio"] * np.asarray(santurkar.SCALES), 1.0,
-                               atol=1e-4)
+    np.testing.assert_allclose(out["si_grad_ratio"] * np.asarray(santurkar.SCALES), 1.0, atol=1e-4)
 
 
 def test_configured_landscape_grid_registers_once():
@@ -231,10 +257,12 @@ def test_configured_landscape_grid_registers_once():
     assert santurkar.landscape_probe_name() == "landscape"
     out = _probe(name, lr=0.2)
     assert out["landscape_loss"].shape == (3,) and out["loss_band"].shape == (2,)
-    np.testing.assert_allclose(out["loss_band"], [out["landscape_loss"].min(),
-                                                  out["landscape_loss"].max()])
-    beta = out["landscape_grad_diff"] / (0.2 * np.linspace(0.5, 2.0, 3)
-                                         * out["landscape_grad_norm"])
+    np.testing.assert_allclose(
+        out["loss_band"], [out["landscape_loss"].min(), out["landscape_loss"].max()]
+    )
+    beta = out["landscape_grad_diff"] / (
+        0.2 * np.linspace(0.5, 2.0, 3) * out["landscape_grad_norm"]
+    )
     np.testing.assert_allclose(out["beta_smooth"], beta.max(), rtol=RTOL)
     with pytest.raises(ValueError):
         probes.register(name, probes.PROBES[name])
@@ -265,9 +293,16 @@ def test_probes_leave_the_training_trajectory_bitwise_unchanged(engine_runs):
 def test_probe_outputs_in_the_history(engine_runs):
     h = engine_runs[2].history
     e = len(h["step"])
-    shapes = {"ics_norm": (e, 3), "ics_cos": (e, 3), "loss_band": (e, 2),
-              "grad_pred_band": (e, 2), "beta_smooth": (e,), "landscape_loss": (e, 8),
-              "si_out_diff": (e, 2, 4), "si_grad_ratio": (e, 2, 4)}
+    shapes = {
+        "ics_norm": (e, 3),
+        "ics_cos": (e, 3),
+        "loss_band": (e, 2),
+        "grad_pred_band": (e, 2),
+        "beta_smooth": (e,),
+        "landscape_loss": (e, 8),
+        "si_out_diff": (e, 2, 4),
+        "si_grad_ratio": (e, 2, 4),
+    }
     for k, s in shapes.items():
         assert h[k].shape == s, k
         assert np.all(np.isfinite(h[k])), k
@@ -280,6 +315,7 @@ def test_probe_outputs_in_the_history(engine_runs):
 
 
 # ---- metrics helpers ----------------------------------------------------------------------
+
 
 def test_series_summary_and_band_width():
     s = metrics.series_summary([[1.0, 3.0, np.nan], [3.0, 5.0, np.nan]])

@@ -35,8 +35,14 @@ LABEL = {True: "reproduced", False: "not reproduced", None: "inconclusive"}
 
 def bnexp(*args: str, data_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, NO_COLOR="1", BNEXP_DATA_DIR=str(data_dir))
-    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *args], capture_output=True,
-                          text=True, env=env, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +50,17 @@ def repro(tmp_path_factory):
     """(out, JSON document, data dir) of one smoke reproduce of NAMES."""
     base = tmp_path_factory.mktemp("reproduce")
     out, data_dir = base / "out", base / "data"
-    p = bnexp("reproduce", "--preset", "smoke", "--only", ",".join(NAMES), "--out", str(out),
-              "--json", data_dir=data_dir)
+    p = bnexp(
+        "reproduce",
+        "--preset",
+        "smoke",
+        "--only",
+        ",".join(NAMES),
+        "--out",
+        str(out),
+        "--json",
+        data_dir=data_dir,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return out, json.loads(p.stdout), data_dir  # the whole stdout is one JSON document
 
@@ -65,8 +80,9 @@ def test_json_document_names_every_run_and_verdict(repro):
         assert run.parent == out
         assert json.loads((run / "status.json").read_text())["status"] == "complete"
         config = json.loads((run / "config.json").read_text())
-        assert config == results.to_jsonable(config_dict(reproduce.resolve(REGISTRY[e["name"]],
-                                                                            "smoke")))
+        assert config == results.to_jsonable(
+            config_dict(reproduce.resolve(REGISTRY[e["name"]], "smoke"))
+        )
         assert doc["verdicts"][e["name"]] == summary(run)["verdict"] == e["verdict"]
         assert e["verdict"]["reproduced"] in (True, False, None)
     assert doc["reports"] == {"md": str(out / "report.md"), "html": str(out / "report.html")}
@@ -79,8 +95,9 @@ def test_report_html_parses_embeds_every_plot_and_names_nothing_external(repro):
     html = (out / "report.html").read_text()
     root = ET.fromstring(html)  # strict XML parser: every tag closed, every entity valid
     assert root.findtext(".//title") == htmlreport.DEFAULT_TITLE
-    expected = [(Path(d) / "plots" / p).read_bytes() for d in doc["run_dirs"]
-                for p in summary(d)["plots"]]
+    expected = [
+        (Path(d) / "plots" / p).read_bytes() for d in doc["run_dirs"] for p in summary(d)["plots"]
+    ]
     assert len(expected) >= len(NAMES)  # each of these experiments draws at least one plot
     imgs = root.findall(".//img")
     assert len(imgs) == len(expected)
@@ -149,8 +166,17 @@ def test_rerender_with_a_run_gone_is_one_line(repro, tmp_path):
 def test_second_reproduce_reuses_every_finished_run(repro):
     out, doc, data_dir = repro
     dirs_before = sorted(p.name for p in out.iterdir() if p.is_dir())
-    p = bnexp("reproduce", "--preset", "smoke", "--only", ",".join(NAMES), "--out", str(out),
-              "--json", data_dir=data_dir)
+    p = bnexp(
+        "reproduce",
+        "--preset",
+        "smoke",
+        "--only",
+        ",".join(NAMES),
+        "--out",
+        str(out),
+        "--json",
+        data_dir=data_dir,
+    )
     assert p.returncode == 0, p.stderr
     again = json.loads(p.stdout)
     assert [e["action"] for e in again["experiments"]] == ["reused"] * len(NAMES)
@@ -172,13 +198,18 @@ def test_only_a_run_of_the_same_resolved_config_is_reused(repro, tmp_path):
     copy = tmp_path / "out"
     shutil.copytree(compare_dir, copy / compare_dir.name)
     status = json.loads((copy / compare_dir.name / "status.json").read_text())
-    (copy / compare_dir.name / "status.json").write_text(json.dumps(dict(status,
-                                                                         status="interrupted")))
+    (copy / compare_dir.name / "status.json").write_text(
+        json.dumps(dict(status, status="interrupted"))
+    )
     assert reproduce.find_run(copy, exp, reproduce.resolve(exp, "smoke")) == (
-        "resume", copy / compare_dir.name)
+        "resume",
+        copy / compare_dir.name,
+    )
     shutil.copytree(compare_dir, copy / (compare_dir.name + "-2"))
     assert reproduce.find_run(copy, exp, reproduce.resolve(exp, "smoke")) == (
-        "reuse", copy / (compare_dir.name + "-2"))
+        "reuse",
+        copy / (compare_dir.name + "-2"),
+    )
 
 
 def test_report_for_one_run(repro, tmp_path):
@@ -198,12 +229,15 @@ def test_report_for_one_run(repro, tmp_path):
     assert "compare (smoke preset)" in root.findtext(".//h1")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--only", "compar"], "did you mean 'compare'"),
-    (["--only", "compare,nope-at-all"], "unknown experiment 'nope-at-all'"),
-    (["--preset", "quik"], "did you mean 'quick'"),
-    (["--seeds", "0"], "seeds must be positive"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--only", "compar"], "did you mean 'compare'"),
+        (["--only", "compare,nope-at-all"], "unknown experiment 'nope-at-all'"),
+        (["--preset", "quik"], "did you mean 'quick'"),
+        (["--seeds", "0"], "seeds must be positive"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, args, needle):
     p = bnexp("reproduce", "--out", str(tmp_path / "out"), *args, data_dir=tmp_path / "data")
     assert p.returncode == 2, p.stderr
@@ -222,9 +256,14 @@ def test_interrupted_reproduce_picks_up_where_it_stopped(repro, tmp_path):
     shutil.copytree(finished, out / finished.name)
     args = ["reproduce", "--preset", "smoke", "--only", "compare,lr-sweep", "--out", str(out)]
     env = dict(os.environ, NO_COLOR="1", BNEXP_DATA_DIR=str(data_dir))
-    proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "cli.py"), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if list(out.glob("*-lr-sweep-*/status.json")):  # lr-sweep has begun
@@ -243,7 +282,9 @@ def test_interrupted_reproduce_picks_up_where_it_stopped(repro, tmp_path):
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert [(e["name"], e["action"]) for e in doc["experiments"]] == [
-        ("compare", "reused"), ("lr-sweep", "resumed")]
+        ("compare", "reused"),
+        ("lr-sweep", "resumed"),
+    ]
     assert doc["run_dirs"] == [str(compare_dir), str(sweep_dir)]
     assert json.loads((sweep_dir / "status.json").read_text())["status"] == "complete"
     assert (out / "report.html").is_file()
@@ -255,16 +296,21 @@ def test_rerun_command_rebuilds_the_config(name):
     cfg = exp.preset("smoke")
     fields = config_dict(cfg)
     changes = {"seeds": fields["seeds"] + 2, "lr": 0.125, "hidden": (32, 16)}
-    cfg = apply_overrides(cfg, [f"{k}={htmlreport.value_text(v)}" for k, v in changes.items()
-                                if k in fields])
+    cfg = apply_overrides(
+        cfg, [f"{k}={htmlreport.value_text(v)}" for k, v in changes.items() if k in fields]
+    )
     config = json.loads(json.dumps(results.to_jsonable(config_dict(cfg))))
     words = shlex.split(reproduce.rerun_command(exp, config))
     assert words[:5] == ["bnexp", "run", name, "--preset", "smoke"]
     sets = [words[i + 1] for i, w in enumerate(words) if w == "--set"]
     assert {s.split("=")[0] for s in sets} == {k for k in changes if k in fields}
     assert apply_overrides(exp.preset("smoke"), sets) == cfg
-    assert reproduce.rerun_command(exp, json.loads(json.dumps(results.to_jsonable(
-        config_dict(exp.preset("smoke")))))) == f"bnexp run {name} --preset smoke"
+    assert (
+        reproduce.rerun_command(
+            exp, json.loads(json.dumps(results.to_jsonable(config_dict(exp.preset("smoke")))))
+        )
+        == f"bnexp run {name} --preset smoke"
+    )
 
 
 # ---- a real browser ---------------------------------------------------------------------------
@@ -277,18 +323,29 @@ def _png_size(data: bytes) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is absent (Debian package `chromium`; "
-                    ".ci/run installs it), so the real-browser test of report.html was skipped")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="Chromium is absent (Debian package `chromium`; "
+    ".ci/run installs it), so the real-browser test of report.html was skipped",
+)
 def test_chromium_renders_the_report(repro, tmp_path):
     import matplotlib.image
 
     out, doc, _ = repro
     url = (out / "report.html").resolve().as_uri()
     shot = tmp_path / "report.png"
-    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000"]
-    p = subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, text=True,
-                       timeout=120)
+    common = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,2000",
+    ]
+    p = subprocess.run(
+        [*common, f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0 and shot.is_file(), p.stderr[-2000:]
     assert _png_size(shot.read_bytes()) == (1280, 2000)
     pixels = matplotlib.image.imread(shot)[..., :3]
@@ -297,8 +354,7 @@ def test_chromium_renders_the_report(repro, tmp_path):
     inked = np.mean(np.any(np.abs(pixels - background) > 0.1, axis=-1))
     assert inked > 0.02, f"only {inked:.2%} of the page differs from the background colour"
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text, badges and plots
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True,
-                         timeout=120)
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert f"<title>{htmlreport.DEFAULT_TITLE}</title>" in dom.stdout
     assert f"<h1>{htmlreport.DEFAULT_TITLE}</h1>" in dom.stdout

@@ -22,8 +22,9 @@ from bnexp.sweep import Trial, run_sweep
 
 DATA = (("n_train", 256), ("n_test", 128), ("dim", 16), ("seed", 0))
 SPEC = ModelSpec(widths=(16, 16, 10), norm="batch")
-BASE = Trial(model=SPEC, dataset="synthetic", data_options=DATA, batch_size=16, steps=20,
-             eval_every=10)
+BASE = Trial(
+    model=SPEC, dataset="synthetic", data_options=DATA, batch_size=16, steps=20, eval_every=10
+)
 LRS = (0.05, 0.2, 0.5, 1.0, 2.0, 1e7)  # the last one diverges
 KEYS = {"step", "train_loss", "test_acc", "test_loss", "test_acc_batch"}
 
@@ -38,8 +39,7 @@ def _same(a: sweep.TrialResult, b: sweep.TrialResult, exact: bool = True) -> Non
         if exact:
             np.testing.assert_array_equal(a.history[k], b.history[k], err_msg=k)
         else:
-            np.testing.assert_allclose(a.history[k], b.history[k], rtol=1e-5, atol=1e-6,
-                                       err_msg=k)
+            np.testing.assert_allclose(a.history[k], b.history[k], rtol=1e-5, atol=1e-6, err_msg=k)
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,9 @@ def lr_sweep():
     engine._PROGRAMS.clear()
     before = dict(train.TRACE_COUNTS)
     events, done = [], []
-    results = run_sweep(_trials(LRS), progress=events.append, on_group_done=done.append,
-                        max_members=4)
+    results = run_sweep(
+        _trials(LRS), progress=events.append, on_group_done=done.append, max_members=4
+    )
     traces = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_point")}
     return results, traces, events, done
 
@@ -62,8 +63,9 @@ def test_one_trace_per_group_and_no_retrace_for_new_numbers(lr_sweep):
     assert results[0].extra["compile_seconds"] > 0
     before = dict(train.TRACE_COUNTS)
     events = []
-    again = run_sweep(_trials((0.3, 0.4, 0.6), seed=5, init_scale=2.0), max_members=4,
-                      progress=events.append)
+    again = run_sweep(
+        _trials((0.3, 0.4, 0.6), seed=5, init_scale=2.0), max_members=4, progress=events.append
+    )
     assert dict(train.TRACE_COUNTS) == before  # new numbers, same shapes: nothing traced
     assert again[0].extra["compile_seconds"] == 0.0
     assert "compiling" not in {e.phase for e in events}
@@ -118,8 +120,12 @@ def test_own_batches_by_data_seed(lr_sweep):
 
 
 def test_grouping_by_static_signature():
-    trials = [*_trials((0.1, 0.2)), *_trials((0.1,), batch_size=32), *_trials((0.3,), seed=4),
-              Trial(**{**BASE.__dict__, "norm_call": (("r_max", 2.0),)})]
+    trials = [
+        *_trials((0.1, 0.2)),
+        *_trials((0.1,), batch_size=32),
+        *_trials((0.3,), seed=4),
+        Trial(**{**BASE.__dict__, "norm_call": (("r_max", 2.0),)}),
+    ]
     assert sweep.group_trials(trials) == [[0, 1, 3], [2], [4]]
 
 
@@ -129,25 +135,42 @@ def test_probes_and_registry():
     def lr_probe(spec, params, norm_state, batch, hp, loss_fn):
         g = jax.grad(lambda p: loss_fn(p, norm_state, *batch)[0])(params)
         seen["batch"] = batch[0].shape
-        return {"probe_lr": hp["lr"], "probe_step": hp["step"].astype(jnp.float32),
-                "grad_norm": jnp.sqrt(sum(jnp.sum(v * v) for v in jax.tree.leaves(g)))}
+        return {
+            "probe_lr": hp["lr"],
+            "probe_step": hp["step"].astype(jnp.float32),
+            "grad_norm": jnp.sqrt(sum(jnp.sum(v * v) for v in jax.tree.leaves(g))),
+        }
 
     probes.register("test_lr", lr_probe)
     try:
         with pytest.raises(ValueError, match="already"):
             probes.register("test_lr", lr_probe)
         spec = ModelSpec(widths=(16, 16, 10), norm="noisy")
-        trials = [Trial(**{**BASE.__dict__, "model": spec, "lr": lr, "probe_batch_size": 64,
-                           "probes": ("percentiles", "percentiles_train", "test_lr")})
-                  for lr in (0.1, 0.3)]
+        trials = [
+            Trial(
+                **{
+                    **BASE.__dict__,
+                    "model": spec,
+                    "lr": lr,
+                    "probe_batch_size": 64,
+                    "probes": ("percentiles", "percentiles_train", "test_lr"),
+                }
+            )
+            for lr in (0.1, 0.3)
+        ]
         results = run_sweep(trials)
     finally:
         probes.PROBES.pop("test_lr")
     assert seen["batch"] == (64, 16)
     for r in results:
         h = r.history
-        assert set(h) == KEYS | {"percentiles", "percentiles_train", "probe_lr", "probe_step",
-                                 "grad_norm"}
+        assert set(h) == KEYS | {
+            "percentiles",
+            "percentiles_train",
+            "probe_lr",
+            "probe_step",
+            "grad_norm",
+        }
         assert h["percentiles"].shape == (2, 3) and h["probe_lr"].shape == (2,)
         assert (np.diff(h["percentiles"], axis=1) >= 0).all()
         np.testing.assert_allclose(h["probe_lr"], r.trial.lr)
@@ -164,23 +187,44 @@ def test_percentiles_probe_matches_numpy():
     params, state = models.init(jax.random.key(1), spec)
     x = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
     hp = {"norm_call": {}, "key": jax.random.key(2)}
-    out = jax.jit(lambda p, s, x: {**probes.PROBES["percentiles"](spec, p, s, (x, None), hp, None),
-                                   **probes.PROBES["preact_stats"](spec, p, s, (x, None), hp,
-                                                                   None)})(params, state, x)
+    out = jax.jit(
+        lambda p, s, x: {
+            **probes.PROBES["percentiles"](spec, p, s, (x, None), hp, None),
+            **probes.PROBES["preact_stats"](spec, p, s, (x, None), hp, None),
+        }
+    )(params, state, x)
     _, _, aux = models.apply(params, state, x, spec, mode="eval", capture=True)
     z = np.asarray(aux["preacts"][probes.PERCENTILE_LAYER][:, probes.PERCENTILE_UNIT])
     assert probes.PERCENTILE_LAYER == -1 and probes.PERCENTILE_UNIT == 0
     np.testing.assert_allclose(out["percentiles"], np.percentile(z, [15, 50, 85]), rtol=1e-5)
-    np.testing.assert_allclose([out["preact_mean"], out["preact_std"]], [z.mean(), z.std()],
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        [out["preact_mean"], out["preact_std"]], [z.mean(), z.std()], rtol=1e-4
+    )
 
 
 def test_cnn_renorm_sweep_runs():
-    spec = ModelSpec(kind="cnn", channels=(4,), dense=(8,), input_shape=(8, 8, 1),
-                     activation="relu", norm="renorm", conv_impl="xla")  # lax.conv: unrolled
+    spec = ModelSpec(
+        kind="cnn",
+        channels=(4,),
+        dense=(8,),
+        input_shape=(8, 8, 1),
+        activation="relu",
+        norm="renorm",
+        conv_impl="xla",
+    )  # lax.conv: unrolled
     data = (("n_train", 128), ("n_test", 64), ("image_shape", (8, 8, 1)), ("seed", 0))
-    trials = [Trial(model=spec, dataset="synthetic", data_options=data, batch_size=16, steps=2,
-                    eval_every=1, lr=lr) for lr in (0.05, 0.1)]
+    trials = [
+        Trial(
+            model=spec,
+            dataset="synthetic",
+            data_options=data,
+            batch_size=16,
+            steps=2,
+            eval_every=1,
+            lr=lr,
+        )
+        for lr in (0.05, 0.1)
+    ]
     results = run_sweep(trials)
     assert results[0].extra["unrolled"] and results[0].extra["block_steps"] == 1
     assert engine.layout_for(spec, [100, 100, 50], platform="cpu") == (True, 5)
@@ -219,7 +263,8 @@ def test_configure_host_devices(monkeypatch):
     n = sweep.DEFAULT_HOST_DEVICES or os.cpu_count()
     assert sweep.configure_host_devices() == n
     assert os.environ.get("XLA_FLAGS", "") == (
-        f"--xla_force_host_platform_device_count={n}" if n > 1 else "")
+        f"--xla_force_host_platform_device_count={n}" if n > 1 else ""
+    )
 
 
 def test_enable_compilation_cache(tmp_path):
@@ -254,10 +299,14 @@ SHARDED = textwrap.dedent("""
 def _on_host_devices(script: str, devices: int, timeout: int) -> dict:
     """Run ``script`` in a fresh Python with ``devices`` JAX host devices; its last stdout line
     (JSON) parsed."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -270,15 +319,18 @@ def test_sharded_over_four_host_devices_matches_one():
     assert one["div"] == four["div"] and one["div"][-1] is not None
     for a, b in zip(one["hist"], four["hist"], strict=True):
         for k in a:
-            np.testing.assert_allclose(np.array(a[k], float), np.array(b[k], float), rtol=1e-5,
-                                       atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(
+                np.array(a[k], float), np.array(b[k], float), rtol=1e-5, atol=1e-6, err_msg=k
+            )
 
 
 CNN_DATA = (("n_train", 256), ("n_test", 128), ("image_shape", (8, 8, 1)), ("seed", 0))
 
 
-@pytest.mark.parametrize("kind,lrs", [("mlp", (0.1, 0.5, 2.0)), ("cnn", (0.1, 0.5, 2.0)),
-                                      ("mlp", (0.5,)), ("cnn", (0.5,))])
+@pytest.mark.parametrize(
+    "kind,lrs",
+    [("mlp", (0.1, 0.5, 2.0)), ("cnn", (0.1, 0.5, 2.0)), ("mlp", (0.5,)), ("cnn", (0.5,))],
+)
 def test_engine_members_match_single_model_training(kind, lrs):
     """Every member of an lr sweep (shared batches, the engine's weight-gradient rule, stored
     layouts and XLA options), and a one-trial run (no member axis), follows the plain
@@ -287,24 +339,35 @@ def test_engine_members_match_single_model_training(kind, lrs):
     if kind == "mlp":
         spec, options = ModelSpec(widths=(16, 24, 24, 10), norm="batch"), DATA
     else:  # conv 1 -> 16 channels: im2col through the rule; 16 -> 8: autodiff's
-        spec = ModelSpec(kind="cnn", channels=(16, 8), dense=(12,), input_shape=(8, 8, 1),
-                         activation="relu")
+        spec = ModelSpec(
+            kind="cnn", channels=(16, 8), dense=(12,), input_shape=(8, 8, 1), activation="relu"
+        )
         options = CNN_DATA
-    trials = [Trial(**{**BASE.__dict__, "model": spec, "data_options": options, "lr": lr,
-                       "eval_every": 20}) for lr in lrs]
+    trials = [
+        Trial(
+            **{**BASE.__dict__, "model": spec, "data_options": options, "lr": lr, "eval_every": 20}
+        )
+        for lr in lrs
+    ]
     results = run_sweep(trials, devices=jax.devices()[:1])
     ds = data.load("synthetic", layout="nhwc" if kind == "cnn" else "flat", **dict(options))
     cfg = train.StepConfig(spec, "sgd", total_steps=20)
     idx = data.batch_indices(0, 0, 20, 256, 16)
     x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
     for lr, r in zip(lrs, results, strict=True):
-        hp = {"lr": np.float32(lr), "momentum": np.float32(0.0), "init_scale": np.float32(1.0),
-              "seed": np.int32(0), "norm_call": {}}
+        hp = {
+            "lr": np.float32(lr),
+            "momentum": np.float32(0.0),
+            "init_scale": np.float32(1.0),
+            "seed": np.int32(0),
+            "norm_call": {},
+        }
         carry = jax.jit(lambda h: train.init_carry(cfg, h))(hp)
         carry, losses = jax.jit(lambda c, h: train.train_chunk(cfg, h, c, idx, x, y))(carry, hp)
         np.testing.assert_allclose(r.history["train_loss"][0], np.mean(losses), rtol=1e-5)
-        acc, loss = jax.jit(lambda s: train.evaluate(s.params, s.norm_state, ds.x_test,
-                                                     ds.y_test, spec))(carry.state)
+        acc, loss = jax.jit(
+            lambda s: train.evaluate(s.params, s.norm_state, ds.x_test, ds.y_test, spec)
+        )(carry.state)
         np.testing.assert_allclose(r.history["test_loss"][0], loss, rtol=1e-5)
         assert r.history["test_acc"][0] == pytest.approx(float(acc), abs=1 / 128)
 
@@ -317,24 +380,32 @@ def test_group_step_equals_vmapped_train_step_and_guards_the_first_layer():
     step_cfg = train.StepConfig(spec, "sgd", total_steps=10, wgrad_rule=True)
     cfg = engine.ProgramConfig(step_cfg, 16)
     assert engine.group_updates_first_layer(cfg)
-    hp = {"lr": np.asarray([0.1, np.inf, 0.5], np.float32), "momentum": np.zeros(3, np.float32),
-          "init_scale": np.ones(3, np.float32), "seed": np.arange(3, dtype=np.int32),
-          "norm_call": {}}
+    hp = {
+        "lr": np.asarray([0.1, np.inf, 0.5], np.float32),
+        "momentum": np.zeros(3, np.float32),
+        "init_scale": np.ones(3, np.float32),
+        "seed": np.arange(3, dtype=np.int32),
+        "norm_call": {},
+    }
     ds = data.load("synthetic", **dict(DATA))
     x, y = jnp.asarray(ds.x_train[:16]), jnp.asarray(ds.y_train[:16])
     carry = jax.jit(jax.vmap(functools.partial(train.init_carry, step_cfg)))(hp)
-    want, want_loss = jax.jit(jax.vmap(functools.partial(train.train_step, step_cfg),
-                                       in_axes=(0, 0, None, None)))(hp, carry, x, y)
+    want, want_loss = jax.jit(
+        jax.vmap(functools.partial(train.train_step, step_cfg), in_axes=(0, 0, None, None))
+    )(hp, carry, x, y)
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), hp)
-    axes = engine.member_axes(cfg, jax.eval_shape(functools.partial(train.init_carry, step_cfg),
-                                                  one))
+    axes = engine.member_axes(
+        cfg, jax.eval_shape(functools.partial(train.init_carry, step_cfg), one)
+    )
     stored = jax.tree.map(lambda a, ax: jnp.moveaxis(a, 0, ax), carry, axes)
-    got, got_loss = jax.jit(functools.partial(engine._group_step, step_cfg, axes))(
-        hp, stored, x, y)
+    got, got_loss = jax.jit(functools.partial(engine._group_step, step_cfg, axes))(hp, stored, x, y)
     got = jax.tree.map(lambda a, ax: jnp.moveaxis(a, ax, 0), got, axes)
+
     def arrays(c):
-        return [jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a
-                for a in jax.tree.leaves(c)]
+        return [
+            jax.random.key_data(a) if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a
+            for a in jax.tree.leaves(c)
+        ]
 
     for a, b in zip(arrays(want), arrays(got), strict=True):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a))
@@ -355,15 +426,26 @@ def test_softmax_regression_sweep_has_no_first_hidden_layer_to_store():
     assert results[0].history["train_loss"][0] != results[1].history["train_loss"][0]
 
 
-@pytest.mark.parametrize("optimizer,own,block", [("sgd", False, 2), ("momentum", True, 2),
-                                                ("sgd", True, 1)])
+@pytest.mark.parametrize(
+    "optimizer,own,block", [("sgd", False, 2), ("momentum", True, 2), ("sgd", True, 1)]
+)
 def test_member_blocks_give_the_numbers_of_one_block(optimizer, own, block):
     """Members trained in blocks (engine.blocked_steps; 5 members, blocks of 2 with one padded, or
     of 1 without a member axis) follow the same numbers as all members in one block, with shared
     or own batches, a diverging member included."""
     lrs = (0.05, 0.5, 2.0, 1e7, 0.2)
-    trials = [Trial(**{**BASE.__dict__, "lr": lr, "optimizer": optimizer, "momentum": 0.5,
-                       "data_seed": i if own else 0}) for i, lr in enumerate(lrs)]
+    trials = [
+        Trial(
+            **{
+                **BASE.__dict__,
+                "lr": lr,
+                "optimizer": optimizer,
+                "momentum": 0.5,
+                "data_seed": i if own else 0,
+            }
+        )
+        for i, lr in enumerate(lrs)
+    ]
     blocked = run_sweep(trials, devices=jax.devices()[:1], member_block=block)
     whole = run_sweep(trials, devices=jax.devices()[:1], member_block=0)
     assert blocked[0].extra["member_block"] == block
@@ -386,12 +468,19 @@ def test_member_block_choice():
     assert engine.member_bytes(momentum) == pytest.approx(one + 4 * params, abs=64)
     fit = engine.BLOCK_BYTES // one
     assert fit == 4  # the measured best block for this model (see engine.BLOCK_BYTES)
-    assert [engine.member_block(paper, n, "cpu") for n in (1, 4, 5, 9, 31, 32)] == \
-        [0, 0, 3, 3, 4, 4]
+    assert [engine.member_block(paper, n, "cpu") for n in (1, 4, 5, 9, 31, 32)] == [
+        0,
+        0,
+        3,
+        3,
+        4,
+        4,
+    ]
     assert engine.member_block(paper, 32, "gpu") == 0
     assert engine.member_block(paper, 32, "cpu", cores=2) == 0
-    cnn = engine.ProgramConfig(train.StepConfig(ModelSpec(kind="cnn", channels=(16, 32),
-                                                          dense=(64,))), 64)
+    cnn = engine.ProgramConfig(
+        train.StepConfig(ModelSpec(kind="cnn", channels=(16, 32), dense=(64,))), 64
+    )
     assert engine.member_bytes(cnn) > engine.BLOCK_BYTES
     assert engine.member_block(cnn, 4, "cpu") == 1
     assert engine.member_block(dataclasses.replace(cnn, unrolled=True), 4, "cpu") == 0

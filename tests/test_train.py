@@ -19,8 +19,13 @@ SPEC = ModelSpec(widths=(16, 32, 32, 10), norm="batch", activation="sigmoid")
 
 
 def _hp(lr: float, seed: int = 0, **norm_call: float) -> dict:
-    return {"lr": np.float32(lr), "momentum": np.float32(0.9), "init_scale": np.float32(1.0),
-            "seed": np.int32(seed), "norm_call": {k: np.float32(v) for k, v in norm_call.items()}}
+    return {
+        "lr": np.float32(lr),
+        "momentum": np.float32(0.9),
+        "init_scale": np.float32(1.0),
+        "seed": np.int32(seed),
+        "norm_call": {k: np.float32(v) for k, v in norm_call.items()},
+    }
 
 
 def _stack(*hps: dict) -> dict:
@@ -55,19 +60,24 @@ def test_training_reduces_loss_and_divergence_freezes_one_member(ds):
         assert losses[m, -10:].mean() < 0.5 * losses[m, :10].mean()
     div = int(carry.diverged_at[1])
     assert 1 <= div <= 120 and int(carry.diverged_at[0]) == 0 == int(carry.diverged_at[2])
-    assert np.isnan(losses[1, div - 1:]).all() and np.isfinite(losses[1, :div - 1]).all()
+    assert np.isnan(losses[1, div - 1 :]).all() and np.isfinite(losses[1, : div - 1]).all()
     assert all(np.isfinite(np.asarray(v)).all() for v in jax.tree.leaves(carry.state.params))
     frozen = jax.tree.map(lambda a: np.asarray(a[1]), carry.state.params)
     healthy = jax.tree.map(lambda a: np.asarray(a[0]), carry.state.params)
     carry2, _ = chunk(carry, hp, data.batch_indices(0, 120, 120, 512, 32))
-    jax.tree.map(np.testing.assert_array_equal, frozen,  # the diverged member stays frozen
-                 jax.tree.map(lambda a: np.asarray(a[1]), carry2.state.params))
-    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a[0]) - b).max()),
-                         carry2.state.params, healthy)
+    jax.tree.map(
+        np.testing.assert_array_equal,
+        frozen,  # the diverged member stays frozen
+        jax.tree.map(lambda a: np.asarray(a[1]), carry2.state.params),
+    )
+    moved = jax.tree.map(
+        lambda a, b: float(np.abs(np.asarray(a[0]) - b).max()), carry2.state.params, healthy
+    )
     assert max(jax.tree.leaves(moved)) > 0.0  # ... while the others keep training
     assert np.asarray(carry2.state.step).tolist() == [240, 240, 240]
     acc, _ = jax.jit(jax.vmap(lambda p, s: train.evaluate(p, s, ds.x_test, ds.y_test, SPEC)))(
-        carry2.state.params, carry2.state.norm_state)
+        carry2.state.params, carry2.state.norm_state
+    )
     assert float(acc[0]) > 0.5  # 10 classes: chance is 0.1
 
 
@@ -84,10 +94,24 @@ def test_step_key_is_fold_in_of_member_key_and_step(ds):
         _, loss = train.train_step(cfg, hp, carry, x, y)
         st = carry.state
         member_key = jax.random.fold_in(jax.random.key(hp["seed"]), 1)
-        ref, _ = train.loss_fn(st.params, st.norm_state, x, y, spec, mode="train",
-                               key=jax.random.fold_in(member_key, 0))
-        wrong, _ = train.loss_fn(st.params, st.norm_state, x, y, spec, mode="train",
-                                 key=jax.random.fold_in(member_key, 1))
+        ref, _ = train.loss_fn(
+            st.params,
+            st.norm_state,
+            x,
+            y,
+            spec,
+            mode="train",
+            key=jax.random.fold_in(member_key, 0),
+        )
+        wrong, _ = train.loss_fn(
+            st.params,
+            st.norm_state,
+            x,
+            y,
+            spec,
+            mode="train",
+            key=jax.random.fold_in(member_key, 1),
+        )
         return loss, ref, wrong
 
     loss, ref, wrong = both(_hp(0.1, seed=3))
@@ -114,9 +138,14 @@ def test_evaluate_eval_and_batch_modes(ds):
     n = 300
     params, state = models.init(jax.random.key(0), SPEC)
     state = jax.tree.map(lambda s: s + 0.3, state)  # running stats that differ from batch stats
-    ev = jax.jit(functools.partial(train.evaluate, spec=SPEC), static_argnames=("mode", "batch_size"))
-    logits = np.asarray(jax.jit(lambda p, s, x: models.apply(p, s, x, SPEC, mode="eval")[0])(
-        params, state, ds.x_test))
+    ev = jax.jit(
+        functools.partial(train.evaluate, spec=SPEC), static_argnames=("mode", "batch_size")
+    )
+    logits = np.asarray(
+        jax.jit(lambda p, s, x: models.apply(p, s, x, SPEC, mode="eval")[0])(
+            params, state, ds.x_test
+        )
+    )
     acc, loss = ev(params, state, ds.x_test, ds.y_test, mode="eval")
     np.testing.assert_allclose(acc, (logits.argmax(-1) == ds.y_test).mean(), rtol=1e-6)
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
@@ -124,13 +153,17 @@ def test_evaluate_eval_and_batch_modes(ds):
     with pytest.MonkeyPatch.context() as mp:  # chunked + padded evaluation gives the same numbers
         mp.setattr(train, "EVAL_CHUNK", 128)
         acc_c, loss_c = jax.jit(lambda p, s: train.evaluate(p, s, ds.x_test, ds.y_test, SPEC))(
-            params, state)
+            params, state
+        )
     np.testing.assert_allclose([acc_c, loss_c], [acc, loss], rtol=1e-5)
     # batch mode: batches of batch_size, the partial last batch (300 = 4 x 64 + 44) dropped
     acc_b, _ = ev(params, state, ds.x_test, ds.y_test, mode="batch", batch_size=64)
     apply_b = jax.jit(lambda p, s, x: models.apply(p, s, x, SPEC, mode="batch")[0])
-    correct = [np.asarray(apply_b(params, state, ds.x_test[i:i + 64])).argmax(-1)
-               == ds.y_test[i:i + 64] for i in range(0, 256, 64)]
+    correct = [
+        np.asarray(apply_b(params, state, ds.x_test[i : i + 64])).argmax(-1)
+        == ds.y_test[i : i + 64]
+        for i in range(0, 256, 64)
+    ]
     np.testing.assert_allclose(acc_b, np.mean(correct), rtol=1e-6)
     assert abs(float(acc_b) - float(acc)) > 0  # running vs batch statistics differ here
     assert np.isnan(ev(params, state, ds.x_test, ds.y_test, mode="batch", batch_size=1)[0])

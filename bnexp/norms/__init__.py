@@ -43,8 +43,20 @@ from bnexp.norms.group import group_norm, identity, instance_norm, layer_norm
 from bnexp.norms.variants import ghost_batch_norm, noisy_batch_norm
 
 __all__ = [
-    "MODES", "Array", "Norm", "Params", "State", "batch_norm", "batch_renorm", "get",
-    "ghost_batch_norm", "group_norm", "identity", "instance_norm", "layer_norm", "names",
+    "MODES",
+    "Array",
+    "Norm",
+    "Params",
+    "State",
+    "batch_norm",
+    "batch_renorm",
+    "get",
+    "ghost_batch_norm",
+    "group_norm",
+    "identity",
+    "instance_norm",
+    "layer_norm",
+    "names",
     "noisy_batch_norm",
 ]
 

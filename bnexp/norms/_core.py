@@ -54,7 +54,8 @@ def check_input(x: Array, name: str, min_ndim: int = 2) -> None:
     if x.ndim < min_ndim:
         raise ValueError(
             f"{name}: input must have at least {min_ndim} axes (channels last: (N, C) or "
-            f"(N, H, W, C)), got shape {x.shape}")
+            f"(N, H, W, C)), got shape {x.shape}"
+        )
 
 
 def compute_dtype(x: Array) -> Any:
@@ -68,15 +69,19 @@ def per_channel(v: Array, ndim: int) -> Array:
 
 
 def affine_init(num_features: int) -> Params:
-    return {"scale": jnp.ones((num_features,), jnp.float32),
-            "bias": jnp.zeros((num_features,), jnp.float32)}
+    return {
+        "scale": jnp.ones((num_features,), jnp.float32),
+        "bias": jnp.zeros((num_features,), jnp.float32),
+    }
 
 
 def running_init(num_features: int) -> State:
     """mean 0, var 1: evaluating before any training step is the identity up to eps."""
-    return {"mean": jnp.zeros((num_features,), jnp.float32),
-            "var": jnp.ones((num_features,), jnp.float32),
-            "count": jnp.zeros((), jnp.float32)}
+    return {
+        "mean": jnp.zeros((num_features,), jnp.float32),
+        "var": jnp.ones((num_features,), jnp.float32),
+        "count": jnp.zeros((), jnp.float32),
+    }
 
 
 def affine(params: Params, xhat: Array) -> Array:
@@ -115,8 +120,13 @@ class Moments(NamedTuple):
         return (xf - self.shift) - self.delta
 
 
-def moments(xf: Array, axes: tuple[int, ...], mask: Array | None = None,
-            axis_name: AxisName = None, axis_index_groups: AxisGroups = None) -> Moments:
+def moments(
+    xf: Array,
+    axes: tuple[int, ...],
+    mask: Array | None = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisGroups = None,
+) -> Moments:
     """Mean, biased variance and element count over `axes`, exact across a named axis.
 
     Corrected two-pass algorithm (Chan, Golub & LeVeque 1983): a first pass gives a shift c (the
@@ -146,8 +156,13 @@ def moments(xf: Array, axes: tuple[int, ...], mask: Array | None = None,
     return Moments(shift, s1 / n, var, n)
 
 
-def static_count(x: Array, axes: tuple[int, ...], mask: Array | None, axis_name: AxisName,
-                 axis_index_groups: AxisGroups) -> int | None:
+def static_count(
+    x: Array,
+    axes: tuple[int, ...],
+    mask: Array | None,
+    axis_name: AxisName,
+    axis_index_groups: AxisGroups,
+) -> int | None:
     """Elements per channel when known at trace time (no mask), else None."""
     if mask is not None:
         return None
@@ -161,11 +176,13 @@ def check_train_count(n: int | None, name: str) -> None:
     if n is not None and n < 2:
         raise ValueError(
             f"{name}: a training batch needs more than one value per channel to estimate a "
-            f"variance (got {n}); use a larger batch or mode='eval'")
+            f"variance (got {n}); use a larger batch or mode='eval'"
+        )
 
 
-def resolve_rate(momentum: Any, convention: str | None, decay: float | None
-                 ) -> tuple[float | None, str]:
+def resolve_rate(
+    momentum: Any, convention: str | None, decay: float | None
+) -> tuple[float | None, str]:
     """One update rule, three spellings. Returns (rate, convention used).
 
     rate is the weight of the new batch statistic, PyTorch's ``momentum``:
@@ -191,8 +208,10 @@ def resolve_rate(momentum: Any, convention: str | None, decay: float | None
     elif conv == "flax":
         m = 0.99 if momentum is UNSET else momentum
         if m is None:
-            raise ValueError("the flax convention has no cumulative average; use "
-                             "convention='torch', momentum=None")
+            raise ValueError(
+                "the flax convention has no cumulative average; use "
+                "convention='torch', momentum=None"
+            )
     else:
         raise ValueError(f"convention must be 'torch' or 'flax', got {convention!r}")
     if not 0.0 <= m <= 1.0:
@@ -213,10 +232,12 @@ def update_running(state: State, mean: Array, var: Array, rate: float | None) ->
     mean, var = jax.lax.stop_gradient((mean, var))
     count = state["count"] + 1.0
     w = 1.0 / count if rate is None else rate
-    return {**state,
-            "mean": ((1.0 - w) * state["mean"] + w * mean).astype(jnp.float32),
-            "var": ((1.0 - w) * state["var"] + w * var).astype(jnp.float32),
-            "count": count.astype(jnp.float32)}
+    return {
+        **state,
+        "mean": ((1.0 - w) * state["mean"] + w * mean).astype(jnp.float32),
+        "var": ((1.0 - w) * state["var"] + w * var).astype(jnp.float32),
+        "count": count.astype(jnp.float32),
+    }
 
 
 def momentum_options(rate: float | None, conv: str, running_var: str, eps: float) -> dict:

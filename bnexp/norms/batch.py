@@ -32,8 +32,14 @@ from bnexp.norms._core import (
 )
 
 
-def batch_stats(name: str, x: Array, mask: Array | None, mode: str, axis_name: AxisName,
-                axis_index_groups: AxisGroups) -> tuple[Array, Moments]:
+def batch_stats(
+    name: str,
+    x: Array,
+    mask: Array | None,
+    mode: str,
+    axis_name: AxisName,
+    axis_index_groups: AxisGroups,
+) -> tuple[Array, Moments]:
     """float32 input and its moments over every axis but the last."""
     axes = tuple(range(x.ndim - 1))
     m = prepare_mask(mask, x)
@@ -48,10 +54,16 @@ def running_var_stat(var: Array, n: Array, running_var: str) -> Array:
     return var * (n / (n - 1.0)) if running_var == "unbiased" else var
 
 
-def batch_norm(momentum: float | None = UNSET, eps: float = 1e-5,
-               running_var: str | None = None, *, convention: str | None = None,
-               decay: float | None = None, axis_name: AxisName = None,
-               axis_index_groups: AxisGroups = None) -> Norm:
+def batch_norm(
+    momentum: float | None = UNSET,
+    eps: float = 1e-5,
+    running_var: str | None = None,
+    *,
+    convention: str | None = None,
+    decay: float | None = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisGroups = None,
+) -> Norm:
     """Batch normalization (Ioffe & Szegedy, 2015, Algorithms 1 and 2), channels last.
 
     Train/batch modes, per channel c, over all m elements of every axis but the last:
@@ -80,8 +92,15 @@ def batch_norm(momentum: float | None = UNSET, eps: float = 1e-5,
     rv = resolve_running_var(running_var, conv)
     options = momentum_options(rate, conv, rv, eps) | {"axis_name": axis_name}
 
-    def apply(params: Params, state: State, x: Array, *, mode: str = "train", key=None,
-              mask: Array | None = None) -> tuple[Array, State]:
+    def apply(
+        params: Params,
+        state: State,
+        x: Array,
+        *,
+        mode: str = "train",
+        key=None,
+        mask: Array | None = None,
+    ) -> tuple[Array, State]:
         check_mode(mode)
         check_input(x, "batch_norm")
         if mode == "eval":
@@ -93,17 +112,25 @@ def batch_norm(momentum: float | None = UNSET, eps: float = 1e-5,
         y = affine(params, st.center(xf) * jax.lax.rsqrt(st.var + eps))
         new_state = state
         if mode == "train":
-            new_state = update_running(state, st.mean.reshape(-1),
-                                       running_var_stat(st.var, st.count, rv).reshape(-1), rate)
+            new_state = update_running(
+                state, st.mean.reshape(-1), running_var_stat(st.var, st.count, rv).reshape(-1), rate
+            )
         return y.astype(x.dtype), new_state
 
     return Norm("batch", lambda c: (affine_init(c), running_init(c)), apply, options=options)
 
 
-def batch_renorm(r_max: float = 3.0, d_max: float = 5.0, momentum: float | None = UNSET,
-                 eps: float = 1e-5, *, convention: str | None = None,
-                 decay: float | None = None, axis_name: AxisName = None,
-                 axis_index_groups: AxisGroups = None) -> Norm:
+def batch_renorm(
+    r_max: float = 3.0,
+    d_max: float = 5.0,
+    momentum: float | None = UNSET,
+    eps: float = 1e-5,
+    *,
+    convention: str | None = None,
+    decay: float | None = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisGroups = None,
+) -> Norm:
     """Batch renormalization (Ioffe, 2017, Algorithm 1), channels last.
 
     Train mode, with running mean mu and running std sigma:
@@ -124,11 +151,22 @@ def batch_renorm(r_max: float = 3.0, d_max: float = 5.0, momentum: float | None 
         raise ValueError(f"need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
     rate, conv = resolve_rate(momentum, convention, decay)
     options = momentum_options(rate, conv, "std", eps) | {
-        "r_max": r_max, "d_max": d_max, "axis_name": axis_name}
+        "r_max": r_max,
+        "d_max": d_max,
+        "axis_name": axis_name,
+    }
 
-    def apply(params: Params, state: State, x: Array, *, mode: str = "train", key=None,
-              mask: Array | None = None, r_max: Array | float | None = None,
-              d_max: Array | float | None = None) -> tuple[Array, State]:
+    def apply(
+        params: Params,
+        state: State,
+        x: Array,
+        *,
+        mode: str = "train",
+        key=None,
+        mask: Array | None = None,
+        r_max: Array | float | None = None,
+        d_max: Array | float | None = None,
+    ) -> tuple[Array, State]:
         check_mode(mode)
         check_input(x, "batch_renorm")
         nd = x.ndim
@@ -149,10 +187,16 @@ def batch_renorm(r_max: float = 3.0, d_max: float = 5.0, momentum: float | None 
         d = jax.lax.stop_gradient(jnp.clip((mean - mu) / sigma, -dm, dm))
         y = affine(params, xhat * r + d)
         # update_running averages its "var" argument linearly: feed it sigma_B and square after.
-        stepped = update_running({**state, "var": sigma.reshape(-1)}, mean.reshape(-1),
-                                 sigma_b.reshape(-1), rate)
+        stepped = update_running(
+            {**state, "var": sigma.reshape(-1)}, mean.reshape(-1), sigma_b.reshape(-1), rate
+        )
         new_var = jnp.maximum(jnp.square(stepped["var"]) - eps, 0.0)
         return y.astype(x.dtype), {**stepped, "var": new_var.astype(jnp.float32)}
 
-    return Norm("renorm", lambda c: (affine_init(c), running_init(c)), apply, options=options,
-                call_options=("r_max", "d_max"))
+    return Norm(
+        "renorm",
+        lambda c: (affine_init(c), running_init(c)),
+        apply,
+        options=options,
+        call_options=("r_max", "d_max"),
+    )

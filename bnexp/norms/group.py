@@ -37,8 +37,15 @@ def _grouped(name: str, groups: int | None, eps: float, min_ndim: int) -> Norm:
         n_groups(num_features)
         return affine_init(num_features), {}
 
-    def apply(params: Params, state: State, x: Array, *, mode: str = "train", key=None,
-              mask: Array | None = None) -> tuple[Array, State]:
+    def apply(
+        params: Params,
+        state: State,
+        x: Array,
+        *,
+        mode: str = "train",
+        key=None,
+        mask: Array | None = None,
+    ) -> tuple[Array, State]:
         check_mode(mode)
         check_input(x, name, min_ndim)
         c = x.shape[-1]
@@ -46,9 +53,11 @@ def _grouped(name: str, groups: int | None, eps: float, min_ndim: int) -> Norm:
         xg = x.astype(compute_dtype(x)).reshape(x.shape[:-1] + (g, c // g))
         axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
         if math.prod(xg.shape[a] for a in axes) < 2:
-            raise ValueError(f"{name}: each group of shape {x.shape} holds a single value, so "
-                             f"it would normalize to zero; use more channels per group or a "
-                             f"spatial input (N, H, W, C)")
+            raise ValueError(
+                f"{name}: each group of shape {x.shape} holds a single value, so "
+                f"it would normalize to zero; use more channels per group or a "
+                f"spatial input (N, H, W, C)"
+            )
         st = moments(xg, axes)
         xhat = (st.center(xg) * jax.lax.rsqrt(st.var + eps)).reshape(x.shape)
         return affine(params, xhat).astype(x.dtype), state
@@ -95,8 +104,15 @@ def identity() -> Norm:
     def init(num_features: int) -> tuple[Params, State]:
         return {}, {}
 
-    def apply(params: Params, state: State, x: Array, *, mode: str = "train", key=None,
-              mask: Array | None = None) -> tuple[Array, State]:
+    def apply(
+        params: Params,
+        state: State,
+        x: Array,
+        *,
+        mode: str = "train",
+        key=None,
+        mask: Array | None = None,
+    ) -> tuple[Array, State]:
         check_mode(mode)
         return x, state
 

@@ -32,8 +32,9 @@ from bnexp.norms._core import (
 from bnexp.norms.batch import batch_norm, running_var_stat
 
 
-def _sequential_update(state: State, mean: Array, stat: Array, valid: Array,
-                       rate: float | None) -> State:
+def _sequential_update(
+    state: State, mean: Array, stat: Array, valid: Array, rate: float | None
+) -> State:
     """L running-average steps, one per row of mean/stat (L, C), skipping rows not `valid` (L, 1).
 
     Closed form of the sequential rule: with v_l in {0, 1} and a_l = number of valid rows after l,
@@ -46,22 +47,31 @@ def _sequential_update(state: State, mean: Array, stat: Array, valid: Array,
     total_valid = jnp.sum(vf)
     count = state["count"] + total_valid
     if rate is None:
+
         def step(old, new):
-            return jnp.where(count > 0, (state["count"] * old + jnp.sum(vf * new, 0))
-                             / jnp.maximum(count, 1.0), old)
+            return jnp.where(
+                count > 0,
+                (state["count"] * old + jnp.sum(vf * new, 0)) / jnp.maximum(count, 1.0),
+                old,
+            )
     else:
         after = total_valid - jnp.cumsum(vf, 0)
         w = vf * rate * jnp.power(1.0 - rate, after)
 
         def step(old, new):
             return jnp.power(1.0 - rate, total_valid) * old + jnp.sum(w * new, 0)
-    return {**state, "mean": step(state["mean"], mean).astype(jnp.float32),
-            "var": step(state["var"], stat).astype(jnp.float32),
-            "count": count.astype(jnp.float32)}
+
+    return {
+        **state,
+        "mean": step(state["mean"], mean).astype(jnp.float32),
+        "var": step(state["var"], stat).astype(jnp.float32),
+        "count": count.astype(jnp.float32),
+    }
 
 
-def _gather_rows(rows: tuple[Array, ...], axis_name: AxisName, axis_index_groups: AxisGroups
-                 ) -> tuple[Array, ...]:
+def _gather_rows(
+    rows: tuple[Array, ...], axis_name: AxisName, axis_index_groups: AxisGroups
+) -> tuple[Array, ...]:
     """Concatenate each device's rows in device order, identical on every device.
 
     Each device writes its block into zeros at its own position and the blocks are psum'd
@@ -76,18 +86,26 @@ def _gather_rows(rows: tuple[Array, ...], axis_name: AxisName, axis_index_groups
         size = jax.lax.axis_size(axis_name)
 
     def gather(v: Array) -> Array:
-        block = jax.lax.dynamic_update_index_in_dim(jnp.zeros((size,) + v.shape, v.dtype), v,
-                                                    idx, 0)
+        block = jax.lax.dynamic_update_index_in_dim(
+            jnp.zeros((size,) + v.shape, v.dtype), v, idx, 0
+        )
         block = jax.lax.psum(block, axis_name, axis_index_groups=axis_index_groups)
         return block.reshape((size * v.shape[0],) + v.shape[1:])
 
     return tuple(gather(v) for v in rows)
 
 
-def ghost_batch_norm(virtual_batch_size: int, momentum: float | None = UNSET, eps: float = 1e-5,
-                     running_var: str | None = None, *, convention: str | None = None,
-                     decay: float | None = None, axis_name: AxisName = None,
-                     axis_index_groups: AxisGroups = None) -> Norm:
+def ghost_batch_norm(
+    virtual_batch_size: int,
+    momentum: float | None = UNSET,
+    eps: float = 1e-5,
+    running_var: str | None = None,
+    *,
+    convention: str | None = None,
+    decay: float | None = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisGroups = None,
+) -> Norm:
     """Ghost batch normalization (Hoffer, Hubara & Soudry, 2017, "Train longer, generalize better").
 
     The batch (N, ..., C) is split into N / virtual_batch_size consecutive virtual batches
@@ -107,21 +125,32 @@ def ghost_batch_norm(virtual_batch_size: int, momentum: float | None = UNSET, ep
     rate, conv = resolve_rate(momentum, convention, decay)
     rv = resolve_running_var(running_var, conv)
     options = momentum_options(rate, conv, rv, eps) | {
-        "virtual_batch_size": virtual_batch_size, "axis_name": axis_name}
+        "virtual_batch_size": virtual_batch_size,
+        "axis_name": axis_name,
+    }
 
-    def apply(params: Params, state: State, x: Array, *, mode: str = "train", key=None,
-              mask: Array | None = None) -> tuple[Array, State]:
+    def apply(
+        params: Params,
+        state: State,
+        x: Array,
+        *,
+        mode: str = "train",
+        key=None,
+        mask: Array | None = None,
+    ) -> tuple[Array, State]:
         check_mode(mode)
         check_input(x, "ghost_batch_norm")
         xf = x.astype(compute_dtype(x))
         if mode == "eval":
-            xhat = ((xf - per_channel(state["mean"], x.ndim))
-                    * jax.lax.rsqrt(per_channel(state["var"], x.ndim) + eps))
+            xhat = (xf - per_channel(state["mean"], x.ndim)) * jax.lax.rsqrt(
+                per_channel(state["var"], x.ndim) + eps
+            )
             return affine(params, xhat).astype(x.dtype), state
         n_total, v = x.shape[0], virtual_batch_size
         if n_total % v:
-            raise ValueError(f"ghost_batch_norm: virtual_batch_size={v} must divide the batch "
-                             f"size {n_total}")
+            raise ValueError(
+                f"ghost_batch_norm: virtual_batch_size={v} must divide the batch size {n_total}"
+            )
         shape = (n_total // v, v) + x.shape[1:]
         xg = xf.reshape(shape)
         m = prepare_mask(mask, x)
@@ -140,22 +169,31 @@ def ghost_batch_norm(virtual_batch_size: int, momentum: float | None = UNSET, ep
         if axis_name is not None:
             rows = _gather_rows(rows, axis_name, axis_index_groups)
         mean_rows, stat_rows, valid_rows = rows
-        return y.astype(x.dtype), _sequential_update(state, mean_rows, stat_rows,
-                                                     valid_rows > 0, rate)
+        return y.astype(x.dtype), _sequential_update(
+            state, mean_rows, stat_rows, valid_rows > 0, rate
+        )
 
     return Norm("ghost", lambda c: (affine_init(c), running_init(c)), apply, options=options)
 
 
-NOISE_DEFAULTS = {"mu_max": 0.5, "sigma_min": 1.0, "sigma_max": 1.25, "m_spread": 0.1,
-                  "s_std": 0.1}
+NOISE_DEFAULTS = {"mu_max": 0.5, "sigma_min": 1.0, "sigma_max": 1.25, "m_spread": 0.1, "s_std": 0.1}
 
 
-def noisy_batch_norm(momentum: float | None = UNSET, eps: float = 1e-5,
-                     running_var: str | None = None, *, convention: str | None = None,
-                     decay: float | None = None, axis_name: AxisName = None,
-                     axis_index_groups: AxisGroups = None, mu_max: float = 0.5,
-                     sigma_min: float = 1.0, sigma_max: float = 1.25, m_spread: float = 0.1,
-                     s_std: float = 0.1) -> Norm:
+def noisy_batch_norm(
+    momentum: float | None = UNSET,
+    eps: float = 1e-5,
+    running_var: str | None = None,
+    *,
+    convention: str | None = None,
+    decay: float | None = None,
+    axis_name: AxisName = None,
+    axis_index_groups: AxisGroups = None,
+    mu_max: float = 0.5,
+    sigma_min: float = 1.0,
+    sigma_max: float = 1.25,
+    m_spread: float = 0.1,
+    s_std: float = 0.1,
+) -> Norm:
     """Batch norm followed by time-varying noise (Santurkar, Tsipras, Ilyas & Madry, 2018,
     "How does batch normalization help optimization?", Sec. 2.1).
 
@@ -169,17 +207,39 @@ def noisy_batch_norm(momentum: float | None = UNSET, eps: float = 1e-5,
     ``apply`` per call (traced, for sweeps). Eval and "batch" modes add no noise. Running
     statistics are those of the clean input, as in ``batch_norm`` (same options).
     """
-    bn = batch_norm(momentum, eps, running_var, convention=convention, decay=decay,
-                    axis_name=axis_name, axis_index_groups=axis_index_groups)
-    defaults = {"mu_max": mu_max, "sigma_min": sigma_min, "sigma_max": sigma_max,
-                "m_spread": m_spread, "s_std": s_std}
+    bn = batch_norm(
+        momentum,
+        eps,
+        running_var,
+        convention=convention,
+        decay=decay,
+        axis_name=axis_name,
+        axis_index_groups=axis_index_groups,
+    )
+    defaults = {
+        "mu_max": mu_max,
+        "sigma_min": sigma_min,
+        "sigma_max": sigma_max,
+        "m_spread": m_spread,
+        "s_std": s_std,
+    }
 
-    def apply(params: Params, state: State, x: Array, *, mode: str = "train", key=None,
-              mask: Array | None = None, **noise: Array | float) -> tuple[Array, State]:
+    def apply(
+        params: Params,
+        state: State,
+        x: Array,
+        *,
+        mode: str = "train",
+        key=None,
+        mask: Array | None = None,
+        **noise: Array | float,
+    ) -> tuple[Array, State]:
         unknown = set(noise) - set(defaults)
         if unknown:
-            raise TypeError(f"noisy_batch_norm: unknown call options {sorted(unknown)}; "
-                            f"accepted: {sorted(defaults)}")
+            raise TypeError(
+                f"noisy_batch_norm: unknown call options {sorted(unknown)}; "
+                f"accepted: {sorted(defaults)}"
+            )
         if mode == "train" and key is None:
             raise ValueError("noisy_batch_norm: train mode needs a PRNG key (apply(..., key=k))")
         y, new_state = bn.apply(params, state, x, mode=mode, mask=mask)
@@ -189,8 +249,7 @@ def noisy_batch_norm(momentum: float | None = UNSET, eps: float = 1e-5,
         c = x.shape[-1]
         # One draw of U(-1, 1) (open at -1) feeds everything: a single PRNG call keeps the
         # compiled step small. Row 0: mu_t and m; row 1: sigma_t; row 2: s via the inverse CDF.
-        u = jax.random.uniform(key, (3, c + 1), minval=np.nextafter(np.float32(-1), 1),
-                               maxval=1.0)
+        u = jax.random.uniform(key, (3, c + 1), minval=np.nextafter(np.float32(-1), 1), maxval=1.0)
         mu_t = k["mu_max"] * u[0, 0]
         sigma_t = k["sigma_min"] + (k["sigma_max"] - k["sigma_min"]) * (u[1, 0] + 1.0) / 2.0
         m = mu_t + k["m_spread"] * u[0, 1:]
@@ -198,5 +257,11 @@ def noisy_batch_norm(momentum: float | None = UNSET, eps: float = 1e-5,
         yf = y.astype(compute_dtype(y)) * per_channel(s, x.ndim) + per_channel(m, x.ndim)
         return yf.astype(x.dtype), new_state
 
-    return Norm("noisy", bn.init, apply, stochastic=True,
-                options=bn.options | defaults, call_options=tuple(defaults))
+    return Norm(
+        "noisy",
+        bn.init,
+        apply,
+        stochastic=True,
+        options=bn.options | defaults,
+        call_options=tuple(defaults),
+    )

@@ -50,8 +50,10 @@ def run(module: torch.nn.Module, x: np.ndarray, g: np.ndarray) -> dict[str, np.n
     (y * to_first(g)).sum().backward()
     out = {"y": to_last(y), "dx": to_last(xt.grad)}
     if module.weight is not None:
-        out |= {"dweight": module.weight.grad.numpy().copy(),
-                "dbias": module.bias.grad.numpy().copy()}
+        out |= {
+            "dweight": module.weight.grad.numpy().copy(),
+            "dbias": module.bias.grad.numpy().copy(),
+        }
     return out
 
 
@@ -69,13 +71,16 @@ def batch_golden(module: torch.nn.Module, shape: tuple[int, ...], steps: int) ->
     # Steps with different offsets and scales so the running statistics move visibly.
     xs = np.stack([f32(*shape, loc=3.0 * s - 2.0, scale=0.5 + s) for s in range(steps)])
     gs = np.stack([f32(*shape) for _ in range(steps)])
-    rec: dict[str, list] = {k: [] for k in ("y", "dx", "dweight", "dbias", "running_mean",
-                                            "running_var")}
+    rec: dict[str, list] = {
+        k: [] for k in ("y", "dx", "dweight", "dbias", "running_mean", "running_var")
+    }
     module.train()
     for x, g in zip(xs, gs, strict=True):
         r = run(module, x, g)
-        r |= {"running_mean": module.running_mean.numpy().copy(),
-              "running_var": module.running_var.numpy().copy()}
+        r |= {
+            "running_mean": module.running_mean.numpy().copy(),
+            "running_var": module.running_var.numpy().copy(),
+        }
         for k in rec:
             rec[k].append(r[k])
     out |= {"x": xs, "g": gs} | {k: np.stack(v) for k, v in rec.items()}
