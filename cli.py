@@ -296,14 +296,14 @@ def run_cmd(
     dataset: Dataset = None,
     steps: Steps = None,
     set_: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--set", help="Override a config field: key=value (repeatable)."),
     ] = None,  # noqa: UP045
     out: Out = Path("runs"),
     json_out: Json = False,
     no_plots: NoPlots = False,
     resume: Annotated[
-        Optional[Path], typer.Option("--resume", help="Finish an interrupted run directory.")
+        Path | None, typer.Option("--resume", help="Finish an interrupted run directory.")
     ] = None,  # noqa: UP045
 ) -> None:
     """Run a named experiment, print its tables and verdict, write a run directory."""
@@ -321,10 +321,10 @@ def compare_cmd(
         bool, typer.Option("--baseline/--no-baseline", help="Include the unnormalized arm.")
     ] = True,
     norm: Annotated[
-        Optional[list[str]], typer.Option("--norm", help="Add an arm with this norm (repeatable).")
+        list[str] | None, typer.Option("--norm", help="Add an arm with this norm (repeatable).")
     ] = None,  # noqa: UP045
     activation: Annotated[
-        Optional[str], typer.Option("--activation", help="sigmoid | tanh | relu.")
+        str | None, typer.Option("--activation", help="sigmoid | tanh | relu.")
     ] = None,  # noqa: UP045
     lr: Annotated[Optional[float], typer.Option("--lr", help="Learning rate.")] = None,  # noqa: UP045
     steps: Steps = None,
@@ -448,7 +448,7 @@ def bench_cmd(
         ),
     ] = False,
     torch: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option(  # noqa: UP045
             "--torch/--no-torch",
             help="Compare with PyTorch eager (default: when importable).",
@@ -575,13 +575,13 @@ ReproducePreset = Annotated[
     ),
 ]
 Only = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(  # noqa: UP045
         "--only", help="Run only these experiments: NAME,NAME,... (repeatable; default: all)."
     ),
 ]
 ReproduceOut = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(  # noqa: UP045
         "--out",
         help="Directory for the run directories and the report (default: runs/reproduce-PRESET).",
