@@ -16,6 +16,24 @@ import typer
 
 import bnexp
 
+
+def _no_flag_metavar() -> None:
+    """Typer (>= 0.20 or so) shows a ``<bool>`` type beside every on/off flag (``--json <bool>``,
+    ``--help <bool>``), as if the flag took a value. A flag takes none: show no type for it."""
+    option = getattr(typer.core, "TyperOption", None)
+    shown = getattr(option, "display_type_rich", None)
+    if shown is None or getattr(shown, "_bnexp", False):
+        return
+
+    def display_type_rich(self, ctx):  # noqa: ANN001
+        return None if self.is_flag else shown(self, ctx)
+
+    display_type_rich._bnexp = True
+    option.display_type_rich = display_type_rich
+
+
+_no_flag_metavar()
+
 app = typer.Typer(
     name="bnexp",
     help="Test what the Batch Normalization literature claims, on your own machine, in minutes.",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -70,11 +72,29 @@ def load_config(exp: Experiment, run_dir: Path) -> Config:
     return results.dataclass_from_dict(exp.config_type, run.config)
 
 
+SIGINT_IGNORED_NOTE = (
+    "note: SIGINT is ignored in this process (started as a background job?), so Ctrl-C will not "
+    "stop it; SIGTERM (kill {pid}) interrupts it and keeps every finished group"
+)
+
+_SIGINT_NOTED = False
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM interrupts a run like Ctrl-C does (exit 130, the run directory kept, resumable).
+
+    A process that inherited SIGINT as ignored (a background job of a non-interactive shell, or
+    nohup) keeps ignoring it, as POSIX asks of such a job: bnexp says so once on stderr and names
+    SIGTERM as the way to stop it."""
+
     def handler(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
+    global _SIGINT_NOTED
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and not _SIGINT_NOTED:
+        print(SIGINT_IGNORED_NOTE.format(pid=os.getpid()), file=sys.stderr, flush=True)
+        _SIGINT_NOTED = True  # once per process (reproduce runs several experiments)
     try:
         old = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread

@@ -16,10 +16,9 @@ import time
 from pathlib import Path
 
 import pytest
+from _child import ROOT, default_signals, ignore_sigint
 
 from experiments import REGISTRY
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def bnexp(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -31,6 +30,7 @@ def bnexp(*args: str, env: dict | None = None, timeout: float = 600) -> subproce
         env=e,
         timeout=timeout,
         cwd=ROOT,
+        preexec_fn=default_signals,
     )
 
 
@@ -66,26 +66,20 @@ def check_document(doc: dict, name: str) -> None:
     assert len(list((run_dir / "trials").glob("*.npz"))) == len(doc["trials"])
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        "lr-sweep",
-        "init-sensitivity",
-        "batch-size",
-        "activations",
-        "distributions",
-        "compare",
-        "noisy-bn",
-        "ics",
-        "landscape",
-        "scale-invariance",
-    ],
-)
+@pytest.mark.parametrize("name", sorted(REGISTRY))  # every registered experiment
 def test_every_experiment_smoke_through_cli(tmp_path, name):
     doc = run_json(tmp_path, "run", name)
     check_document(doc, name)
     plots = list((Path(doc["run_dir"]) / "plots").glob("*.png"))
     assert plots and all(p.stat().st_size > 5000 for p in plots)
+
+
+def test_help_shows_no_value_for_flags():
+    for args in (["--help"], ["run", "--help"], ["compare", "--help"], ["reproduce", "--help"]):
+        p = bnexp(*args, env={"COLUMNS": "120"})
+        assert p.returncode == 0, p.stderr
+        assert "--json" in p.stdout or "--debug" in p.stdout
+        assert "<bool>" not in p.stdout, p.stdout
 
 
 def test_registry_covers_every_experiment_with_presets():
@@ -192,7 +186,13 @@ def test_interrupt_then_resume_gives_the_same_summary(tmp_path):
         "--no-plots",
     ]
     proc = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e, cwd=ROOT
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=e,
+        cwd=ROOT,
+        preexec_fn=default_signals,
     )
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -220,3 +220,33 @@ def test_interrupt_then_resume_gives_the_same_summary(tmp_path):
     assert [t["final_test_accuracy"] for t in resumed["trials"]] == [
         t["final_test_accuracy"] for t in full["trials"]
     ]
+
+
+def test_ignored_sigint_is_said_and_sigterm_still_interrupts(tmp_path):
+    """A run that inherited SIGINT as ignored (a background job) keeps ignoring it, says so once,
+    and stops on SIGTERM with exit 130, the run directory marked interrupted and resumable."""
+    out = tmp_path / "runs"
+    args = [sys.executable, str(ROOT / "cli.py"), "run", "batch-size", "--preset", "smoke"]
+    args += ["--steps", "3000", "--out", str(out), "--json", "--no-plots"]
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, NO_COLOR="1"),
+        cwd=ROOT,
+        preexec_fn=ignore_sigint,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("*/status.json")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)
+    assert proc.poll() is None, "SIGINT stopped a process that ignores it"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert err.count("SIGINT is ignored in this process") == 1 and f"kill {proc.pid}" in err
+    run_dir = next(out.iterdir())
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert "--resume" in err and str(run_dir) in err

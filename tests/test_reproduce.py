@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _child import default_signals
 
 from bnexp import htmlreport, results
 from experiments import REGISTRY, reproduce
@@ -42,6 +43,7 @@ def bnexp(*args: str, data_dir: Path, timeout: float = 600) -> subprocess.Comple
         env=env,
         timeout=timeout,
         cwd=ROOT,
+        preexec_fn=default_signals,
     )
 
 
@@ -263,6 +265,7 @@ def test_interrupted_reproduce_picks_up_where_it_stopped(repro, tmp_path):
         text=True,
         env=env,
         cwd=ROOT,
+        preexec_fn=default_signals,
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
