@@ -60,7 +60,7 @@ import numpy as np
 from bnexp.models import ModelSpec
 
 MLP = ModelSpec()  # the paper's 784-100-100-100-10 sigmoid MLP with BN before each sigmoid
-# The engine issue's CNN (scripts/bench_engine.py): 2 x (conv3x3-BN-ReLU-maxpool) with 16 and 32
+# The engine issue's CNN: 2 x (conv3x3-BN-ReLU-maxpool) with 16 and 32
 # channels, dense 64-BN-ReLU, 10 outputs, on 28x28x1.
 CNN = ModelSpec(kind="cnn", channels=(16, 32), dense=(64,), activation="relu")
 MLP_BATCH, CNN_BATCH = 60, 64

@@ -507,18 +507,6 @@ def load_run(run_dir: Path) -> Run:
     )
 
 
-def completed_trial_ids(run_dir: Path) -> set[str]:
-    """Ids of trials whose record and history are both on disk (the record is written last)."""
-    tdir = Path(run_dir) / "trials"
-    return {p.stem for p in tdir.glob("*.json") if p.with_suffix(".npz").is_file()}
-
-
-def pending_trials(run_dir: Path, trials: Iterable[Any]) -> list[Any]:
-    """The trials (in order) that a resumed run still has to train."""
-    done = completed_trial_ids(run_dir)
-    return [t for t in trials if trial_id(t) not in done]
-
-
 # ---- listing runs ----------------------------------------------------------------------------
 
 

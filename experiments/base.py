@@ -152,16 +152,6 @@ def make_trial(cfg: Config, model: ModelSpec, *, seed: int, tag: str, **override
     return Trial(**base)
 
 
-def by_tag(results: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
-    out: dict[str, list[TrialResult]] = {}
-    for r in results:
-        out.setdefault(r.trial.tag, []).append(r)
-    return out
-
-
-# ---- config overrides (--set key=value) ---------------------------------------------------------
-
-
 def _parse_value(key: str, raw: str, typ: Any) -> Any:
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)

@@ -128,8 +128,8 @@ def test_save_load_resume(tmp_path):
     run = _run(tmp_path)
     trials = [_trial(seed=s, tag="bn") for s in range(3)]
     ids = R.save_group(run, [_result(trials[0]), _result(trials[2], diverged_at=200)])
-    assert set(ids) == R.completed_trial_ids(run)
-    assert R.pending_trials(run, trials) == [trials[1]]
+    assert [R.trial_id(t) for t in trials] == [ids[0], R.trial_id(trials[1]), ids[1]]
+    assert [r is None for r in R.load_run(run).results_for(trials)] == [False, True, False]
 
     loaded = R.load_run(run)
     assert loaded.status == "running" and loaded.preset == "smoke" and loaded.broken == []
@@ -147,7 +147,7 @@ def test_save_load_resume(tmp_path):
     assert rec["seed"] == 0 and rec["tag"] == "bn" and rec["trial"]["model"]["norm"] == "group"
 
     (run / "trials" / f"{ids[1]}.npz").unlink()  # a half-written trial is not "done"
-    assert R.completed_trial_ids(run) == {ids[0]}
+    assert [r is None for r in R.load_run(run).results_for(trials)] == [False, True, True]
 
 
 def test_summary_and_status(tmp_path):

@@ -176,9 +176,6 @@ def ghost_batch_norm(
     return Norm("ghost", lambda c: (affine_init(c), running_init(c)), apply, options=options)
 
 
-NOISE_DEFAULTS = {"mu_max": 0.5, "sigma_min": 1.0, "sigma_max": 1.25, "m_spread": 0.1, "s_std": 0.1}
-
-
 def noisy_batch_norm(
     momentum: float | None = UNSET,
     eps: float = 1e-5,
