@@ -1,7 +1,7 @@
 """The bnexp command line (Typer). Thin: parse options, call experiments/bnexp, render.
 
-Errors: a usage error prints one line on stderr and exits 2; a runtime failure prints one line and
-exits 1; no tracebacks unless --debug.
+Errors: every error type of bnexp (bnexp.errors) carries its exit code: usage 2, runtime 1,
+interrupt 130; each prints one line on stderr, no tracebacks unless --debug.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 import bnexp
+from bnexp.errors import BnexpError, Interrupted, RuntimeFailure, UsageError
 
 
 def _no_flag_metavar() -> None:
@@ -43,18 +44,6 @@ app = typer.Typer(
 )
 
 _DEBUG = False
-
-
-class UsageError(Exception):
-    """Bad input from the user: one line on stderr, exit code 2."""
-
-
-class RuntimeFailure(Exception):
-    """A failure at run time: one line on stderr, exit code 1 (or the given code)."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -253,19 +242,16 @@ def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_
     sweep.configure_host_devices()
     sweep.enable_compilation_cache()
     err = report.make_console(stderr=True)
-    try:
-        with report.sweep_progress(err) as progress:
-            outcome = runner.run(
-                exp,
-                cfg,
-                out=out,
-                resume=resume,
-                progress=progress,
-                make_plots=not no_plots,
-                argv=sys.argv,
-            )
-    except runner.RunInterrupted as e:
-        raise RuntimeFailure(str(e), code=130) from None
+    with report.sweep_progress(err) as progress:  # an interrupt: runner.RunInterrupted (exit 130)
+        outcome = runner.run(
+            exp,
+            cfg,
+            out=out,
+            resume=resume,
+            progress=progress,
+            make_plots=not no_plots,
+            argv=sys.argv,
+        )
     if json_out:
         from bnexp.results import to_jsonable
 
@@ -714,13 +700,10 @@ def reproduce_cmd(
                 keep_going=not _DEBUG,
                 argv=sys.argv,
             )
-    except rp.ReproduceInterrupted as e:
-        raise RuntimeFailure(str(e), code=130) from None
     except KeyboardInterrupt:
-        raise RuntimeFailure(
+        raise Interrupted(
             f"stopped; finished experiments are kept in {out}; to continue, run "
-            f"the same command again: {again}",
-            code=130,
+            f"the same command again: {again}"
         ) from None
     verdicts = {
         i.experiment.name: (
@@ -822,22 +805,6 @@ def _one_line(e: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _known_error_code(e: BaseException) -> int | None:
-    """Exit code for the library's own error types: 2 for bad input, 1 for runtime failures."""
-    try:
-        from bnexp import data
-        from experiments.base import ConfigError
-    except Exception:  # noqa: BLE001 - a broken install must still report the original error
-        return None
-    if isinstance(e, ConfigError | data.UnknownDatasetError):
-        return 2
-    if isinstance(e, data.DatasetError):
-        return 1
-    if isinstance(e, ValueError) and "norm" in str(e).lower():
-        return 2  # e.g. a norm factory rejecting its options (groups not dividing channels)
-    return None
-
-
 def main() -> None:
     """Console-script entry point: run the app, turning unexpected errors into one line."""
     try:
@@ -847,12 +814,11 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.echo("bnexp: interrupted", err=True)
         sys.exit(130)
-    except UsageError as e:
-        typer.echo(f"bnexp: error: {e}", err=True)
-        sys.exit(2)
-    except RuntimeFailure as e:
-        typer.echo(f"bnexp: {'interrupted' if e.code == 130 else 'error'}: {e}", err=True)
-        sys.exit(e.code)
+    except BnexpError as e:  # every bnexp error type carries its exit code (bnexp.errors)
+        if _DEBUG:
+            raise
+        typer.echo(f"bnexp: {e.label}: {_one_line(e)}", err=True)
+        sys.exit(e.exit_code)
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if _DEBUG:
             raise
@@ -863,10 +829,6 @@ def main() -> None:
         if type(e).__name__ == "Abort":
             typer.echo("bnexp: aborted", err=True)
             sys.exit(130)
-        code = _known_error_code(e)
-        if code is not None:
-            typer.echo(f"bnexp: error: {_one_line(e)}", err=True)
-            sys.exit(code)
         typer.echo(
             f"bnexp: error: {type(e).__name__}: {_one_line(e)} (rerun with --debug for "
             "the traceback)",

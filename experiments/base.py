@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
+from bnexp.errors import UsageError
 from bnexp.models import ModelSpec
 from bnexp.sweep import Trial, TrialResult
 
 PRESETS = ("smoke", "quick", "paper")
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError, ValueError):
     """A bad option or override: reported to the user as one line (exit code 2)."""
 
 

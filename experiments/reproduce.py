@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bnexp import htmlreport, results
+from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent
 from experiments import REGISTRY, runner
 from experiments.base import Config, ConfigError, Experiment, config_dict
@@ -28,7 +29,7 @@ INDEX = "reproduce.json"
 REPORT_TITLE = htmlreport.DEFAULT_TITLE
 
 
-class ReproduceInterrupted(Exception):
+class ReproduceInterrupted(Interrupted):
     """Ctrl-C or SIGTERM during one experiment; what finished is kept and reused next time."""
 
     def __init__(self, out: Path, name: str, done: int, total: int, command: str):

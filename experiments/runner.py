@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from bnexp import data, metrics, results
+from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
 
 
-class RunInterrupted(Exception):
+class RunInterrupted(Interrupted):
     """Raised (from KeyboardInterrupt or SIGTERM) after the run directory was marked."""
 
     def __init__(self, run_dir: Path, done: int, total: int):

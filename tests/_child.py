@@ -2,29 +2,41 @@
 
 A process started in the background by a non-interactive shell inherits SIGINT as *ignored*, and
 a child inherits that again; an interrupt test would then see its run finish with exit 0. Every
-child the tests start gets the default SIGINT/SIGTERM dispositions, the repository as its working
-directory and an environment the test states (``child_env``).
+child the tests start gets its SIGINT/SIGTERM dispositions set explicitly (``command``), the
+repository as its working directory and an environment the test states (``child_env``).
+
+The dispositions are set by a tiny launcher that then ``exec``s the real command (same pid), not
+by ``preexec_fn``: that forces a fork of the multithreaded JAX test process, which JAX warns
+about (and the suite turns warnings into errors).
 """
 
 from __future__ import annotations
 
 import os
-import signal
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+_LAUNCH = (
+    "import os, signal, sys; "
+    "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+    "signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv[1] == 'ignore' else signal.SIG_DFL); "
+    "os.execv(sys.argv[2], sys.argv[2:])"
+)
 
-def default_signals() -> None:
-    """preexec_fn: default dispositions for the signals the tests send."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
+
+def command(*argv: str, sigint: str = "default") -> list[str]:
+    """argv (argv[0] an executable path) run with SIGTERM default and SIGINT `sigint`:
+    "default", or "ignore" (as a shell's background job would have it)."""
+    if sigint not in ("default", "ignore"):
+        raise ValueError(sigint)
+    return [sys.executable, "-c", _LAUNCH, sigint, *argv]
 
 
-def ignore_sigint() -> None:
-    """preexec_fn: a child started as a shell's background job would be (SIGINT ignored)."""
-    default_signals()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def cli(*args: str, sigint: str = "default") -> list[str]:
+    """`python cli.py ARGS` with explicit signal dispositions."""
+    return command(sys.executable, str(ROOT / "cli.py"), *args, sigint=sigint)
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -11,12 +11,11 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from _child import ROOT, default_signals, ignore_sigint
+from _child import ROOT, cli
 
 from experiments import REGISTRY
 
@@ -24,13 +23,12 @@ from experiments import REGISTRY
 def bnexp(*args: str, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     e = dict(os.environ, NO_COLOR="1", **(env or {}))
     return subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *args],
+        cli(*args),
         capture_output=True,
         text=True,
         env=e,
         timeout=timeout,
         cwd=ROOT,
-        preexec_fn=default_signals,
     )
 
 
@@ -174,8 +172,6 @@ def test_interrupt_then_resume_gives_the_same_summary(tmp_path):
     out = tmp_path / "runs"
     e = dict(os.environ, NO_COLOR="1")
     args = [
-        sys.executable,
-        str(ROOT / "cli.py"),
         "run",
         "batch-size",
         "--preset",
@@ -186,13 +182,12 @@ def test_interrupt_then_resume_gives_the_same_summary(tmp_path):
         "--no-plots",
     ]
     proc = subprocess.Popen(
-        args,
+        cli(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=e,
         cwd=ROOT,
-        preexec_fn=default_signals,
     )
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -226,16 +221,15 @@ def test_ignored_sigint_is_said_and_sigterm_still_interrupts(tmp_path):
     """A run that inherited SIGINT as ignored (a background job) keeps ignoring it, says so once,
     and stops on SIGTERM with exit 130, the run directory marked interrupted and resumable."""
     out = tmp_path / "runs"
-    args = [sys.executable, str(ROOT / "cli.py"), "run", "batch-size", "--preset", "smoke"]
+    args = ["run", "batch-size", "--preset", "smoke"]
     args += ["--steps", "3000", "--out", str(out), "--json", "--no-plots"]
     proc = subprocess.Popen(
-        args,
+        cli(*args, sigint="ignore"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=dict(os.environ, NO_COLOR="1"),
         cwd=ROOT,
-        preexec_fn=ignore_sigint,
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not list(out.glob("*/status.json")):

@@ -16,14 +16,13 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
-from _child import default_signals
+from _child import cli
 
 from bnexp import htmlreport, results
 from experiments import REGISTRY, reproduce
@@ -37,13 +36,12 @@ LABEL = {True: "reproduced", False: "not reproduced", None: "inconclusive"}
 def bnexp(*args: str, data_dir: Path, timeout: float = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, NO_COLOR="1", BNEXP_DATA_DIR=str(data_dir))
     return subprocess.run(
-        [sys.executable, str(ROOT / "cli.py"), *args],
+        cli(*args),
         capture_output=True,
         text=True,
         env=env,
         timeout=timeout,
         cwd=ROOT,
-        preexec_fn=default_signals,
     )
 
 
@@ -259,13 +257,12 @@ def test_interrupted_reproduce_picks_up_where_it_stopped(repro, tmp_path):
     args = ["reproduce", "--preset", "smoke", "--only", "compare,lr-sweep", "--out", str(out)]
     env = dict(os.environ, NO_COLOR="1", BNEXP_DATA_DIR=str(data_dir))
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "cli.py"), *args],
+        cli(*args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=env,
         cwd=ROOT,
-        preexec_fn=default_signals,
     )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _child import ROOT, child_env, default_signals
+from _child import ROOT, child_env
 
 
 def _ruff() -> list[str]:
@@ -29,7 +29,6 @@ def test_ruff_is_clean(args):
         text=True,
         cwd=ROOT,
         env=child_env(),
-        preexec_fn=default_signals,
         timeout=300,
     )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]

@@ -15,13 +15,17 @@ from typing import Literal
 
 import platformdirs
 
+from bnexp.errors import RuntimeFailure
 
-class DatasetError(Exception):
+
+class DatasetError(RuntimeFailure):
     """A dataset is missing, corrupt or could not be fetched. The message is one line meant for users."""
 
 
 class UnknownDatasetError(DatasetError, KeyError):
     """No dataset has this name; `suggestion` holds the closest registered name, if any."""
+
+    exit_code = 2  # a usage error: the name is the user's input
 
     def __init__(self, name: str, known: list[str]):
         close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)

@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bnexp.errors import NormOptionError
 from bnexp.norms._core import MODES, Array, Norm, Params, State
 from bnexp.norms.batch import batch_norm, batch_renorm
 from bnexp.norms.group import group_norm, identity, instance_norm, layer_norm
@@ -80,5 +81,5 @@ def names() -> list[str]:
 def get(name: str, **options: Any) -> Norm:
     """Build a norm by registry name (for configs and the CLI); options go to its factory."""
     if name not in _FACTORIES:
-        raise ValueError(f"unknown norm {name!r}; choose from {', '.join(_FACTORIES)}")
+        raise NormOptionError(f"unknown norm {name!r}; choose from {', '.join(_FACTORIES)}")
     return _FACTORIES[name](**options)

@@ -10,6 +10,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from bnexp.errors import NormOptionError
+
 Array = jax.Array
 Params = dict[str, Array]
 State = dict[str, Array]
@@ -45,14 +47,14 @@ class Norm:
 
 def check_mode(mode: str) -> None:
     if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        raise NormOptionError(f"mode must be one of {MODES}, got {mode!r}")
 
 
 def check_input(x: Array, name: str, min_ndim: int = 2) -> None:
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise TypeError(f"{name}: input must be floating point, got {x.dtype}")
     if x.ndim < min_ndim:
-        raise ValueError(
+        raise NormOptionError(
             f"{name}: input must have at least {min_ndim} axes (channels last: (N, C) or "
             f"(N, H, W, C)), got shape {x.shape}"
         )
@@ -95,7 +97,7 @@ def prepare_mask(mask: Array | None, x: Array) -> Array | None:
     mask = jnp.asarray(mask)
     lead = x.shape[:-1]
     if mask.ndim > len(lead) or mask.shape != lead[: mask.ndim]:
-        raise ValueError(f"mask shape {mask.shape} must be a prefix of x.shape[:-1] = {lead}")
+        raise NormOptionError(f"mask shape {mask.shape} must be a prefix of x.shape[:-1] = {lead}")
     mask = mask.astype(bool).reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
     return jnp.broadcast_to(mask, lead + (1,))
 
@@ -174,7 +176,7 @@ def static_count(
 
 def check_train_count(n: int | None, name: str) -> None:
     if n is not None and n < 2:
-        raise ValueError(
+        raise NormOptionError(
             f"{name}: a training batch needs more than one value per channel to estimate a "
             f"variance (got {n}); use a larger batch or mode='eval'"
         )
@@ -194,11 +196,11 @@ def resolve_rate(
     """
     if decay is not None:
         if momentum is not UNSET:
-            raise ValueError("pass either momentum= or decay=, not both")
+            raise NormOptionError("pass either momentum= or decay=, not both")
         if convention is not None:
-            raise ValueError("decay= is convention-free; do not combine it with convention=")
+            raise NormOptionError("decay= is convention-free; do not combine it with convention=")
         if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"decay must be in [0, 1], got {decay}")
+            raise NormOptionError(f"decay must be in [0, 1], got {decay}")
         return 1.0 - decay, "decay"
     conv = "torch" if convention is None else convention
     if conv == "torch":
@@ -208,14 +210,14 @@ def resolve_rate(
     elif conv == "flax":
         m = 0.99 if momentum is UNSET else momentum
         if m is None:
-            raise ValueError(
+            raise NormOptionError(
                 "the flax convention has no cumulative average; use "
                 "convention='torch', momentum=None"
             )
     else:
-        raise ValueError(f"convention must be 'torch' or 'flax', got {convention!r}")
+        raise NormOptionError(f"convention must be 'torch' or 'flax', got {convention!r}")
     if not 0.0 <= m <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1] (or None), got {m}")
+        raise NormOptionError(f"momentum must be in [0, 1] (or None), got {m}")
     return (m if conv == "torch" else 1.0 - m), conv
 
 
@@ -223,7 +225,7 @@ def resolve_running_var(running_var: str | None, conv: str) -> str:
     if running_var is None:  # a preset brings its framework's choice; the paper's otherwise
         return "biased" if conv == "flax" else "unbiased"
     if running_var not in ("biased", "unbiased"):
-        raise ValueError(f"running_var must be 'biased' or 'unbiased', got {running_var!r}")
+        raise NormOptionError(f"running_var must be 'biased' or 'unbiased', got {running_var!r}")
     return running_var
 
 
@@ -242,5 +244,5 @@ def update_running(state: State, mean: Array, var: Array, rate: float | None) ->
 
 def momentum_options(rate: float | None, conv: str, running_var: str, eps: float) -> dict:
     if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise NormOptionError(f"eps must be >= 0, got {eps}")
     return {"rate": rate, "convention": conv, "running_var": running_var, "eps": eps}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from bnexp.errors import NormOptionError
 from bnexp.norms._core import (
     UNSET,
     Array,
@@ -148,7 +149,7 @@ def batch_renorm(
     and mask arguments as in ``batch_norm``.
     """
     if r_max < 1.0 or d_max < 0.0:
-        raise ValueError(f"need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
+        raise NormOptionError(f"need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
     rate, conv = resolve_rate(momentum, convention, decay)
     options = momentum_options(rate, conv, "std", eps) | {
         "r_max": r_max,

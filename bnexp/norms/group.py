@@ -6,6 +6,7 @@ import math
 
 import jax
 
+from bnexp.errors import NormOptionError
 from bnexp.norms._core import (
     Array,
     Norm,
@@ -23,14 +24,14 @@ from bnexp.norms._core import (
 def _grouped(name: str, groups: int | None, eps: float, min_ndim: int) -> Norm:
     """Normalize each example over its spatial axes and C / groups channels (groups=None: C)."""
     if groups is not None and groups < 1:
-        raise ValueError(f"{name}: groups must be >= 1, got {groups}")
+        raise NormOptionError(f"{name}: groups must be >= 1, got {groups}")
     if eps < 0:
-        raise ValueError(f"eps must be >= 0, got {eps}")
+        raise NormOptionError(f"eps must be >= 0, got {eps}")
 
     def n_groups(c: int) -> int:
         g = c if groups is None else groups
         if c % g:
-            raise ValueError(f"{name}: groups={g} must divide the number of channels C={c}")
+            raise NormOptionError(f"{name}: groups={g} must divide the number of channels C={c}")
         return g
 
     def init(num_features: int) -> tuple[Params, State]:
@@ -53,7 +54,7 @@ def _grouped(name: str, groups: int | None, eps: float, min_ndim: int) -> Norm:
         xg = x.astype(compute_dtype(x)).reshape(x.shape[:-1] + (g, c // g))
         axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
         if math.prod(xg.shape[a] for a in axes) < 2:
-            raise ValueError(
+            raise NormOptionError(
                 f"{name}: each group of shape {x.shape} holds a single value, so "
                 f"it would normalize to zero; use more channels per group or a "
                 f"spatial input (N, H, W, C)"

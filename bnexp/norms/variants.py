@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bnexp.errors import NormOptionError
 from bnexp.norms._core import (
     UNSET,
     Array,
@@ -121,7 +122,7 @@ def ghost_batch_norm(
     is skipped by the update. Other options as in ``batch_norm``.
     """
     if virtual_batch_size < 1:
-        raise ValueError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
+        raise NormOptionError(f"virtual_batch_size must be >= 1, got {virtual_batch_size}")
     rate, conv = resolve_rate(momentum, convention, decay)
     rv = resolve_running_var(running_var, conv)
     options = momentum_options(rate, conv, rv, eps) | {
@@ -148,7 +149,7 @@ def ghost_batch_norm(
             return affine(params, xhat).astype(x.dtype), state
         n_total, v = x.shape[0], virtual_batch_size
         if n_total % v:
-            raise ValueError(
+            raise NormOptionError(
                 f"ghost_batch_norm: virtual_batch_size={v} must divide the batch size {n_total}"
             )
         shape = (n_total // v, v) + x.shape[1:]
@@ -238,7 +239,9 @@ def noisy_batch_norm(
                 f"accepted: {sorted(defaults)}"
             )
         if mode == "train" and key is None:
-            raise ValueError("noisy_batch_norm: train mode needs a PRNG key (apply(..., key=k))")
+            raise NormOptionError(
+                "noisy_batch_norm: train mode needs a PRNG key (apply(..., key=k))"
+            )
         y, new_state = bn.apply(params, state, x, mode=mode, mask=mask)
         if mode != "train":
             return y, new_state
