@@ -64,6 +64,7 @@ def check_document(doc: dict, name: str) -> None:
     assert len(list((run_dir / "trials").glob("*.npz"))) == len(doc["trials"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))  # every registered experiment
 def test_every_experiment_smoke_through_cli(tmp_path, name):
     doc = run_json(tmp_path, "run", name)
@@ -168,6 +169,7 @@ def test_unwritable_output_directory(tmp_path):
     assert "not writable" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_gives_the_same_summary(tmp_path):
     out = tmp_path / "runs"
     e = dict(os.environ, NO_COLOR="1")

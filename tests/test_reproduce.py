@@ -250,6 +250,7 @@ def test_report_of_a_missing_run_is_a_usage_error(tmp_path):
     assert p.returncode == 2 and "no run" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_reproduce_picks_up_where_it_stopped(repro, tmp_path):
     out, data_dir = tmp_path / "out", repro[2]
     finished = Path(repro[1]["run_dirs"][0])  # compare, done: reused, only lr-sweep trains
@@ -328,6 +329,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
     reason="Chromium is absent (Debian package `chromium`; "
     ".ci/run installs it), so the real-browser test of report.html was skipped",
 )
+@pytest.mark.slow
 def test_chromium_renders_the_report(repro, tmp_path):
     import matplotlib.image
 

@@ -520,6 +520,7 @@ PAPER_SCALE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_paper_scale_sweep_on_two_devices_matches_single_model_loop():
     """64 paper-MLP members on 2 host devices (the engine's steps program in blocks of 4, and in
     one block of 32) follow the plain single-model loop (autodiff's rule, XLA's defaults) to
