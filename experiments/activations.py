@@ -37,6 +37,9 @@ class ActivationsConfig(Config):
     lr_multipliers: tuple[float, ...] = (1.0, 5.0, 30.0)
     target: float = 0.90
 
+    def accuracy_targets(self) -> tuple[float, ...]:
+        return (self.target,)
+
 
 PRESETS = {
     "smoke": ActivationsConfig(
@@ -55,7 +58,7 @@ PRESETS = {
     ),
 }
 
-ARMS = (("baseline", "none"), ("bn", "batch"))
+ARMS = common.ARMS
 
 
 def trials(cfg: ActivationsConfig):

@@ -114,6 +114,8 @@ def trials(cfg: BatchSizeConfig):
 def validate(cfg: BatchSizeConfig) -> None:
     if not cfg.batch_sizes or min(cfg.batch_sizes) < 2:
         raise ConfigError(f"batch sizes must be >= 2 (batch statistics), got {cfg.batch_sizes}")
+    if list(cfg.batch_sizes) != sorted(set(cfg.batch_sizes)):
+        raise ConfigError(f"batch_sizes must be given in increasing order, got {cfg.batch_sizes}")
     if cfg.epochs <= 0:
         raise ConfigError(f"epochs must be positive, got {cfg.epochs}")
     if "group" in cfg.norms and any(h % cfg.groups for h in cfg.hidden):
@@ -167,9 +169,6 @@ def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
         e = err[norm]
         return None if not (np.isfinite(e[0]) and np.isfinite(e[-1])) else float(e[0] - e[-1])
 
-    order = np.argsort(cfg.batch_sizes)
-    if list(order) != list(range(len(order))):
-        raise ConfigError("batch_sizes must be given in increasing order")
     r = {n: rise(n) for n in cfg.norms}
     lo, hi = cfg.batch_sizes[0], cfg.batch_sizes[-1]
     bn = r.get("batch")

@@ -16,6 +16,10 @@ from bnexp import metrics, plots
 from bnexp.sweep import TrialResult
 from experiments.base import Table
 
+# The two arms most experiments compare, as (tag, norm name): the same seeds, data order and
+# initial weight matrices in both (paired).
+ARMS = (("baseline", "none"), ("bn", "batch"))
+
 
 def arms(results: Sequence[TrialResult]) -> dict[str, list[TrialResult]]:
     """Results by arm tag, in first-seen order, seeds sorted."""

@@ -27,6 +27,9 @@ class CompareConfig(Config):
     targets: tuple[float, ...] = (0.85, 0.90, 0.92)
     norm_groups: int = 10  # for group norm arms (must divide every hidden width)
 
+    def accuracy_targets(self) -> tuple[float, ...]:
+        return tuple(self.targets)
+
 
 PRESETS = {
     "smoke": CompareConfig(

@@ -42,7 +42,7 @@ PRESETS = {
     ),
 }
 
-ARMS = (("baseline", "none"), ("bn", "batch"))
+ARMS = common.ARMS
 
 
 def trials(cfg: DistributionsConfig):

@@ -49,7 +49,7 @@ PRESETS = {
     "paper": ICSConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
 
-ARMS = (("baseline", "none"), ("bn", "batch"))
+ARMS = common.ARMS
 
 
 def trials(cfg: ICSConfig):

@@ -59,7 +59,7 @@ PRESETS = {
     ),
 }
 
-ARMS = (("baseline", "none"), ("bn", "batch"))
+ARMS = common.ARMS
 
 
 def trials(cfg: InitConfig):

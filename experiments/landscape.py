@@ -50,7 +50,7 @@ PRESETS = {
     "paper": LandscapeConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
 
-ARMS = (("baseline", "none"), ("bn", "batch"))
+ARMS = common.ARMS
 # (label, history key, map from the (S, E, ...) history to one number per seed and point)
 MEASURES = (
     ("loss band width", "loss_band", metrics.band_width),

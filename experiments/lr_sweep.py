@@ -47,6 +47,9 @@ class LRSweepConfig(Config):
     high_lr_factor: float = 5.0  # BN must train at >= this x the baseline's best LR
     close_tol: float = 0.05  # at the smallest LR, final accuracies within this are "close"
 
+    def accuracy_targets(self) -> tuple[float, ...]:
+        return (self.target,)
+
 
 PRESETS = {
     "smoke": LRSweepConfig(
@@ -64,7 +67,7 @@ PRESETS = {
     ),
 }
 
-ARMS = (("baseline", "none"), ("bn", "batch"))
+ARMS = common.ARMS
 
 
 def trials(cfg: LRSweepConfig):

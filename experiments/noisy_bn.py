@@ -58,7 +58,7 @@ PRESETS = {
     "paper": NoisyBNConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
 
-ARMS = (("baseline", "none"), ("bn", "batch"), ("noisy", "noisy"))
+ARMS = (*common.ARMS, ("noisy", "noisy"))
 NOISE = ("mu_max", "sigma_min", "sigma_max", "m_spread", "s_std")
 
 

@@ -48,11 +48,7 @@ class Outcome:
 
 def targets(cfg: Config) -> tuple[float, ...]:
     """The accuracy targets an experiment reports steps-to-target for."""
-    if hasattr(cfg, "targets"):
-        return tuple(cfg.targets)
-    if hasattr(cfg, "target"):
-        return (cfg.target,)
-    return (0.5, 0.8, 0.9)
+    return cfg.accuracy_targets()
 
 
 def prepare(exp: Experiment, cfg: Config) -> list[Trial]:

@@ -138,6 +138,7 @@ def test_show_rerenders_saved_run(tmp_path):
         (["run", "compare", "--set", "arms=group,none", "--set", "norm_groups=7"], 2, "divide"),
         (["run", "lr-sweep", "--dataset", "mnist"], 1, "bnexp download mnist"),
         (["run", "lr-sweep", "--dataset", "imagenet"], 2, "unknown dataset"),
+        (["run", "batch-size", "--set", "batch_sizes=8,4"], 2, "increasing order"),
         (["compare", "--no-bn", "--no-baseline"], 2, "no arms"),
         (["show", "/nonexistent/run"], 2, "run"),
     ],
