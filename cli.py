@@ -209,15 +209,14 @@ def _experiment(name: str):
     return REGISTRY[name]
 
 
-def _resolve_config(exp, preset: str, seeds, dataset, steps, sets: list[str]):
+def _resolve_config(exp, preset: str, seeds, dataset, steps, sets: list[str], **fields):
+    """The preset, then the typed options (None: not given), then the --set strings."""
     from experiments.base import apply_overrides
     from experiments.runner import replace
 
     cfg = exp.preset(preset)
-    changes = {
-        k: v for k, v in (("seeds", seeds), ("dataset", dataset), ("steps", steps)) if v is not None
-    }
-    cfg = replace(cfg, **changes)
+    given = {"seeds": seeds, "dataset": dataset, "steps": steps, **fields}
+    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
     return apply_overrides(cfg, sets)
 
 
@@ -351,12 +350,8 @@ def compare_cmd(
             arms.append(n)
     if not arms:
         raise UsageError("no arms left: use --bn, --baseline or --norm NAME")
-    sets = [f"arms={','.join(arms)}"]
-    if activation is not None:
-        sets.append(f"activation={activation}")
-    if lr is not None:
-        sets.append(f"lr={lr}")
-    cfg = _resolve_config(exp, preset, seeds, dataset, steps, sets)
+    fields = {"arms": tuple(arms), "activation": activation, "lr": lr}
+    cfg = _resolve_config(exp, preset, seeds, dataset, steps, [], **fields)
     _execute(exp, cfg, out=out, resume=None, json_out=json_out, no_plots=no_plots)
 
 
