@@ -557,6 +557,24 @@ def pieces(n: int, max_members: int, n_devices: int) -> tuple[int, int]:
     return k, math.ceil(size / n_devices) * n_devices
 
 
+def eval_schedule(steps: int, eval_every: int, per_decade: int = 8) -> np.ndarray:
+    """Evaluation steps from 0 (before any training) to ``steps``: the linear grid eval_every,
+    2 * eval_every, ... merged with about ``per_decade`` geometric points per decade
+    (round(10 ** (k / per_decade)), k = 0, 1, ...; 0: the linear grid only), dense where early
+    training moves fast. Sorted, unique, int64. Not wired into run_group yet (see issue 13)."""
+    if steps < 1 or eval_every < 1 or per_decade < 0:
+        raise ValueError(
+            f"need steps, eval_every >= 1 and per_decade >= 0, got "
+            f"{steps}, {eval_every}, {per_decade}"
+        )
+    points = {0, steps, *range(eval_every, steps, eval_every)}
+    if per_decade:
+        k = np.arange(int(np.ceil(per_decade * np.log10(steps))) + 1)
+        geo = np.round(10.0 ** (k / per_decade)).astype(np.int64)
+        points |= {int(g) for g in geo if g < steps}
+    return np.asarray(sorted(points), np.int64)
+
+
 def chunk_lengths(steps: int, eval_every: int) -> list[int]:
     """Steps between evaluation points: eval_every, ..., and a shorter last chunk if needed."""
     lengths = [eval_every] * (steps // eval_every)

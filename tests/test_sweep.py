@@ -532,3 +532,15 @@ def test_paper_scale_sweep_on_two_devices_matches_single_model_loop():
     assert ref.shape == (64, 40) and np.isfinite(ref).all()
     for name in ("4", "0"):
         np.testing.assert_allclose(np.array(out[name]), ref, rtol=2e-6, err_msg=name)
+
+
+def test_eval_schedule_is_geometric_early_and_linear_later():
+    got = engine.eval_schedule(2000, 100, 8)
+    assert got[0] == 0 and got[-1] == 2000 and (np.diff(got) > 0).all()
+    assert got.tolist()[:16] == [0, 1, 2, 3, 4, 6, 7, 10, 13, 18, 24, 32, 42, 56, 75, 100]
+    assert set(range(100, 2001, 100)) <= set(got.tolist())
+    assert {133, 178, 237, 316, 422, 562, 750, 1000, 1334, 1778} <= set(got.tolist())
+    np.testing.assert_array_equal(engine.eval_schedule(20, 10, 0), [0, 10, 20])
+    np.testing.assert_array_equal(engine.eval_schedule(25, 10, 0), [0, 10, 20, 25])
+    with pytest.raises(ValueError):
+        engine.eval_schedule(20, 10, -1)
