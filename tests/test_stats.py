@@ -93,3 +93,91 @@ def test_simulation_false_positives_power_and_coverage():
     _, lo_b, hi_b = S.t_interval_rows(big)
     assert float(np.mean(lo_b > 0)) >= 0.99
     assert 0.93 <= float(np.mean((lo_b <= 2) & (hi_b >= 2))) <= 0.97
+
+
+# ---- censoring -----------------------------------------------------------------------------
+
+
+def test_censored_steps_is_the_interval_between_evaluations():
+    steps = np.array([0, 100, 200, 300])
+    acc = np.array([0.1, 0.5, 0.9, 0.95])
+    assert S.censored_steps(steps, acc, 0.9) == S.CensoredSteps(100.0, 200.0)
+    assert S.censored_steps(steps, acc, 0.99) == S.CensoredSteps(300.0, None)
+    assert S.censored_steps(steps, acc, 0.05) == S.CensoredSteps(0.0, 0.0)
+    # a diverged member (NaN) never reaches a target; first evaluation after step 0 -> low 0
+    assert S.censored_steps([50, 100], [np.nan, 0.95], 0.9) == S.CensoredSteps(50.0, 100.0)
+    assert S.censored_steps([50, 100], [0.95, 0.96], 0.9) == S.CensoredSteps(0.0, 50.0)
+    with pytest.raises(ValueError):
+        S.censored_steps([0, 1], [0.5], 0.9)
+
+
+def test_both_arms_in_one_interval_is_unresolved_never_one():
+    tied = S.censored_speedup(S.CensoredSteps(100, 200), S.CensoredSteps(100, 200))
+    assert tied.status == S.UNRESOLVED and tied.value is None
+    assert (tied.low, tied.high) == (0.5, 2.0)
+    assert "unresolved at this evaluation spacing" in tied.text and "1.0x" not in tied.text
+    # the baseline never reached it: a lower bound (its last evaluation / the arm's crossing)
+    lb = S.censored_speedup(S.CensoredSteps(3000, None), S.CensoredSteps(100, 200))
+    assert lb.status == S.LOWER_BOUND and lb.low == 15.0 and lb.text == ">15x"
+    # different intervals: a value, with bounds (unbounded above when the arm's low end is 0)
+    res = S.censored_speedup(S.CensoredSteps(200, 300), S.CensoredSteps(0, 100))
+    assert res.status == S.RESOLVED and res.value == 3.0 and res.text == "3.0x"
+    assert (res.low, res.high) == (2.0, None)
+    na = S.censored_speedup(S.CensoredSteps(200, 300), S.CensoredSteps(300, None))
+    assert na.status == S.NOT_REACHED and na.text == "n/a"
+
+
+def test_median_and_log_bounds_of_censored_seeds():
+    seeds = [
+        S.CensoredSteps(100, 200),
+        S.CensoredSteps(200, 300),
+        S.CensoredSteps(900, None),
+    ]
+    assert S.median_censored(seeds) == S.CensoredSteps(200.0, 300.0)
+    base = [S.CensoredSteps(200, 300), S.CensoredSteps(300, None)]
+    arm = [S.CensoredSteps(50, 100), S.CensoredSteps(100, 200)]
+    lo, hi = S.log_speedup_bounds(base, arm)
+    np.testing.assert_allclose(lo, np.log([2.0, 1.5]))
+    np.testing.assert_allclose(hi[0], np.log(6.0))
+    assert hi[1] == np.inf
+    iv = S.censored_log_interval(lo, hi)
+    assert iv.high == np.inf and iv.mean is None and iv.n == 2
+    assert iv.low == pytest.approx(S.t_interval(lo).low)
+
+
+# ---- conditions and verdicts ---------------------------------------------------------------
+
+
+def _cond(lo, hi, **kw):
+    return S.Condition("c", (lo + hi) / 2, (lo, hi), kw.pop("threshold", 0.0), **kw)
+
+
+def test_condition_outcomes_from_the_interval():
+    assert _cond(0.5, 1.5).outcome == S.REPRODUCED
+    assert _cond(-2.0, -1.0).outcome == S.NOT_REPRODUCED
+    assert _cond(-0.5, 0.5).outcome == S.INCONCLUSIVE
+    # a claim of an effect: an interval wholly inside the negligible band is a finding against it
+    assert _cond(-0.5, 0.5, negligible=(-1.0, 1.0)).outcome == S.NOT_REPRODUCED
+    assert _cond(-0.5, 1.5, negligible=(-1.0, 1.0)).outcome == S.INCONCLUSIVE
+    # the claim predicts a smaller value: direction -1
+    assert _cond(-2.0, -1.0, direction=-1).outcome == S.REPRODUCED
+    assert _cond(1.0, 2.0, threshold=0.5, direction=-1).outcome == S.NOT_REPRODUCED
+    assert S.Condition("x", None, (None, None), 0.0).outcome == S.INCONCLUSIVE
+    with pytest.raises(ValueError):
+        S.Condition("x", 0.0, (0.0, 1.0), 0.0, direction=0)
+    row = _cond(0.5, 1.5, threshold=0.25).to_json()
+    assert row["ci95"] == [0.5, 1.5] and row["threshold"] == 0.25 and row["outcome"] == "reproduced"
+
+
+def test_verdict_combines_its_conditions():
+    yes, no, maybe = _cond(0.5, 1.5), _cond(-2.0, -1.0), _cond(-0.5, 0.5)
+    assert S.Verdict("v", (yes, yes)).reproduced is True
+    assert S.Verdict("v", (yes, maybe)).reproduced is None
+    assert S.Verdict("v", (yes, maybe, no)).reproduced is False
+    assert S.Verdict("v", ()).outcome == S.INCONCLUSIVE
+    doc = S.Verdict("claim", (yes, no), "because").to_json()
+    assert doc["claim"] == "claim" and doc["reproduced"] is False and doc["evidence"] == "because"
+    assert doc["outcome"] == "not reproduced" and [c["outcome"] for c in doc["conditions"]] == [
+        "reproduced",
+        "not reproduced",
+    ]
