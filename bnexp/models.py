@@ -8,7 +8,8 @@ CONTRACT (callers rely on these names):
     logits, norm_state, aux = apply(params, norm_state, x, spec, mode="train", key=None,
                                     norm_call={}, capture=False)
     # aux: dict; with capture=True it holds "preacts": list of each hidden layer's
-    # pre-activation (the input of the nonlinearity), for probes.
+    # pre-activation (the input of the nonlinearity), for probes, and "norm_inputs": list of
+    # each hidden layer's norm input (for population statistics, bnexp.norms.population).
 
 Layout of the pytrees (plain dicts and lists, so vmap/scan/optax see ordinary leaves):
 
@@ -210,8 +211,8 @@ def _block(
     mode: str,
     key: Array | None,
     norm_call: Mapping[str, Any],
-) -> tuple[Array, Array, dict]:
-    """Bias, norm and activation of one hidden layer: returns (h, preact, new_state)."""
+) -> tuple[Array, Array, Array, dict]:
+    """Bias, norm and activation of one hidden layer: returns (h, preact, norm input, state)."""
     norm, g = norm_of(spec, conv), _activation(spec)
     if spec.norm_name(conv) != spec.norm:
         norm_call = {}  # the per-call options belong to the spec's main norm
@@ -219,10 +220,11 @@ def _block(
     if "b" in p:
         z = z + _channels_last(p["b"], z.ndim)
     if spec.placement == "before":
-        z, s = norm.apply(p["norm"], s, z, mode=mode, key=nkey, **norm_call)
-        return g(z), z, s
-    h, s = norm.apply(p["norm"], s, g(z), mode=mode, key=nkey, **norm_call)
-    return h, z, s
+        y, s = norm.apply(p["norm"], s, z, mode=mode, key=nkey, **norm_call)
+        return g(y), y, z, s
+    u = g(z)
+    h, s = norm.apply(p["norm"], s, u, mode=mode, key=nkey, **norm_call)
+    return h, z, u, s
 
 
 def _dropout(h: Array, spec: ModelSpec, layer: int, mode: str, key: Array | None) -> Array:
@@ -310,7 +312,8 @@ def apply(
     capture: bool = False,
     dense: Any = None,
 ) -> tuple[Array, dict, dict]:
-    """Logits (N, classes), the new norm state and aux (``{"preacts": [...]}`` if capture).
+    """Logits (N, classes), the new norm state and aux (``{"preacts": [...], "norm_inputs":
+    [...]}`` if capture; one entry per hidden layer, conv blocks first).
     dense(h, w): the dense layers' matrix product (default ``h @ w``; see ``dense_wgrad``).
 
     x: (N, D) for mlp/linear; (N, H, W, C) or flat (N, H*W*C) for cnn. mode: "train" | "eval" |
@@ -319,6 +322,7 @@ def apply(
     norm_call = dict(norm_call or {})
     dense = dense or jnp.matmul
     preacts: list[Array] = []
+    norm_inputs: list[Array] = []
     new_state: dict[str, Any] = {"conv": [], "hidden": []}
     layer = 0
     h = x
@@ -327,19 +331,24 @@ def apply(
             h = h.reshape((h.shape[0],) + tuple(spec.input_shape))
         for p, s in zip(params["conv"], norm_state["conv"], strict=True):
             z = _conv3x3(h, p["w"], spec.conv_impl, dense)
-            h, pre, s = _block(z, p, s, spec, layer, True, mode=mode, key=key, norm_call=norm_call)
+            h, pre, u, s = _block(
+                z, p, s, spec, layer, True, mode=mode, key=key, norm_call=norm_call
+            )
             h = _maxpool2(h)
             preacts.append(pre)
+            norm_inputs.append(u)
             new_state["conv"].append(s)
             layer += 1
         h = h.reshape((h.shape[0], -1))
     for p, s in zip(params["hidden"], norm_state["hidden"], strict=True):
-        h, pre, s = _block(
+        h, pre, u, s = _block(
             dense(h, p["w"]), p, s, spec, layer, False, mode=mode, key=key, norm_call=norm_call
         )
         h = _dropout(h, spec, layer, mode, key)
         preacts.append(pre)
+        norm_inputs.append(u)
         new_state["hidden"].append(s)
         layer += 1
     logits = dense(h, params["out"]["w"]) + params["out"]["b"][None, :]
-    return logits, new_state, ({"preacts": preacts} if capture else {})
+    aux = {"preacts": preacts, "norm_inputs": norm_inputs} if capture else {}
+    return logits, new_state, aux

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bnexp.errors import NormOptionError
+from bnexp.norms import population  # PreciseBN: population statistics
 from bnexp.norms._core import MODES, Array, Norm, Params, State
 from bnexp.norms.batch import batch_norm, batch_renorm
 from bnexp.norms.group import group_norm, identity, instance_norm, layer_norm
@@ -59,6 +60,7 @@ __all__ = [
     "layer_norm",
     "names",
     "noisy_batch_norm",
+    "population",
 ]
 
 _FACTORIES: dict[str, Callable[..., Norm]] = {
