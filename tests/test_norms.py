@@ -116,6 +116,7 @@ def test_registry_names_and_factories():
         "renorm",
         "ghost",
         "noisy",
+        "decorrelated",
         "none",
     ]
     built = {

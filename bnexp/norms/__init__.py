@@ -41,6 +41,7 @@ from bnexp.errors import NormOptionError
 from bnexp.norms import population  # PreciseBN: population statistics
 from bnexp.norms._core import MODES, Array, Norm, Params, State
 from bnexp.norms.batch import batch_norm, batch_renorm
+from bnexp.norms.decorrelated import decorrelated_batch_norm
 from bnexp.norms.group import group_norm, identity, instance_norm, layer_norm
 from bnexp.norms.variants import ghost_batch_norm, noisy_batch_norm
 
@@ -52,6 +53,7 @@ __all__ = [
     "State",
     "batch_norm",
     "batch_renorm",
+    "decorrelated_batch_norm",
     "get",
     "ghost_batch_norm",
     "group_norm",
@@ -71,6 +73,7 @@ _FACTORIES: dict[str, Callable[..., Norm]] = {
     "renorm": batch_renorm,
     "ghost": ghost_batch_norm,
     "noisy": noisy_batch_norm,
+    "decorrelated": decorrelated_batch_norm,
     "none": identity,
 }
 
