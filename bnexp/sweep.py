@@ -77,7 +77,7 @@ class Trial:
     """One training run: a full configuration plus seeds."""
 
     model: ModelSpec = ModelSpec()
-    dataset: str = "mnist-5k"
+    dataset: str = "mnist"
     batch_size: int = 60
     steps: int = 1000
     eval_every: int = 100

@@ -34,7 +34,7 @@ class Config:
     """Fields shared by every experiment. Every field can be overridden with --set key=value."""
 
     preset: str = "quick"
-    dataset: str = "mnist-5k"
+    dataset: str = "mnist"
     seeds: int = 3
     steps: int = 2000
     eval_every: int = 100

