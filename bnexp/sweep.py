@@ -60,7 +60,7 @@ from bnexp.models import ModelSpec
 
 # Default number of host (CPU) devices exposed by configure_host_devices(); None = os.cpu_count().
 # Decided with scripts/bench_engine.py (since removed; `bnexp bench` supersedes it) on the 2-core dev machine (64-member lr sweep of the paper's
-# MLP with BN, mnist-5k, batch 60, eval points included, best of 6 interleaved runs; other jobs
+# MLP with BN, mnist-5k (since replaced), batch 60, eval points included, best of 6 interleaved runs; other jobs
 # were loading the machine, so only ratios within a round mean much):
 #   1 host device:  shared batch 1,426  own batches 1,358 model-steps/s
 #   2 host devices: shared batch 1,997  own batches 1,957 model-steps/s   (1.4x)

@@ -9,7 +9,7 @@ with SGD). Layer 1 has no earlier layer, so its ICS is 0 (cosine 1) by definitio
 of the verdict.
 
 Arms: baseline and BN at the same learning rate, paired seeds and batches. Quick preset: the
-Ioffe & Szegedy MLP on mnist-5k (the paper used VGG on CIFAR-10 and a 25-layer deep linear
+Ioffe & Szegedy MLP on MNIST (the paper used VGG on CIFAR-10 and a 25-layer deep linear
 network); paper preset: the CNN of experiments.santurkar on CIFAR-10, SGD lr 0.1, batch 128, 15k
 steps.
 

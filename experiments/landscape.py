@@ -10,7 +10,7 @@ the engine's "landscape" probe (bnexp.santurkar) measures
 The probe only reads the model: training is the same with or without it.
 
 Arms: baseline and BN at the same learning rate (as in the paper), paired seeds and batches.
-Quick preset: the Ioffe & Szegedy MLP on mnist-5k at lr 0.5 (the paper used VGG on CIFAR-10 at
+Quick preset: the Ioffe & Szegedy MLP on MNIST at lr 0.5 (the paper used VGG on CIFAR-10 at
 lr 0.1); paper preset: the CNN of experiments.santurkar on CIFAR-10, SGD lr 0.1, batch 128, 15k.
 
 Reproduced when BN is lower than the baseline on all three, each as the mean over training and

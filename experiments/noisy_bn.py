@@ -8,7 +8,7 @@ m ~ U(mu_t - m_spread, mu_t + m_spread), s ~ N(sigma_t, s_std^2) (the recipe's c
 config fields, passed to bnexp.norms.noisy_batch_norm per call; defaults 0.5, 1, 1.25, 0.1, 0.1).
 
 Arms: baseline (no norm), bn, noisy (BN + noise), paired seeds and batches. Quick preset: the
-Ioffe & Szegedy MLP on mnist-5k at the project's lr 0.5 (see experiments.santurkar for the paper
+Ioffe & Szegedy MLP on MNIST at the project's lr 0.5 (see experiments.santurkar for the paper
 preset's CNN). Distributions are measured as the training step sees them: the engine's
 "percentiles_train" probe (train mode: batch statistics and, for noisy BN, a fresh noise draw at
 every evaluation point) of unit 0 of the last hidden layer, over a fixed probe batch; drift is

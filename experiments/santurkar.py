@@ -2,7 +2,7 @@
 scale-invariance): the model choice, the probe batch, the paper preset, history arrays.
 
 Santurkar, Tsipras, Ilyas & Madry trained VGG on CIFAR-10 with SGD, lr 0.1, batch 128, 15k steps.
-The quick presets use the Ioffe & Szegedy MLP on the bundled mnist-5k instead (CPU minutes); the
+The quick presets use the Ioffe & Szegedy MLP on the shipped MNIST instead (CPU minutes); the
 paper presets use a small VGG-style CNN that fits a single GPU or a patient CPU: three blocks of
 conv3x3 (32, 64, 128 channels) -> norm -> ReLU -> maxpool 2x2, a 256-unit dense layer (also
 normalized) and the output layer, He init, on CIFAR-10 (`bnexp download cifar10` first).

