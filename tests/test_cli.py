@@ -136,7 +136,7 @@ def test_show_rerenders_saved_run(tmp_path):
         (["run", "lr-sweep", "--steps", "0"], 2, "steps must be positive"),
         (["run", "compare", "--set", "batch_size=100000"], 2, "larger than the training set"),
         (["run", "compare", "--set", "arms=group,none", "--set", "norm_groups=7"], 2, "divide"),
-        (["run", "lr-sweep", "--dataset", "mnist"], 1, "bnexp download mnist"),
+        (["run", "lr-sweep", "--dataset", "fashion-mnist"], 1, "bnexp download fashion-mnist"),
         (["run", "lr-sweep", "--dataset", "imagenet"], 2, "unknown dataset"),
         (["run", "batch-size", "--set", "batch_sizes=8,4"], 2, "increasing order"),
         (["compare", "--no-bn", "--no-baseline"], 2, "no arms"),
@@ -144,8 +144,8 @@ def test_show_rerenders_saved_run(tmp_path):
     ],
 )
 def test_bad_input_is_one_line(tmp_path, args, code, needle):
-    # "--dataset mnist" must find no downloaded MNIST: give that case an empty data directory
-    env = {"BNEXP_DATA_DIR": str(tmp_path / "d")} if "mnist" in args else None
+    # "--dataset fashion-mnist" must find no download: give that case an empty data directory
+    env = {"BNEXP_DATA_DIR": str(tmp_path / "d")} if "fashion-mnist" in args else None
     p = (
         bnexp(*args, "--out", str(tmp_path / "r"), env=env)
         if args[0] in ("run", "compare")
