@@ -75,6 +75,12 @@ SIGINT_IGNORED_NOTE = (
 )
 
 _SIGINT_NOTED = False
+_STOP: list[int] = []  # signals received during this run (SIGTERM)
+
+
+def _raise_if_stopped() -> None:
+    if _STOP:
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
@@ -86,21 +92,31 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     SIGTERM as the way to stop it."""
 
     def handler(signum, frame):  # noqa: ARG001
+        # The KeyboardInterrupt can be swallowed when the signal lands inside a callback that
+        # Python runs and ignores errors of (a gc callback of XLA's, a __del__): the flag makes
+        # the next progress report or finished group raise it again (_raise_if_stopped).
+        _STOP.append(signum)
         raise KeyboardInterrupt
 
     global _SIGINT_NOTED
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and not _SIGINT_NOTED:
         print(SIGINT_IGNORED_NOTE.format(pid=os.getpid()), file=sys.stderr, flush=True)
         _SIGINT_NOTED = True  # once per process (reproduce runs several experiments)
+    _STOP.clear()
+    # SIGTERM always; SIGINT too unless it is ignored (then it stays ignored, see above)
+    sigs = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        sigs.append(signal.SIGINT)
     try:
-        old = signal.signal(signal.SIGTERM, handler)
+        old = {sig: signal.signal(sig, handler) for sig in sigs}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def run(
@@ -142,6 +158,7 @@ def run(
 
     def on_group_done(group: list[TrialResult]) -> None:
         nonlocal compile_s
+        _raise_if_stopped()
         results.save_group(run_dir, group)
         for r in group:
             saved[results.trial_id(r.trial)] = r
@@ -151,7 +168,13 @@ def run(
         try:
             with results.tracking_status(run_dir):
                 if todo:
-                    run_sweep(todo, progress=progress, on_group_done=on_group_done)
+
+                    def report(event: ProgressEvent) -> None:
+                        _raise_if_stopped()
+                        if progress is not None:
+                            progress(event)
+
+                    run_sweep(todo, progress=report, on_group_done=on_group_done)
                 ordered = [saved[results.trial_id(t)] for t in trials]
                 analysis = exp.analyze(cfg, ordered)
                 train_s = time.perf_counter() - t0
