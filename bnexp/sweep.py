@@ -256,6 +256,9 @@ def run_sweep(
     engine.layout_for decides; only lax.conv CNNs on CPU are unrolled). member_block: members
     per block on each device (None: engine.member_block decides; 0: no blocks). Prints nothing.
     """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
     from bnexp import data, engine, train
 
     trials = list(trials)
@@ -265,6 +268,7 @@ def run_sweep(
         raise ValueError(f"member_block must be >= 0, got {member_block}")
     mesh = engine.make_mesh(devices)
     loaded: dict[tuple, Any] = {}
+    placed: dict[tuple, dict[str, Any]] = {}  # (dataset key, devices) -> replicated arrays
     results: list[TrialResult | None] = [None] * len(trials)
     groups = group_trials(trials)
     for gi, ids in enumerate(groups):
@@ -276,12 +280,23 @@ def run_sweep(
         ds = loaded[dkey]
         for i in ids:
             _check(trials[i], ds)
-        arrays = {
-            "x_train": ds.x_train,
-            "y_train": ds.y_train,
-            "x_test": ds.x_test,
-            "y_test": ds.y_test,
-        }
+        # The dataset goes onto the devices once per run, not per group: each group replicates
+        # it over its mesh (all devices, or the first len(ids) for a small group), and
+        # engine.run_group's device_put of an array already so placed moves nothing.
+        devs = tuple(mesh.devices.flat)[: max(1, min(len(ids), mesh.devices.size))]
+        pkey = (dkey, devs)
+        if pkey not in placed:
+            repl = NamedSharding(engine.make_mesh(list(devs)), PartitionSpec())
+            placed[pkey] = jax.device_put(
+                {
+                    "x_train": ds.x_train,
+                    "y_train": ds.y_train,
+                    "x_test": ds.x_test,
+                    "y_test": ds.y_test,
+                },
+                repl,
+            )
+        arrays = dict(placed[pkey])
         if t0.probes:
             n = len(ds.y_train)
             rows = np.sort(

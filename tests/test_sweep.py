@@ -574,3 +574,21 @@ def test_eval_schedule_is_geometric_early_and_linear_later():
     np.testing.assert_array_equal(engine.eval_schedule(25, 10, 0), [0, 10, 20, 25])
     with pytest.raises(ValueError):
         engine.eval_schedule(20, 10, -1)
+
+
+def test_dataset_goes_onto_the_devices_once_per_run(monkeypatch):
+    """Groups of one dataset get the same replicated device arrays (placed once per run and
+    mesh), not a fresh host-to-device copy each."""
+    seen = []
+    original = engine.run_group
+
+    def spy(cfg, hps, data_seeds, data, *args, **kwargs):
+        seen.append((len(hps), data["x_train"], data["x_test"]))
+        return original(cfg, hps, data_seeds, data, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_group", spy)
+    trials = [*_trials((0.1, 0.2)), *_trials((0.1, 0.3), batch_size=32)]  # two groups
+    results = run_sweep(trials, devices=jax.devices()[:1])
+    assert len(seen) == 2 and all(r.final_test_accuracy is not None for r in results)
+    assert all(isinstance(x, jax.Array) for _, x, _ in seen)
+    assert seen[0][1] is seen[1][1] and seen[0][2] is seen[1][2]
