@@ -430,6 +430,8 @@ class Condition:
     reason: str = ""
     n: int = 0
     sd: float | None = None
+    unit: str = ""  # what the effect measures, e.g. "accuracy difference" or "log speedup"
+    log: bool = False  # the effect is a natural log of a ratio: shown as exp(effect) "x"
 
     def __post_init__(self) -> None:
         if self.direction not in (1, -1):
@@ -469,8 +471,12 @@ class Condition:
             "threshold": self.threshold,
             "outcome": self.outcome,
             "direction": self.direction,
+            "negligible": None if self.negligible is None else list(self.negligible),
             "n": self.n,
             "seeds_to_settle": self.seeds_to_settle,
+            "unit": self.unit,
+            "log": self.log,
+            "reason": self.reason,
         }
 
 
