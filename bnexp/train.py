@@ -220,12 +220,20 @@ def train_chunk(
     *,
     unroll: int | bool = 1,
     step: Callable[[Any, Array, Array], tuple[Any, Array]] | None = None,
+    n: Array | None = None,
+    loss_shape: tuple[int, ...] = (),
 ) -> tuple[Carry, Array]:
     """Run len(idx) steps in one lax.scan; idx: (T, B) int32 rows of the training set.
     Returns (carry, losses (T,)). ``unroll=True`` leaves no loop in the program (XLA CPU runs
     convolutions inside any while loop several times slower); the body is traced once either way.
     ``step(carry, x, y) -> (carry, loss)`` replaces ``train_step(cfg, hp, ...)`` (bnexp.engine
     passes its members' vmapped step; idx rows then index every member's batch at once).
+
+    ``n`` (a traced int32 scalar, 0 <= n <= T) runs only the first n steps: idx is padded to a
+    fixed T, so one compiled program serves chunks of every length <= T (bnexp.engine). Rolled,
+    that is a ``lax.fori_loop`` with a traced trip count (no iteration past n) writing each
+    step's loss into a (T, *loss_shape) buffer, NaN beyond n; unrolled, every one of the T steps
+    is computed and steps k >= n are masked out (carry kept, loss NaN), still with no loop.
     """
 
     def body(c: Carry, i: Array) -> tuple[Carry, Array]:
@@ -233,6 +241,29 @@ def train_chunk(
             return step(c, x_train[i], y_train[i])
         return train_step(cfg, hp, c, x_train[i], y_train[i])
 
+    if n is not None and unroll is True:  # loop-free, the tail masked: one program for all n
+
+        def masked(c: Carry, ki: tuple[Array, Array]) -> tuple[Carry, Array]:
+            k, i = ki
+            new, loss = body(c, i)
+            active = k < n
+            kept = jax.tree.map(lambda a, b: jax.lax.select(active, a, b), new, c)
+            return kept, jnp.where(active, loss, jnp.nan)
+
+        ks = jnp.arange(idx.shape[0], dtype=jnp.int32)
+        if idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop
+            carry, loss = masked(carry, (ks[0], idx[0]))
+            return carry, loss[None]
+        return jax.lax.scan(masked, carry, (ks, idx), unroll=True)
+    if n is not None:
+        buf = jnp.full((idx.shape[0], *loss_shape), jnp.nan, jnp.float32)
+
+        def loop(k: Array, cl: tuple[Carry, Array]) -> tuple[Carry, Array]:
+            c, losses = cl
+            c, loss = body(c, jax.lax.dynamic_index_in_dim(idx, k, keepdims=False))
+            return c, jax.lax.dynamic_update_index_in_dim(losses, loss, k, 0)
+
+        return jax.lax.fori_loop(0, n, loop, (carry, buf))
     if unroll is True and idx.shape[0] == 1:  # a length-1 scan still lowers to a while loop
         carry, loss = body(carry, idx[0])
         return carry, loss[None]

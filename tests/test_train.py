@@ -192,3 +192,34 @@ def test_optimizers_take_traced_hyperparameters(name):
         np.testing.assert_allclose(u2, u1, rtol=1e-3)
     with pytest.raises(ValueError, match="optimizer"):
         train.make_optimizer("rmsprop")
+
+
+@pytest.mark.parametrize("unroll", [1, True])
+def test_chunk_of_n_traced_steps_equals_the_first_n_steps(ds, unroll):
+    """train_chunk(n=k) on rows padded to T runs exactly the first k steps (rolled: a loop of
+    traced trip count; unrolled: all T steps, those past k masked), losses NaN past k, one
+    compiled program for every k."""
+    cfg = StepConfig(SPEC, "sgd", total_steps=100)
+    x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+    hp = _hp(0.5)
+    carry0 = jax.jit(functools.partial(train.init_carry, cfg))(hp)
+    idx = jnp.asarray(data.batch_indices(0, 0, 6, 512, 32))
+    fixed = jax.jit(lambda c, i, n: train.train_chunk(cfg, hp, c, i, x, y, unroll=unroll, n=n))
+    for k in (0, 1, 4, 6):
+        padded = jnp.where(jnp.arange(6)[:, None] < k, idx, 0)
+        got, got_loss = fixed(carry0, padded, jnp.int32(k))
+        if k:
+            want, want_loss = jax.jit(lambda c, i: train.train_chunk(cfg, hp, c, i, x, y))(
+                carry0, idx[:k]
+            )
+        else:
+            want, want_loss = carry0, jnp.zeros((0,))
+        np.testing.assert_allclose(np.asarray(got_loss)[:k], np.asarray(want_loss), rtol=1e-6)
+        assert np.isnan(np.asarray(got_loss)[k:]).all()
+        assert int(got.state.step) == k
+        pairs = zip(
+            jax.tree.leaves(got.state.params), jax.tree.leaves(want.state.params), strict=True
+        )
+        for a, b in pairs:
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert fixed._cache_size() == 1
