@@ -275,6 +275,7 @@ def sweep_case(
             batch_size=batch,
             steps=steps,
             eval_every=steps,
+            eval_per_decade=0,  # step 0 and the end only: a call is one steps call
             lr=float(lr),
         )
         for lr in lrs

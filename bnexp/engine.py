@@ -56,6 +56,7 @@ Array = jax.Array
 AXIS = "members"
 PROBE_KEY_TAG = 2  # fold_in(key(seed), 0) init, 1 training, 2 probes
 CNN_MAX_BLOCK = 8  # steps per unrolled CNN block: more adds compile time, not speed
+OFFGRID_TEST = 2000  # test examples evaluated at an off-grid point (point_lite; see run_group)
 # XLA CPU options for the train-step programs of dense models (measured with `bnexp bench`, see
 # BENCHMARKS.md): XLA's tree-reduction rewrite splits every batch reduction (BN statistics, the
 # loss mean, the divergence guard's all-finite checks) into reduce-window + reduce; without it a
@@ -104,8 +105,9 @@ def layout_for(
     platform: str | None = None,
 ) -> tuple[bool, int]:
     """(unrolled, block_steps) for a model and its chunk lengths. By default (unrolled=None) only
-    lax.conv CNNs on CPU are unrolled, in the largest block <= CNN_MAX_BLOCK dividing every chunk;
-    everything else scans each chunk."""
+    lax.conv CNNs on CPU are unrolled, in blocks of min(CNN_MAX_BLOCK, longest chunk) steps (a
+    chunk's last block masks the steps past its end: train.train_chunk with n); everything else
+    runs each chunk in one rolled loop."""
     if unrolled is None:
         platform = platform or jax.default_backend()
         unrolled = (
@@ -113,8 +115,7 @@ def layout_for(
         )
     if not unrolled:
         return False, 0
-    g = functools.reduce(math.gcd, lengths)
-    return True, max(d for d in range(1, CNN_MAX_BLOCK + 1) if g % d == 0)
+    return True, min(CNN_MAX_BLOCK, max(lengths))
 
 
 # The first dense layer's weight of a sweep whose members share the batch (and train with plain
@@ -242,11 +243,18 @@ def _group_step(
 
 
 def group_steps(
-    cfg: ProgramConfig, axes: Carry, carry: Carry, hp: dict, idx: Array, data: dict[str, Array]
+    cfg: ProgramConfig,
+    axes: Carry,
+    carry: Carry,
+    hp: dict,
+    idx: Array,
+    n: Array,
+    data: dict[str, Array],
 ) -> tuple[Carry, Array]:
-    """All members: T guarded train steps in one lax.scan over the vmapped train step.
-    idx: (T, B) shared rows, or (members, T, B) own rows; returns (carry, losses (members, T)),
-    losses NaN once diverged. Models take models.dense_wgrad's weight-gradient rule, and
+    """All members: the first n of T guarded train steps (train.train_chunk: a lax.fori_loop of
+    traced trip count n over the vmapped train step, or in unrolled mode T masked steps).
+    idx: (T, B) shared rows, or (members, T, B) own rows, padded to the program's fixed T;
+    returns (carry, losses (members, T)), losses NaN once diverged and beyond n. Models take models.dense_wgrad's weight-gradient rule, and
     with group_updates_first_layer the first dense weight is updated by the group (see
     FIRST_DENSE_W). The scan is outside the vmap so the carry keeps its stored layout ``axes``
     inside the loop (a vmapped scan moves every member axis to the front). A single member (a
@@ -264,6 +272,7 @@ def group_steps(
             data["x_train"],
             data["y_train"],
             unroll=True if cfg.unrolled else 1,
+            n=n,
         )
         return jax.tree.map(jnp.expand_dims, one, axes), losses[None]
     if group_updates_first_layer(cfg):
@@ -283,6 +292,8 @@ def group_steps(
         data["y_train"],
         unroll=True if cfg.unrolled else 1,
         step=lambda c, x, y: step(hp, c, x, y),
+        n=n,
+        loss_shape=(jax.tree.leaves(hp)[0].shape[0],),
     )
     return carry, losses.T
 
@@ -294,6 +305,7 @@ def blocked_steps(
     carry: Carry,
     hp: dict,
     idx: Array,
+    n: Array,
     data: dict[str, Array],
 ) -> tuple[Carry, Array]:
     """group_steps in blocks of cfg.member_block members on each device, one block after the
@@ -318,13 +330,15 @@ def blocked_steps(
 
         return jax.tree.map(one, tree, tree_axes)
 
-    def local(carry: Carry, hp: dict, idx: Array, data: dict[str, Array]) -> tuple[Carry, Array]:
+    def local(
+        carry: Carry, hp: dict, idx: Array, n: Array, data: dict[str, Array]
+    ) -> tuple[Carry, Array]:
         hp_axes = jax.tree.map(lambda _: 0, hp)
         xs = (split(carry, axes), split(hp, hp_axes), None if cfg.shared_batch else split(idx, 0))
 
         def block(_: None, x: tuple) -> tuple[None, tuple[Carry, Array]]:
             c, h, i = x
-            return None, group_steps(cfg, axes, c, h, idx if i is None else i, data)
+            return None, group_steps(cfg, axes, c, h, idx if i is None else i, n, data)
 
         _, (carry, losses) = jax.lax.scan(block, None, xs)
         return join(carry, axes), join(losses, 0)
@@ -333,41 +347,47 @@ def blocked_steps(
     return jax.shard_map(
         local,
         mesh=mesh,
-        in_specs=(specs, PartitionSpec(AXIS), idx_spec, PartitionSpec()),
+        in_specs=(specs, PartitionSpec(AXIS), idx_spec, PartitionSpec(), PartitionSpec()),
         out_specs=(specs, PartitionSpec(AXIS)),
         check_vma=False,
-    )(carry, hp, idx, data)
+    )(carry, hp, idx, n, data)
 
 
 def member_point(
-    cfg: ProgramConfig, carry: Carry, hp: dict, data: dict[str, Array]
+    cfg: ProgramConfig, carry: Carry, hp: dict, data: dict[str, Array], full: bool = True
 ) -> dict[str, Array]:
-    """One member's metrics at an evaluation point (NaN once diverged) and diverged_at."""
-    TRACE_COUNTS["eval_point"] += 1
+    """One member's metrics at an evaluation point (NaN once diverged) and diverged_at.
+    full=False (the off-grid points, see run_group): eval mode on the first OFFGRID_TEST test
+    examples only and no batch-statistics accuracy (the key is absent); probes run either way."""
+    TRACE_COUNTS["eval_point" if full else "eval_point_lite"] += 1
     spec, st = cfg.step.spec, carry.state
     call = train.norm_call_at(cfg.step, hp, st.step)
+    x_test, y_test = data["x_test"], data["y_test"]
+    if not full:
+        x_test, y_test = x_test[:OFFGRID_TEST], y_test[:OFFGRID_TEST]
     acc, loss = train.evaluate(
         st.params,
         st.norm_state,
-        data["x_test"],
-        data["y_test"],
+        x_test,
+        y_test,
         spec,
         mode="eval",
         norm_call=call,
         unrolled=cfg.unrolled,
     )
-    acc_b, _ = train.evaluate(
-        st.params,
-        st.norm_state,
-        data["x_test"],
-        data["y_test"],
-        spec,
-        mode="batch",
-        batch_size=cfg.batch_size,
-        norm_call=call,
-        unrolled=cfg.unrolled,
-    )
-    metrics = {"test_acc": acc, "test_loss": loss, "test_acc_batch": acc_b}
+    metrics = {"test_acc": acc, "test_loss": loss}
+    if full:
+        metrics["test_acc_batch"], _ = train.evaluate(
+            st.params,
+            st.norm_state,
+            x_test,
+            y_test,
+            spec,
+            mode="batch",
+            batch_size=cfg.batch_size,
+            norm_call=call,
+            unrolled=cfg.unrolled,
+        )
     if cfg.probes:
         root = jax.random.key(hp["seed"])
         probe_key = jax.random.fold_in(jax.random.fold_in(root, PROBE_KEY_TAG), st.step)
@@ -457,8 +477,10 @@ def compile_with(lowered: Any, options: dict[str, Any] | None) -> Any:
 @dataclass
 class Programs:
     init: Any
-    steps: dict[int, Any]  # by block length
-    point: Any
+    steps: Any  # steps(carry, hp, idx (padded to `length`), n, data) -> (carry, losses)
+    point: Any  # every metric on the whole test set (step 0 and the linear grid)
+    point_lite: Any  # member_point(full=False): the off-grid points
+    length: int  # the steps program's fixed chunk length (idx padded to it)
     compile_seconds: float
 
 
@@ -467,13 +489,16 @@ def build(
     mesh: Mesh,
     hp: dict,
     data: dict,
-    blocks: set[int],
+    length: int,
     idx_shape: Callable[[int], tuple[int, ...]],
     on_compile: Callable[[], None] | None = None,
+    lite: bool = True,
 ) -> Programs:
-    """Compile (or fetch) init, steps for each block length, and point for this piece's shapes;
-    on_compile() is called once before the first compilation that is needed, if any. A repeat
-    of the same shapes is a dictionary lookup (no tracing: eval_shape costs ~60 ms a call)."""
+    """Compile (or fetch) init, ONE steps program for chunks of up to ``length`` steps (idx of
+    idx_shape(length), the steps to run a traced argument), point and point_lite for this
+    piece's shapes (point_lite None unless ``lite``); on_compile() is called once before the first compilation that is needed, if
+    any. A repeat of the same shapes is a dictionary lookup (no tracing: eval_shape costs ~60 ms
+    a call)."""
     shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves((hp, data)))
     memo = (
         "build",
@@ -481,7 +506,8 @@ def build(
         tuple(d.id for d in mesh.devices.flat),
         jax.tree.structure((hp, data)),
         shapes,
-        tuple((b, idx_shape(b)) for b in sorted(blocks)),
+        (length, idx_shape(length)),
+        lite,
     )
     if memo in _PROGRAMS:
         return dataclasses.replace(_PROGRAMS[memo], compile_seconds=0.0)
@@ -518,34 +544,39 @@ def build(
         if cfg.member_block
         else functools.partial(group_steps, cfg, axes)
     )
-    steps = {}
-    for b in sorted(blocks):
-        idx = jax.ShapeDtypeStruct(idx_shape(b), jnp.int32, sharding=idx_sharding)
-        steps[b], s = _program(
-            "steps",
-            (cfg, b),
-            mesh,
-            steps_fn,
-            (carry, _abstract(hp), idx, _abstract(data)),
-            (shard, member, idx_sharding, repl),
-            (shard, member),
-            (0,),
-            before,
-            compiler_options(cfg.step.spec, mesh.devices.flat[0].platform),
-        )
-        spent += s
-    point_fn = jax.vmap(functools.partial(member_point, cfg), in_axes=(axes, 0, None))
-    point, s = _program(
-        "point",
-        cfg,
+    idx = jax.ShapeDtypeStruct(idx_shape(length), jnp.int32, sharding=idx_sharding)
+    n = jax.ShapeDtypeStruct((), jnp.int32, sharding=repl)
+    steps, s = _program(
+        "steps",
+        (cfg, length),
         mesh,
-        point_fn,
-        (carry, _abstract(hp), _abstract(data)),
-        (shard, member, repl),
-        member,
-        before=before,
+        steps_fn,
+        (carry, _abstract(hp), idx, n, _abstract(data)),
+        (shard, member, idx_sharding, repl, repl),
+        (shard, member),
+        (0,),
+        before,
+        compiler_options(cfg.step.spec, mesh.devices.flat[0].platform),
     )
-    _PROGRAMS[memo] = Programs(init, steps, point, spent + s)
+    spent += s
+    points = [None, None]
+    for full in (True, False) if lite else (True,):
+        point_fn = jax.vmap(
+            functools.partial(member_point, cfg, full=full), in_axes=(axes, 0, None)
+        )
+        prog, s = _program(
+            "point" if full else "point_lite",
+            cfg,
+            mesh,
+            point_fn,
+            (carry, _abstract(hp), _abstract(data)),
+            (shard, member, repl),
+            member,
+            before=before,
+        )
+        points[0 if full else 1] = prog
+        spent += s
+    _PROGRAMS[memo] = Programs(init, steps, points[0], points[1], length, spent)
     return _PROGRAMS[memo]
 
 
@@ -561,7 +592,7 @@ def eval_schedule(steps: int, eval_every: int, per_decade: int = 8) -> np.ndarra
     """Evaluation steps from 0 (before any training) to ``steps``: the linear grid eval_every,
     2 * eval_every, ... merged with about ``per_decade`` geometric points per decade
     (round(10 ** (k / per_decade)), k = 0, 1, ...; 0: the linear grid only), dense where early
-    training moves fast. Sorted, unique, int64. Not wired into run_group yet (see issue 13)."""
+    training moves fast. Sorted, unique, int64: run_group's evaluation steps."""
     if steps < 1 or eval_every < 1 or per_decade < 0:
         raise ValueError(
             f"need steps, eval_every >= 1 and per_decade >= 0, got "
@@ -575,10 +606,17 @@ def eval_schedule(steps: int, eval_every: int, per_decade: int = 8) -> np.ndarra
     return np.asarray(sorted(points), np.int64)
 
 
-def chunk_lengths(steps: int, eval_every: int) -> list[int]:
-    """Steps between evaluation points: eval_every, ..., and a shorter last chunk if needed."""
-    lengths = [eval_every] * (steps // eval_every)
-    return lengths + ([steps % eval_every] if steps % eval_every else [])
+def chunk_lengths(steps: int, eval_every: int, per_decade: int = 8) -> list[int]:
+    """Steps between consecutive evaluation points of eval_schedule (per_decade=0: eval_every,
+    ..., and a shorter last chunk if needed)."""
+    return np.diff(eval_schedule(steps, eval_every, per_decade)).astype(int).tolist()
+
+
+def on_grid(points: np.ndarray, steps: int, eval_every: int) -> np.ndarray:
+    """Which evaluation steps are full points: step 0 and the linear grid (eval_every, ...,
+    steps); the rest (eval_schedule's geometric points) are off-grid, evaluated by point_lite."""
+    points = np.asarray(points)
+    return (points % eval_every == 0) | (points == steps)
 
 
 @dataclass
@@ -589,6 +627,7 @@ class GroupRun:
     diverged_at: list[int]
     compile_seconds: float
     seconds: float
+    eval_seconds: float  # wall time in the point programs (each timed to its results)
     padded_members: int
     pieces: int
     devices: int  # the devices the members were sharded over
@@ -614,6 +653,7 @@ def run_group(
     steps: int,
     eval_every: int,
     mesh: Mesh,
+    per_decade: int = 8,
     max_members: int = 64,
     report: Callable[[int, int, str], None] | None = None,
     block: int | None = None,
@@ -621,7 +661,9 @@ def run_group(
     """Train all members of one group; report(step_done, total, phase) as it goes.
 
     hps[i] is member i's numbers ({"lr", "momentum", "init_scale", "seed", "norm_call": {...}});
-    batch_indices(data_seed, start_step, num_steps) -> (num_steps, batch) int32 rows. Members run
+    batch_indices(data_seed, start_step, num_steps) -> (num_steps, batch) int32 rows. Evaluation
+    points: step 0 (the initial model) and eval_schedule(steps, eval_every, per_decade); full
+    points (on_grid) take ``point``, the others ``point_lite`` (see the module doc). Members run
     in pieces of at most max_members (each padded to a multiple of the device count by repeating
     its last member; a group with fewer members than devices runs on that many devices); progress
     counts steps over all pieces (total = steps x pieces). block: members per block on a device
@@ -642,13 +684,14 @@ def run_group(
     if 0 < block < local:  # whole blocks on every device: pad (as for devices) where needed
         size = -(-local // block) * block * mesh.devices.size
     cfg = dataclasses.replace(cfg, member_block=block if 0 < block < local else 0)
-    lengths = chunk_lengths(steps, eval_every)
-    blocks = {cfg.block_steps} if cfg.unrolled else set(lengths)
-    ends = np.cumsum(lengths).astype(np.int64)
+    schedule = eval_schedule(steps, eval_every, per_decade)
+    full = on_grid(schedule, steps, eval_every)
+    lengths = np.diff(schedule).astype(int).tolist()
+    longest = cfg.block_steps if cfg.unrolled else max(lengths)
     total = steps * n_pieces
     histories: list[dict[str, np.ndarray]] = []
     diverged: list[int] = []
-    compile_seconds = 0.0
+    compile_seconds = eval_seconds = 0.0
     for p in range(n_pieces):
         real = list(range(p * per_piece, min(len(hps), (p + 1) * per_piece)))
         ids = real + [real[-1]] * (size - len(real))  # padding: a real member again, dropped
@@ -662,41 +705,62 @@ def run_group(
             if report is not None:
                 report(p * steps, total, "compiling")
 
-        progs = build(cfg, mesh, hp, data, blocks, idx_shape, compiling)
+        progs = build(cfg, mesh, hp, data, longest, idx_shape, compiling, lite=not bool(full.all()))
         compile_seconds += progs.compile_seconds
         carry = progs.init(hp)
 
         def batch_rows(start: int, length: int, seeds: list[int] = seeds) -> dict:
             return {s: batch_indices(s, start, length) for s in sorted(set(seeds))}
 
-        points: list[dict[str, np.ndarray]] = []
+        def padded(rows: dict, b0: int, n: int, seeds: list[int] = seeds) -> Array:
+            """Rows b0 .. b0 + n of the chunk, padded with row 0 to the program's length."""
+
+            def one(r: np.ndarray) -> np.ndarray:
+                out = np.zeros((longest, cfg.batch_size), np.int32)
+                out[:n] = r[b0 : b0 + n]
+                return out
+
+            if cfg.shared_batch:
+                return jax.device_put(one(rows[seeds[0]]), repl)
+            return jax.device_put(np.stack([one(rows[s]) for s in seeds]), member)
+
+        def evaluate(carry: Carry, on: bool, progs: Programs = progs, hp: Any = hp) -> dict:
+            nonlocal eval_seconds
+            t0 = time.perf_counter()
+            out = (progs.point if on else progs.point_lite)(carry, hp, data)
+            out = jax.tree.map(np.asarray, out)
+            eval_seconds += time.perf_counter() - t0
+            return out
+
+        points = [evaluate(carry, True)]  # step 0: the initial model (train_loss set below)
         start = 0
         upcoming = batch_rows(0, lengths[0])
         for j, length in enumerate(lengths):
             rows = upcoming
-            block = cfg.block_steps if cfg.unrolled else length
             losses = []
-            for b0 in range(0, length, block):
-                if cfg.shared_batch:
-                    idx = jax.device_put(rows[seeds[0]][b0 : b0 + block], repl)
-                else:
-                    idx = jax.device_put(
-                        np.stack([rows[s][b0 : b0 + block] for s in seeds]), member
-                    )
-                carry, loss = progs.steps[block](carry, hp, idx, data)
-                losses.append(loss)
-            metrics = progs.point(carry, hp, data)
+            for b0 in range(0, length, longest):
+                n = min(longest, length - b0)
+                n_dev = jax.device_put(np.int32(n), repl)
+                carry, loss = progs.steps(carry, hp, padded(rows, b0, n), n_dev, data)
+                losses.append((loss, n))
             start += length
             if j + 1 < len(lengths):  # host work for the next chunk overlaps the device's
                 upcoming = batch_rows(start, lengths[j + 1])
-            metrics = jax.tree.map(np.asarray, metrics)
-            metrics["train_loss"] = np.concatenate([np.asarray(v) for v in losses], 1).mean(1)
+            jax.block_until_ready(carry)  # so that eval_seconds times the evaluation alone
+            metrics = evaluate(carry, bool(full[j + 1]))
+            chunk = np.concatenate([np.asarray(v)[:, :n] for v, n in losses], 1)
+            if j == 0:  # step 0's train_loss: the first batch's loss at the initial weights
+                points[0]["train_loss"] = chunk[:, 0]
+            metrics["train_loss"] = chunk.mean(1)
             points.append(metrics)
             if report is not None:
                 report(p * steps + start, total, "training")
-        stacked = {k: np.stack([pt[k] for pt in points], axis=1) for k in points[0]}
+        stacked = {  # step 0 is a full point: every key; NaN where a point did not measure it
+            k: np.stack([pt[k] if k in pt else np.full_like(like, np.nan) for pt in points], axis=1)
+            for k, like in points[0].items()
+        }
         for m in range(len(real)):
-            h = {"step": ends}
+            h = {"step": schedule}
             h.update({k: v[m] for k, v in stacked.items() if k != "diverged_at"})
             histories.append(h)
             diverged.append(int(stacked["diverged_at"][m, -1]))
@@ -705,6 +769,7 @@ def run_group(
         diverged,
         compile_seconds,
         time.perf_counter() - t_start,
+        eval_seconds,
         size,
         n_pieces,
         int(mesh.devices.size),

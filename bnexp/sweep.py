@@ -7,8 +7,9 @@ CONTRACT (callers rely on these names):
     run_sweep(trials, *, progress=None, on_group_done=None, max_members=64, devices=None,
               unrolled=None, member_block=None) -> list[TrialResult]
 
-- Static fields (model, dataset, data_options, batch_size, steps, eval_every, optimizer, probes,
-  probe_batch_size, the *names* in norm_call, divergence_factor) form the group signature: one
+- Static fields (model, dataset, data_options, batch_size, steps, eval_every, eval_per_decade,
+  optimizer, probes, probe_batch_size, the *names* in norm_call, divergence_factor) form the
+  group signature (trials of different evaluation schedules never share a group): one
   compiled program per group (bnexp.engine). A group runs in pieces of at most max_members members
   (PERF.md: past ~64 members per program the working set outgrows the CPU caches), each padded to a
   multiple of the device count; all pieces share the program. On a CPU each device trains its
@@ -22,20 +23,27 @@ CONTRACT (callers rely on these names):
   ("compiling" | "training" | "done"); step/total count steps over the group's pieces (total =
   steps x pieces). on_group_done(group_results: list[TrialResult]) is called as
   soon as a group finishes, so callers can save results before the sweep ends.
-- history arrays all have length E = number of evaluation points (step 0 is NOT an eval point; the
-  points are eval_every, 2*eval_every, ..., steps, the last interval shorter if eval_every does not
-  divide steps). Keys: "step" (int64), "train_loss" (mean training loss over the steps since the
-  previous point), "test_acc", "test_loss" (eval mode, running stats, whole test set),
-  "test_acc_batch" (batch-statistics mode, test set split into batches of batch_size, a partial
-  last batch dropped; NaN if batch_size < 2), plus one key per requested probe output (e.g.
-  "percentiles" with shape (E, 3); see bnexp.probes). Metrics are float32.
+- history arrays all have length E = number of evaluation points: step 0 (the initial model,
+  before any training) and engine.eval_schedule(steps, eval_every, eval_per_decade), i.e. the
+  linear grid eval_every, 2*eval_every, ..., steps (the last interval shorter if eval_every does
+  not divide steps) merged with ~eval_per_decade geometric points per decade (0: none). Keys:
+  "step" (int64, history["step"][0] == 0), "train_loss" (mean training loss over the steps
+  since the previous point; at step 0 the loss of the first training batch at the initial
+  weights), "test_acc", "test_loss" (eval mode, running stats: the whole test set at step 0 and
+  on the linear grid, the first engine.OFFGRID_TEST test examples at the geometric off-grid
+  points), "test_acc_batch" (batch-statistics mode, test set split into batches of batch_size, a
+  partial last batch dropped; NaN if batch_size < 2, and NaN at the off-grid points, where it is
+  not measured), plus one key per requested probe output (e.g. "percentiles" with shape (E, 3);
+  see bnexp.probes; measured at every point). The last point is always on the grid. Metrics are
+  float32.
 - A diverged member (loss non-finite or > divergence_factor x its initial loss, or a non-finite
   update) is frozen: its parameters stop changing, diverged_at is the step, and every history
   entry at an evaluation point >= diverged_at is NaN. Steps are numbered from 1; "initial loss"
   is the loss of step 1.
 - TrialResult.seconds is the member's share of its group's wall time (compilation included);
   extra holds "compile_seconds" (the group's compile time, 0 when every program was already
-  compiled in this process), "group_seconds", "group", "members", "padded_members", "pieces",
+  compiled in this process), "group_seconds", "eval_seconds" (the group's wall time in its
+  evaluation programs), "group", "members", "padded_members", "pieces",
   "member_block", "devices", "shared_batch", "unrolled", "block_steps".
 - Devices: the member axis is sharded over ``devices`` (default jax.devices()); a group with
   fewer members than devices is sharded over that many of them. On a CPU,
@@ -81,6 +89,7 @@ class Trial:
     batch_size: int = 60
     steps: int = 1000
     eval_every: int = 100
+    eval_per_decade: int = 8  # geometric evaluation points per decade besides the grid (0: none)
     optimizer: str = "sgd"  # "sgd" | "momentum" | "adam"
     lr: float = 0.5
     momentum: float = 0.9  # used by the "momentum" optimizer
@@ -125,6 +134,7 @@ def signature(trial: Trial) -> tuple:
         trial.batch_size,
         trial.steps,
         trial.eval_every,
+        trial.eval_per_decade,
         trial.optimizer,
         trial.probes,
         trial.probe_batch_size,
@@ -214,6 +224,8 @@ def _check(t: Trial, ds: Any) -> None:
 
     if t.steps < 1 or t.eval_every < 1:
         raise ValueError(f"steps and eval_every must be >= 1 (got {t.steps}, {t.eval_every})")
+    if t.eval_per_decade < 0:
+        raise ValueError(f"eval_per_decade must be >= 0 (got {t.eval_per_decade})")
     spec = t.model
     want = spec.input_shape if spec.kind == "cnn" else (spec.widths[0],)
     have = tuple(ds.input_shape) if spec.kind == "cnn" else (math.prod(ds.input_shape),)
@@ -313,7 +325,7 @@ def run_sweep(
             t0.divergence_factor,
             tuple(k for k, _ in t0.norm_call),
         )
-        lengths = engine.chunk_lengths(t0.steps, t0.eval_every)
+        lengths = engine.chunk_lengths(t0.steps, t0.eval_every, t0.eval_per_decade)
         unroll, block = engine.layout_for(
             t0.model, lengths, unrolled, mesh.devices.flat[0].platform
         )
@@ -355,6 +367,7 @@ def run_sweep(
             batches,
             steps=t0.steps,
             eval_every=t0.eval_every,
+            per_decade=t0.eval_per_decade,
             mesh=mesh,
             max_members=max_members,
             report=report,
@@ -363,6 +376,7 @@ def run_sweep(
         extra = {
             "compile_seconds": run.compile_seconds,
             "group_seconds": run.seconds,
+            "eval_seconds": run.eval_seconds,
             "group": gi,
             "members": len(ids),
             "padded_members": run.padded_members,

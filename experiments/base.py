@@ -38,6 +38,7 @@ class Config:
     seeds: int = 3
     steps: int = 2000
     eval_every: int = 100
+    eval_per_decade: int = 8  # geometric evaluation points per decade besides the grid (0: none)
     batch_size: int = 60
     optimizer: str = "sgd"
     lr: float = 0.5
@@ -146,6 +147,7 @@ def make_trial(cfg: Config, model: ModelSpec, *, seed: int, tag: str, **override
         batch_size=cfg.batch_size,
         steps=cfg.steps,
         eval_every=cfg.eval_every,
+        eval_per_decade=cfg.eval_per_decade,
         optimizer=cfg.optimizer,
         lr=cfg.lr,
         momentum=cfg.momentum,
@@ -219,6 +221,8 @@ def check_common(cfg: Config, *, num_train: int | None = None) -> None:
         raise ConfigError(f"steps must be positive, got {cfg.steps}")
     if cfg.eval_every <= 0:
         raise ConfigError(f"eval_every must be positive, got {cfg.eval_every}")
+    if cfg.eval_per_decade < 0:
+        raise ConfigError(f"eval_per_decade must be >= 0, got {cfg.eval_per_decade}")
     if cfg.seeds <= 0:
         raise ConfigError(f"seeds must be positive, got {cfg.seeds}")
     if cfg.batch_size < 2:

@@ -154,15 +154,16 @@ def run(
         if r is not None
     }
     todo = [t for t in trials if results.trial_id(t) not in saved]
-    compile_s = 0.0
+    compile_s = eval_s = 0.0
 
     def on_group_done(group: list[TrialResult]) -> None:
-        nonlocal compile_s
+        nonlocal compile_s, eval_s
         _raise_if_stopped()
         results.save_group(run_dir, group)
         for r in group:
             saved[results.trial_id(r.trial)] = r
         compile_s += max((r.extra.get("compile_seconds", 0.0) for r in group), default=0.0)
+        eval_s += max((r.extra.get("eval_seconds", 0.0) for r in group), default=0.0)
 
     with _sigterm_as_interrupt():
         try:
@@ -186,6 +187,7 @@ def run(
                     "wall_time_seconds": time.perf_counter() - t0,
                     "train_time_seconds": train_s,
                     "compile_seconds": compile_s,
+                    "eval_seconds": eval_s,  # in evaluation programs (engine.GroupRun)
                     "trials_run_now": len(todo),
                     "trials_resumed": len(trials) - len(todo),
                 }

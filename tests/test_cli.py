@@ -108,6 +108,20 @@ def test_compare_speedups_match_steps_to_target(tmp_path):
     }
 
 
+def test_set_eval_per_decade_zero_evaluates_step_0_and_the_linear_grid(tmp_path):
+    import numpy as np
+
+    doc = run_json(tmp_path, "run", "compare", "--set", "eval_per_decade=0")
+    check_document(doc, "compare")
+    assert {t["config"]["eval_per_decade"] for t in doc["trials"]} == {0}
+    for npz in (Path(doc["run_dir"]) / "trials").glob("*.npz"):
+        with np.load(npz) as h:
+            assert h["step"].tolist() == [0, 20, 40, 60]  # smoke: 60 steps, eval_every 20
+            assert np.isfinite(h["test_acc_batch"]).all()  # every point a full one
+    timing = json.loads((Path(doc["run_dir"]) / "summary.json").read_text())["timing"]
+    assert 0 < timing["eval_seconds"] < timing["train_time_seconds"]
+
+
 def test_compare_no_bn_and_extra_norm(tmp_path):
     doc = run_json(tmp_path, "compare", "--no-bn", "--norm", "layer", "--steps", "40")
     assert {t["tag"] for t in doc["trials"]} == {"baseline", "layer"}
@@ -133,6 +147,7 @@ def test_show_rerenders_saved_run(tmp_path):
         (["run", "lr-sweep", "--set", "lrr=1"], 2, "valid keys"),
         (["run", "lr-sweep", "--set", "steps=abc"], 2, "expected an integer"),
         (["run", "lr-sweep", "--set", "lrs=0,-1"], 2, "positive"),
+        (["run", "lr-sweep", "--set", "eval_per_decade=-1"], 2, "eval_per_decade must be >= 0"),
         (["run", "lr-sweep", "--steps", "0"], 2, "steps must be positive"),
         (["run", "compare", "--set", "batch_size=100000"], 2, "larger than the training set"),
         (["run", "compare", "--set", "arms=group,none", "--set", "norm_groups=7"], 2, "divide"),

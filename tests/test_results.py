@@ -221,3 +221,21 @@ def test_verdict_text():
     assert R.verdict_text(None) is None
     assert R.verdict_text({"outcome": "NOT REPRODUCED"}) == "NOT REPRODUCED"
     assert R.verdict_text([{"outcome": "REPRODUCED"}] * 2) == "REPRODUCED"
+
+
+def test_record_saved_before_eval_per_decade_loads_with_the_default(tmp_path):
+    """A trial saved by a bnexp without Trial.eval_per_decade (histories without step 0) loads,
+    the field at its default; its stored trial_id is kept, and a current trial (whose id covers
+    the schedule) is never matched to it on resume."""
+    run = _run(tmp_path)
+    t = _trial()
+    R.save_trial(run, _result(t))
+    (path,) = (run / "trials").glob("*.json")
+    rec = json.loads(path.read_text())
+    del rec["trial"]["eval_per_decade"]
+    rec["trial_id"] = "0123456789ab"
+    path.write_text(json.dumps(rec))
+    loaded = R.load_run(run)
+    assert not loaded.broken and loaded.trials[0].trial.eval_per_decade == 8
+    assert loaded.trials[0].trial_id == "0123456789ab"
+    assert loaded.results_for([t]) == [None]

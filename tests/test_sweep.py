@@ -27,6 +27,8 @@ BASE = Trial(
 )
 LRS = (0.05, 0.2, 0.5, 1.0, 2.0, 1e7)  # the last one diverges
 KEYS = {"step", "train_loss", "test_acc", "test_loss", "test_acc_batch"}
+POINTS = [0, 1, 2, 3, 4, 6, 7, 10, 13, 18, 20]  # BASE's evaluation steps
+GRID = np.isin(POINTS, [0, 10, 20])  # full points: batch-statistics accuracy measured
 
 
 def _trials(lrs, **kw) -> list[Trial]:
@@ -51,13 +53,14 @@ def lr_sweep():
     results = run_sweep(
         _trials(LRS), progress=events.append, on_group_done=done.append, max_members=4
     )
-    traces = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in ("train_step", "eval_point")}
+    names = ("train_step", "eval_point", "eval_point_lite")
+    traces = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in names}
     return results, traces, events, done
 
 
 def test_one_trace_per_group_and_no_retrace_for_new_numbers(lr_sweep):
     results, traces, _, _ = lr_sweep
-    assert traces == {"train_step": 1, "eval_point": 1}
+    assert traces == {"train_step": 1, "eval_point": 1, "eval_point_lite": 1}
     assert [r.trial.lr for r in results] == list(LRS)  # input order
     assert results[0].extra["pieces"] == 2 and results[0].extra["padded_members"] == 3
     assert results[0].extra["compile_seconds"] > 0
@@ -70,14 +73,15 @@ def test_one_trace_per_group_and_no_retrace_for_new_numbers(lr_sweep):
     assert again[0].extra["compile_seconds"] == 0.0
     assert "compiling" not in {e.phase for e in events}
     finals = [r.final_test_accuracy for r in again]
-    assert len(set(finals)) > 1 or len({float(r.history["train_loss"][0]) for r in again}) > 1
+    assert len(set(finals)) > 1 or len({float(r.history["train_loss"][-1]) for r in again}) > 1
 
 
 def test_history_and_divergence_per_member(lr_sweep):
     results, _, _, _ = lr_sweep
     for r in results:
         assert set(r.history) == KEYS
-        np.testing.assert_array_equal(r.history["step"], [10, 20])
+        np.testing.assert_array_equal(r.history["step"], POINTS)
+        np.testing.assert_array_equal(POINTS, engine.eval_schedule(20, 10, 8))
     bad = results[-1]
     assert isinstance(bad.diverged_at, int) and 1 <= bad.diverged_at <= 20
     assert bad.final_test_accuracy is None
@@ -86,7 +90,9 @@ def test_history_and_divergence_per_member(lr_sweep):
         assert np.isnan(bad.history[k][first_nan:]).all()
     for r in results[:-1]:
         assert r.diverged_at is None and isinstance(r.final_test_accuracy, float)
-        assert all(np.isfinite(r.history[k]).all() for k in KEYS)
+        assert all(np.isfinite(r.history[k]).all() for k in KEYS - {"test_acc_batch"})
+        batch = r.history["test_acc_batch"]  # measured at the full points only
+        assert np.isfinite(batch[GRID]).all() and np.isnan(batch[~GRID]).all()
     assert max(r.final_test_accuracy for r in results[:-1]) > 0.3  # chance: 0.1, 20 steps
     # the diverged member changed nothing for the others: same numbers without it
     alone = run_sweep(_trials(LRS[:-1]), max_members=4)
@@ -104,7 +110,10 @@ def test_progress_and_group_callback(lr_sweep):
     results, _, events, done = lr_sweep
     assert events[0].phase == "compiling" and events[-1].phase == "done"
     steps = [e.step for e in events if e.phase == "training"]
-    assert steps == [10, 20, 30, 40] and events[-1].step == events[-1].total == 40
+    assert (
+        steps == POINTS[1:] + [20 + s for s in POINTS[1:]]
+        and events[-1].step == events[-1].total == 40
+    )
     assert {(e.group, e.groups, e.members) for e in events} == {(0, 1, 6)}
     assert len(done) == 1 and [r.trial for r in done[0]] == [r.trial for r in results]
 
@@ -171,10 +180,11 @@ def test_probes_and_registry():
             "probe_step",
             "grad_norm",
         }
-        assert h["percentiles"].shape == (2, 3) and h["probe_lr"].shape == (2,)
+        n = len(POINTS)  # probes run at every point, the off-grid ones included
+        assert h["percentiles"].shape == (n, 3) and h["probe_lr"].shape == (n,)
         assert (np.diff(h["percentiles"], axis=1) >= 0).all()
         np.testing.assert_allclose(h["probe_lr"], r.trial.lr)
-        np.testing.assert_array_equal(h["probe_step"], [10, 20])
+        np.testing.assert_array_equal(h["probe_step"], POINTS)
         assert (h["grad_norm"] > 0).all()
         # train mode adds the noisy-BN noise; eval mode does not
         assert not np.allclose(h["percentiles_train"], h["percentiles"])
@@ -227,11 +237,12 @@ def test_cnn_renorm_sweep_runs():
     ]
     results = run_sweep(trials)
     assert results[0].extra["unrolled"] and results[0].extra["block_steps"] == 1
-    assert engine.layout_for(spec, [100, 100, 50], platform="cpu") == (True, 5)
+    assert engine.layout_for(spec, [100, 100, 50], platform="cpu") == (True, 8)
+    assert engine.layout_for(spec, [1, 1, 2, 3], platform="cpu") == (True, 3)
     assert engine.layout_for(spec, [100], platform="gpu") == (False, 0)
     im2col = ModelSpec(kind="cnn", conv_impl="auto")  # im2col on CPU: a rolled scan is fast
     assert engine.layout_for(im2col, [100], platform="cpu") == (False, 0)
-    assert engine.layout_for(ModelSpec(), [100], unrolled=True) == (True, 5)
+    assert engine.layout_for(ModelSpec(), [100], unrolled=True) == (True, 8)
     for r in results:
         assert r.diverged_at is None and np.isfinite(r.history["test_loss"]).all()
 
@@ -355,7 +366,9 @@ def test_engine_members_match_single_model_training(kind, lrs):
     """Every member of an lr sweep (shared batches, the engine's weight-gradient rule, stored
     layouts and XLA options), and a one-trial run (no member axis), follows the plain
     single-model loop (train.train_chunk, autodiff's rule, XLA's defaults) on the same batches to
-    float32 precision."""
+    float32 precision, at every evaluation point of the schedule (chunks of 1, 1, 1, 1, 2, ...
+    steps through the one steps program); step 0 is the initial model and the first batch's
+    loss."""
     if kind == "mlp":
         spec, options = ModelSpec(widths=(16, 24, 24, 10), norm="batch"), DATA
     else:  # conv 1 -> 16 channels: im2col through the rule; 16 -> 8: autodiff's
@@ -383,11 +396,25 @@ def test_engine_members_match_single_model_training(kind, lrs):
             "norm_call": {},
         }
         carry = jax.jit(lambda h: train.init_carry(cfg, h))(hp)
-        carry, losses = jax.jit(lambda c, h: train.train_chunk(cfg, h, c, idx, x, y))(carry, hp)
-        np.testing.assert_allclose(r.history["train_loss"][0], np.mean(losses), rtol=1e-5)
-        acc, loss = jax.jit(
+        score = jax.jit(
             lambda s: train.evaluate(s.params, s.norm_state, ds.x_test, ds.y_test, spec)
+        )
+        acc0, loss0 = score(carry.state)
+        acc0_b, _ = jax.jit(
+            lambda s: train.evaluate(
+                s.params, s.norm_state, ds.x_test, ds.y_test, spec, mode="batch", batch_size=16
+            )
         )(carry.state)
+        carry, losses = jax.jit(lambda c, h: train.train_chunk(cfg, h, c, idx, x, y))(carry, hp)
+        acc, loss = score(carry.state)
+        h = r.history
+        np.testing.assert_array_equal(h["step"], engine.eval_schedule(20, 20, 8))
+        np.testing.assert_allclose(h["test_loss"][0], loss0, rtol=1e-5)
+        np.testing.assert_allclose(h["test_acc"][0], acc0, atol=1e-6)
+        np.testing.assert_allclose(h["test_acc_batch"][0], acc0_b, atol=1e-6)
+        np.testing.assert_allclose(h["train_loss"][0], losses[0], rtol=1e-5)
+        losses = np.asarray(losses)
+        means = [losses[a:b].mean() for a, b in zip(h["step"][:-1], h["step"][1:], strict=True)]
 
         def final_loss(lr32, hp=hp):
             h = {**hp, "lr": lr32}
@@ -398,8 +425,9 @@ def test_engine_members_match_single_model_training(kind, lrs):
             )(c.state)[1]
 
         rtol = _trajectory_rtol(_ulp_sensitivity(final_loss, lr))
-        np.testing.assert_allclose(r.history["test_loss"][0], loss, rtol=rtol)
-        assert r.history["test_acc"][0] == pytest.approx(float(acc), abs=1 / 128)
+        np.testing.assert_allclose(h["train_loss"][1:], means, rtol=rtol)
+        np.testing.assert_allclose(h["test_loss"][-1], loss, rtol=rtol)
+        assert h["test_acc"][-1] == pytest.approx(float(acc), abs=1 / 128)
 
 
 def test_group_step_equals_vmapped_train_step_and_guards_the_first_layer():
@@ -453,7 +481,7 @@ def test_softmax_regression_sweep_has_no_first_hidden_layer_to_store():
     assert not engine.group_updates_first_layer(cfg)
     results = run_sweep(_trials((0.1, 0.5), model=spec, steps=4, eval_every=4))
     assert all(np.isfinite(r.history["train_loss"]).all() for r in results)
-    assert results[0].history["train_loss"][0] != results[1].history["train_loss"][0]
+    assert results[0].history["train_loss"][-1] != results[1].history["train_loss"][-1]
 
 
 @pytest.mark.parametrize(
@@ -538,8 +566,9 @@ PAPER_SCALE = textwrap.dedent("""
     for block in (4, 0):
         pcfg = engine.ProgramConfig(cfg, 60, member_block=block)
         h = jax.device_put(hp, member)
-        progs = engine.build(pcfg, mesh, h, data, {T}, lambda b: (b, 60))
-        _, losses = progs.steps[T](progs.init(h), h, jax.device_put(idx, repl), data)
+        progs = engine.build(pcfg, mesh, h, data, T, lambda b: (b, 60), lite=False)
+        n = jax.device_put(np.int32(T), repl)
+        _, losses = progs.steps(progs.init(h), h, jax.device_put(idx, repl), n, data)
         out[str(block)] = np.asarray(losses).tolist()
     d0 = jax.devices()[0]
     xs, ys = jax.device_put(x, d0), jax.device_put(y, d0)
@@ -592,3 +621,53 @@ def test_dataset_goes_onto_the_devices_once_per_run(monkeypatch):
     assert len(seen) == 2 and all(r.final_test_accuracy is not None for r in results)
     assert all(isinstance(x, jax.Array) for _, x, _ in seen)
     assert seen[0][1] is seen[1][1] and seen[0][2] is seen[1][2]
+
+
+def test_one_steps_program_for_a_schedule_of_many_chunk_lengths():
+    """A group whose evaluation schedule has many distinct chunk lengths (300 steps, eval_every
+    100, 8 points a decade: chunks of 1, 2, 3, ... 100 steps) traces its train step once and
+    compiles a fixed set of programs: init, ONE steps program (chunks padded to the longest, the
+    steps to run a traced argument), point and point_lite."""
+    lengths = engine.chunk_lengths(300, 100, 8)
+    assert len(set(lengths)) >= 10
+    engine._PROGRAMS.clear()
+    before = dict(train.TRACE_COUNTS)
+    results = run_sweep(_trials((0.1, 0.5), steps=300, eval_every=100))
+    names = ("train_step", "eval_point", "eval_point_lite")
+    assert {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in names} == dict.fromkeys(names, 1)
+    compiled = sorted(k[0] for k in engine._PROGRAMS if k[0] != "build")
+    assert compiled == ["init", "point", "point_lite", "steps"]
+    np.testing.assert_array_equal(results[0].history["step"], engine.eval_schedule(300, 100))
+    assert results[0].extra["eval_seconds"] > 0
+
+
+def test_per_decade_0_is_step_0_and_the_linear_grid_and_groups_apart():
+    trials = [*_trials((0.1,), eval_per_decade=0), *_trials((0.1,)), *_trials((0.2,), steps=25)]
+    assert sweep.group_trials(trials) == [[0], [1], [2]]
+    zero, eight, ragged = run_sweep(
+        [trials[0], trials[1], Trial(**{**trials[2].__dict__, "eval_per_decade": 0})]
+    )
+    np.testing.assert_array_equal(zero.history["step"], [0, 10, 20])
+    np.testing.assert_array_equal(ragged.history["step"], [0, 10, 20, 25])
+    assert np.isfinite(zero.history["test_acc_batch"]).all()
+    for k in KEYS - {"step"}:  # the same training: equal at the shared points
+        np.testing.assert_allclose(
+            zero.history[k][1:] if k != "train_loss" else zero.history[k][:1],
+            eight.history[k][GRID][1:] if k != "train_loss" else eight.history[k][:1],
+            rtol=1e-5,
+            err_msg=k,
+        )
+    with pytest.raises(ValueError, match="eval_per_decade"):
+        run_sweep(_trials((0.1,), eval_per_decade=-1))
+
+
+def test_unrolled_blocks_mask_the_tail_of_a_short_chunk():
+    """Unrolled mode runs one block size (min(CNN_MAX_BLOCK, longest chunk)) for every chunk,
+    the steps past a chunk's end masked out: the numbers of the rolled loop."""
+    trials = _trials((0.1, 0.5, 1e7), steps=60, eval_every=30)  # chunks 1, 1, 1, 1, 2, ..., 14
+    rolled = run_sweep(trials, unrolled=False)
+    unrolled = run_sweep(trials, unrolled=True)
+    assert unrolled[0].extra["unrolled"] and unrolled[0].extra["block_steps"] == 8
+    assert unrolled[2].diverged_at is not None
+    for a, b in zip(rolled, unrolled, strict=True):
+        _same(a, b, exact=False)
