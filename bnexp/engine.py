@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bnexp import models, probes, train
+from bnexp import models, probes, sweep, train
 from bnexp.models import ModelSpec
 from bnexp.train import TRACE_COUNTS, Carry, StepConfig
 
@@ -612,13 +612,6 @@ def chunk_lengths(steps: int, eval_every: int, per_decade: int = 8) -> list[int]
     return np.diff(eval_schedule(steps, eval_every, per_decade)).astype(int).tolist()
 
 
-def on_grid(points: np.ndarray, steps: int, eval_every: int) -> np.ndarray:
-    """Which evaluation steps are full points: step 0 and the linear grid (eval_every, ...,
-    steps); the rest (eval_schedule's geometric points) are off-grid, evaluated by point_lite."""
-    points = np.asarray(points)
-    return (points % eval_every == 0) | (points == steps)
-
-
 @dataclass
 class GroupRun:
     """What run_group returns: per-member histories (index = member) and the group's timings."""
@@ -663,7 +656,7 @@ def run_group(
     hps[i] is member i's numbers ({"lr", "momentum", "init_scale", "seed", "norm_call": {...}});
     batch_indices(data_seed, start_step, num_steps) -> (num_steps, batch) int32 rows. Evaluation
     points: step 0 (the initial model) and eval_schedule(steps, eval_every, per_decade); full
-    points (on_grid) take ``point``, the others ``point_lite`` (see the module doc). Members run
+    points (sweep.full_points) take ``point``, the others ``point_lite`` (see the module doc). Members run
     in pieces of at most max_members (each padded to a multiple of the device count by repeating
     its last member; a group with fewer members than devices runs on that many devices); progress
     counts steps over all pieces (total = steps x pieces). block: members per block on a device
@@ -685,7 +678,7 @@ def run_group(
         size = -(-local // block) * block * mesh.devices.size
     cfg = dataclasses.replace(cfg, member_block=block if 0 < block < local else 0)
     schedule = eval_schedule(steps, eval_every, per_decade)
-    full = on_grid(schedule, steps, eval_every)
+    full = sweep.full_points(schedule, eval_every)
     lengths = np.diff(schedule).astype(int).tolist()
     longest = cfg.block_steps if cfg.unrolled else max(lengths)
     total = steps * n_pieces

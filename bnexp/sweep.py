@@ -125,6 +125,14 @@ class ProgressEvent:
     seconds: float = 0.0  # wall time since the group started
 
 
+def full_points(steps: np.ndarray | Sequence[int], eval_every: int) -> np.ndarray:
+    """Which entries of a history's "step" array are full evaluation points: step 0 and the
+    linear grid (eval_every, 2 * eval_every, ..., the last step); the others are engine's
+    off-grid points (test_acc/test_loss on a subset, test_acc_batch NaN; see the module doc)."""
+    steps = np.asarray(steps)
+    return (steps % eval_every == 0) | (steps == steps.max(initial=0))
+
+
 def signature(trial: Trial) -> tuple:
     """The static part of a trial: trials with equal signatures share one compiled program."""
     return (
@@ -409,6 +417,7 @@ __all__ = [
     "TrialResult",
     "configure_host_devices",
     "enable_compilation_cache",
+    "full_points",
     "group_trials",
     "run_sweep",
     "signature",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bnexp import metrics, plots
-from bnexp.sweep import TrialResult
+from bnexp.sweep import TrialResult, full_points
 from experiments.base import Table
 
 # The two arms most experiments compare, as (tag, norm name): the same seeds, data order and
@@ -92,10 +92,13 @@ def arm_steps(rs: Sequence[TrialResult], target: float) -> float | None:
 def curve_table(
     arm_results: dict[str, list[TrialResult]], *, title: str, max_rows: int = 12
 ) -> Table:
-    """Eval-mode test accuracy per arm at (a subsample of) the evaluation points."""
+    """Eval-mode test accuracy per arm at (a subsample of) the full evaluation points (step 0
+    and the linear grid, measured on the whole test set; sweep.full_points)."""
     first = next(iter(arm_results.values()))[0]
     steps = np.asarray(first.history["step"])
-    idx = np.unique(np.linspace(0, len(steps) - 1, min(max_rows, len(steps))).round().astype(int))
+    full = np.flatnonzero(full_points(steps, first.trial.eval_every))
+    pick = np.linspace(0, len(full) - 1, min(max_rows, len(full))).round().astype(int)
+    idx = full[np.unique(pick)]
     rows = []
     for i in idx:
         row: dict[str, Any] = {"step": int(steps[i])}
