@@ -29,7 +29,7 @@ CONTRACT (callers rely on these names):
   not divide steps) merged with ~eval_per_decade geometric points per decade (0: none). Keys:
   "step" (int64, history["step"][0] == 0), "train_loss" (mean training loss over the steps
   since the previous point; at step 0 the loss of the first training batch at the initial
-  weights), "test_acc", "test_loss" (eval mode, running stats: the whole test set at step 0 and
+  weights, NaN if step 1 already diverged), "test_acc", "test_loss" (eval mode, running stats: the whole test set at step 0 and
   on the linear grid, the first engine.OFFGRID_TEST test examples at the geometric off-grid
   points), "test_acc_batch" (batch-statistics mode, test set split into batches of batch_size, a
   partial last batch dropped; NaN if batch_size < 2, and NaN at the off-grid points, where it is
