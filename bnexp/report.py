@@ -275,7 +275,7 @@ def render_verdict(verdict: Any, console: Console) -> None:
         console.print(verdict_line(v), soft_wrap=not console.is_terminal)
         table = conditions_table(v, plain=is_plain(console))
         if table is not None:  # indented under its verdict line
-            console.print(Padding(table, (0, 0, 0, 2)))
+            console.print(Padding(table, (0, 0, 0, 2), expand=False))
 
 
 def render_table(

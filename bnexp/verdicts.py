@@ -70,10 +70,12 @@ def conditions(v: Any) -> list[dict[str, Any]]:
 
 
 def verdict_outcome(v: Any) -> str | None:
-    """The canonical outcome of a verdict: its ``outcome`` word, else its ``reproduced`` flag."""
-    out = outcome_of(_get(v, "outcome"))
-    if out is not None:
-        return out
+    """The canonical outcome of a verdict: its ``outcome`` word, else its ``reproduced`` flag.
+
+    None when the word is not one of OUTCOMES, or when the verdict has neither."""
+    raw = _get(v, "outcome")
+    if isinstance(raw, str):  # an unknown word: None, so that it is shown as given
+        return outcome_of(raw)
     rep = _get(v, "reproduced", "missing")
     return None if rep == "missing" else outcome_of(rep)
 
