@@ -390,8 +390,8 @@ def _forest_row(group: int, label: str, claim: str, c: dict[str, Any]) -> Forest
         neg_raw = (float(neg[0]), float(neg[1]))
     log = bool(c.get("log"))
 
-    def show(x: float | None) -> float | None:
-        return None if x is None else V.display(c, x)
+    def show(x: float | None) -> float | None:  # unbounded stays -inf/+inf, also for ratios
+        return None if x is None else x if math.isinf(x) else V.display(c, x)
 
     if e_raw is not None and not math.isfinite(e_raw):
         e_raw = None
@@ -549,12 +549,11 @@ def _forest_draw_row(ax: Any, r: ForestRow) -> None:
     if r.low is not None and r.high is not None:
         a = r.low if math.isfinite(r.low) else None
         b = r.high if math.isfinite(r.high) else None
-        anchor = r.effect if r.effect is not None else (a if a is not None else b)
         if a is not None and b is not None:
             ax.plot([a, b], [0, 0], color=r.color, lw=2.5, solid_capstyle="butt", zorder=3)
-        for end, edge in ((a, lo_edge), (b, hi_edge)):
-            if end is None:  # unbounded: an arrow from the known end (or the effect) to the edge
-                start = anchor if anchor is not None else t
+        for end, other, edge in ((a, b, lo_edge), (b, a, hi_edge)):
+            if end is None:  # unbounded: an arrow from the other end (or the effect) to the edge
+                start = other if other is not None else r.effect if r.effect is not None else t
                 ax.annotate("", xy=(edge, 0), xytext=(start, 0), zorder=3,
                             arrowprops={"arrowstyle": "-|>", "color": r.color, "lw": 2.5,
                                         "shrinkA": 0, "shrinkB": 0})  # fmt: skip
@@ -564,7 +563,8 @@ def _forest_draw_row(ax: Any, r: ForestRow) -> None:
                 markeredgewidth=1.6)  # fmt: skip
     elif r.low is None:
         ax.text(0.5, 0.5, "no estimate", transform=ax.transAxes, ha="center", va="center",
-                fontsize="x-small", color="0.4")  # fmt: skip
+                fontsize="x-small", color="0.4", zorder=5,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})  # fmt: skip
 
 
 def _forest_tick(r: ForestRow, x: float, centre: bool = False) -> str:
