@@ -11,6 +11,7 @@ importing bnexp stays fast.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from bnexp import verdicts as V
 from bnexp.metrics import band
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -333,7 +335,7 @@ class ForestRow:
     factor for log rows: the range is threshold / span .. threshold * span).
     """
 
-    group: int  # index of the (label, verdict) group, then of the claim within it
+    group: int  # which claim: 0, 1, ... over the claims with conditions, in order
     label: str  # the group's label (experiment name)
     claim: str
     name: str
@@ -359,8 +361,6 @@ def forest_rows(groups: Sequence[tuple[str, Any]]) -> list[ForestRow]:
     / ``Verdict.to_json()``), a list of them, or a stats.Verdict; claims without conditions (old
     runs) give no row.
     """
-    from bnexp import verdicts as V
-
     rows: list[ForestRow] = []
     g = 0
     for label, verdict in groups:
@@ -375,10 +375,6 @@ def forest_rows(groups: Sequence[tuple[str, Any]]) -> list[ForestRow]:
 
 
 def _forest_row(group: int, label: str, claim: str, c: dict[str, Any]) -> ForestRow:
-    import math
-
-    from bnexp import verdicts as V
-
     outcome = V.outcome_of(c.get("outcome")) or str(c.get("outcome"))
     t_raw = V._num(c.get("threshold"))
     t_raw = 0.0 if t_raw is None else t_raw
@@ -475,8 +471,6 @@ def forest(
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    from bnexp import verdicts as V
-
     rows = forest_rows(groups)
     if not rows:
         return None
@@ -521,8 +515,6 @@ def forest(
 
 
 def _forest_draw_row(ax: Any, r: ForestRow) -> None:
-    import math
-
     t, s = r.threshold, r.span
     if r.log:
         ax.set_xscale("log")
