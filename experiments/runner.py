@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnexp import data, metrics, results, stats
+from bnexp import data, metrics, plots, results, stats
 from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
@@ -182,6 +182,11 @@ def run(
                     plot_dir = run_dir / "plots"
                     plot_dir.mkdir(exist_ok=True)
                     analysis.plots = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
+                    vd = verdict_dict(analysis)  # and the verdict's forest plot, when it has one
+                    if isinstance(vd, dict) and vd.get("conditions"):
+                        analysis.plots.append(
+                            plots.forest([(exp.name, vd)], plot_dir / "verdict.png")
+                        )
                 timing = {
                     "wall_time_seconds": time.perf_counter() - t0,
                     "train_time_seconds": train_s,
