@@ -150,8 +150,10 @@ def test_claims_table_matches_the_runs_json(repro):
         assert cells["preset"] == "smoke" and cells["seeds"] == str(config["seeds"])
         assert cells["wall time"] == htmlreport.duration(s["timing"]["wall_time_seconds"])
         section = root.find(f".//section[@id='exp-{exp.name}']")
-        tables = section.findall(".//table")
+        tables = [t for t in section.findall(".//table") if "conditions" not in t.get("class", "")]
         assert len(tables) == len(s["tables"])
+        conds = section.findall(".//table[@class='data conditions']/tbody/tr")
+        assert len(conds) == len(s["verdict"]["conditions"])
         first = s["tables"][0]
         head = [th.text for th in tables[0].findall("./thead/tr/th")]
         assert head == first["columns"]
