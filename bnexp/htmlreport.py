@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bnexp import results
+from bnexp.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 _CSS_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "bad", INCONCLUSIVE: "unsure"}
 CLAIM_COLUMNS = (
     "experiment",

@@ -42,12 +42,22 @@ from rich.table import Table
 from rich.text import Text
 
 from bnexp import verdicts
-from bnexp.metrics import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Speedup, Summary
+from bnexp.metrics import Speedup, Summary
 
 KINDS = ("auto", "text", "acc", "speedup", "steps", "int", "float", "lr")
 DIVERGED_STYLE = "bold red"
 DIM = "dim"
-OUTCOME_STYLE = {REPRODUCED: "bold green", NOT_REPRODUCED: "bold red", INCONCLUSIVE: "bold yellow"}
+# the headline words of a verdict line (the words runs have always printed), by outcome
+HEADLINE = {
+    verdicts.REPRODUCED: "REPRODUCED",
+    verdicts.NOT_REPRODUCED: "NOT REPRODUCED",
+    verdicts.INCONCLUSIVE: "inconclusive",
+}
+OUTCOME_STYLE = {
+    verdicts.REPRODUCED: "bold green",
+    verdicts.NOT_REPRODUCED: "bold red",
+    verdicts.INCONCLUSIVE: "bold yellow",
+}
 
 
 # ---- consoles --------------------------------------------------------------------------------
@@ -194,18 +204,8 @@ def build_table(
     return table
 
 
-# the headline words of a verdict line, by canonical outcome (the words earlier runs printed)
-_HEADLINE = {
-    verdicts.REPRODUCED: REPRODUCED,
-    verdicts.NOT_REPRODUCED: NOT_REPRODUCED,
-    verdicts.INCONCLUSIVE: INCONCLUSIVE,
-}
-_CANONICAL_STYLE = {verdicts.outcome_of(k): style for k, style in OUTCOME_STYLE.items()}
-
-
 def _outcome(v: Any) -> tuple[str, str, str]:
-    """(claim, outcome, evidence) of a stats.Verdict, a metrics.Verdict, an experiment's
-    Verdict, or any of their dicts (old runs' upper-case outcomes and the new lower-case ones).
+    """(claim, outcome, evidence) of a stats.Verdict or any verdict dict (old runs' upper-case outcomes and the new lower-case ones).
 
     The outcome is the headline word: "REPRODUCED", "NOT REPRODUCED" or "inconclusive" whichever
     spelling the verdict uses; an unknown word is shown as given, a missing one as "?".
@@ -213,7 +213,7 @@ def _outcome(v: Any) -> tuple[str, str, str]:
     get = v.get if isinstance(v, Mapping) else lambda k, d=None: getattr(v, k, d)
     canonical = verdicts.verdict_outcome(v)
     if canonical is not None:
-        outcome = _HEADLINE[canonical]
+        outcome = HEADLINE[canonical]
     else:
         raw = get("outcome")
         outcome = "?" if raw is None else str(raw)
@@ -222,7 +222,7 @@ def _outcome(v: Any) -> tuple[str, str, str]:
 
 def outcome_style(outcome: Any) -> str:
     """The style of an outcome word in any spelling (bold green / red / yellow)."""
-    return _CANONICAL_STYLE.get(verdicts.outcome_of(outcome), "bold")
+    return OUTCOME_STYLE.get(verdicts.outcome_of(outcome), "bold")
 
 
 def verdict_line(verdict: Any) -> Text:

@@ -1,8 +1,7 @@
 """Reading and wording verdicts and their conditions, shared by the terminal, the plots and the report.
 
 A verdict arrives in one of several shapes: a ``stats.Verdict`` (or its ``to_json()`` dict, which
-``summary.json`` and ``--json`` hold), a ``metrics.Verdict`` or an experiment's own verdict
-object, or an old run's dict (claim, reproduced, evidence, outcome in the old upper-case words
+``summary.json`` and ``--json`` hold), or an old run's dict (claim, reproduced, evidence, outcome in the old upper-case words
 "REPRODUCED" / "NOT REPRODUCED" / "inconclusive", no conditions). Everything here accepts all of
 them: ``as_dict`` gives one dict, ``conditions`` its list of condition dicts (empty for the old
 shapes), ``outcome`` the canonical lower-case outcome of ``bnexp.stats``.
@@ -26,7 +25,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+from bnexp.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
+
 OUTCOMES = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
 INF = "∞"
 

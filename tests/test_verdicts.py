@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bnexp import metrics, stats
+from bnexp import stats
 from bnexp import verdicts as V
 
 
@@ -36,7 +36,6 @@ def test_every_verdict_shape_as_a_dict():
         assert d["outcome"] == "reproduced" and d["conditions"] == [cond.to_json()]
     old = V.as_dict({"claim": "c", "reproduced": False, "outcome": "NOT REPRODUCED"})
     assert old["outcome"] == "not reproduced" and old["conditions"] == []
-    assert V.as_dict(metrics.Verdict("c", metrics.INCONCLUSIVE))["outcome"] == "inconclusive"
     assert V.verdict_outcome({"claim": "c"}) is None
     assert V.conditions({"conditions": "oops"}) == []
 
