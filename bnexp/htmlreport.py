@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from bnexp import results
+from bnexp.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
 _CSS_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "bad", INCONCLUSIVE: "unsure"}
 CLAIM_COLUMNS = (
     "experiment",
@@ -106,6 +106,29 @@ class RunView:
     @property
     def anchor(self) -> str:
         return "exp-" + re.sub(r"[^A-Za-z0-9_-]+", "-", self.entry.name)
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A figure the report itself draws: its file name next to the report and its PNG bytes."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Forests:
+    """The report's forest plots: all claims (``overall``) and one per section (None: none)."""
+
+    overall: Plot | None = None
+    sections: tuple[Plot | None, ...] = ()
+
+    def section(self, i: int) -> Plot | None:
+        return self.sections[i] if i < len(self.sections) else None
+
+
+FOREST_FILE = "forest.png"
+RUN_FOREST = "verdict.png"  # the runner's own forest plot of a run, shown as the section's
 
 
 # ---- reading ---------------------------------------------------------------------------------
@@ -254,6 +277,64 @@ def _tables(v: RunView) -> list[tuple[str, list[str], list[list[str]]]]:
     return out
 
 
+CONDITION_COLUMNS = (
+    "condition",
+    "effect",
+    "95% interval",
+    "threshold",
+    "outcome",
+    "seeds (n)",
+    "seeds to settle",
+)
+
+
+def condition_tables(v: RunView) -> list[tuple[str, list[list[str]]]]:
+    """(claim, rows) for each verdict of the run that has conditions; cells as CONDITION_COLUMNS.
+
+    Values in each condition's unit (bnexp.verdicts); "seeds to settle" only for an inconclusive
+    condition ("~12", or "–" when it cannot be estimated).
+    """
+    from bnexp import verdicts as V
+
+    out = []
+    for verdict in v.verdicts:
+        rows = []
+        for c in V.conditions(verdict):
+            n = c.get("n")
+            settle = ""
+            if V.outcome_of(c.get("outcome")) == V.INCONCLUSIVE:
+                k = c.get("seeds_to_settle")
+                settle = f"~{k}" if isinstance(k, int) and not isinstance(k, bool) else "–"
+            rows.append(
+                [
+                    str(c.get("name", "")),
+                    V.effect_text(c),
+                    V.interval_text(c),
+                    V.threshold_text(c),
+                    V.outcome_of(c.get("outcome")) or str(c.get("outcome", "?")),
+                    str(n) if isinstance(n, int) and not isinstance(n, bool) else "–",
+                    settle,
+                ]
+            )
+        if rows:
+            out.append((str(verdict.get("claim", "") or ""), rows))
+    return out
+
+
+def _shown_plots(v: RunView, forest: Plot | None) -> list[tuple[str, bytes]]:
+    """The run's plots, less its verdict.png where the section draws its own forest plot."""
+    return [(n, d) for n, d in v.plots if forest is None or n != RUN_FOREST]
+
+
+FOREST_NOTE = (
+    "One row per condition of a claim: the marker is the measured effect, the bar its 95% "
+    "interval (an arrow: unbounded on that side), the grey band the effects too small to matter. "
+    "Every row has its own axis, in its own unit, centred on its threshold (the vertical line) "
+    "and turned so that the claimed side is on the right: a bar wholly right of the line is "
+    "reproduced, wholly left of it (or inside the grey band) not reproduced."
+)
+
+
 # ---- Markdown --------------------------------------------------------------------------------
 
 
@@ -270,15 +351,23 @@ def _md_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
     return lines + [""]
 
 
-def render_markdown(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str:
+def render_markdown(
+    views: Sequence[RunView], title: str = DEFAULT_TITLE, forests: Forests | None = None
+) -> str:
+    """The Markdown report; ``forests`` (from write_forests) adds the forest plots' links."""
+    forests = forests or Forests()
     lines = [f"# {_md(title)}", "", tally(views), ""]
+    if forests.overall is not None:
+        lines += [f"![forest plot of every condition]({forests.overall.name})", ""]
+        lines += [FOREST_NOTE, ""]
     lines += _md_table(CLAIM_COLUMNS, [list(claim_cells(v).values()) for v in views])
     lines += [
         "Verdicts are computed from the measured numbers by each experiment's rule "
         "(`bnexp describe NAME`); a smoke preset proves the machinery and claims no science.",
         "",
     ]
-    for v in views:
+    for i, v in enumerate(views):
+        forest = forests.section(i)
         lines += [
             f"## {_md(v.entry.name)}: {v.outcome}",
             "",
@@ -292,11 +381,21 @@ def render_markdown(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str
         ]
         if v.entry.command:
             lines += ["Re-run it:", "", "```bash", v.entry.command, "```", ""]
+        conds = condition_tables(v)
+        if conds:
+            lines += ["### Conditions", ""]
+            if forest is not None:
+                lines += [f"![conditions of {_md(v.entry.name)}]({forest.name})", ""]
+            for claim, rows in conds:
+                if len(conds) > 1:
+                    lines += [f"**{_md(claim)}**", ""]
+                lines += _md_table(CONDITION_COLUMNS, rows)
         for t_title, cols, rows in _tables(v):
             lines += [f"### {_md(t_title)}", ""] + _md_table(cols, rows)
-        if v.plots:
+        shown = _shown_plots(v, forest)
+        if shown:
             lines += ["### Plots", ""]
-            lines += [f"![{_md(Path(n).stem)}]({v.path}/plots/{n})" for n, _ in v.plots] + [""]
+            lines += [f"![{_md(Path(n).stem)}]({v.path}/plots/{n})" for n, _ in shown] + [""]
         lines += ["### Config", ""]
         lines += _md_table(["field", "value"], [[k, value_text(x)] for k, x in v.config.items()])
     return "\n".join(lines).rstrip("\n") + "\n"
@@ -462,7 +561,42 @@ def _claims_table(views: Sequence[RunView]) -> list[str]:
     return out + ["</tbody></table></div>"]
 
 
-def _section(v: RunView) -> list[str]:
+def _figure(data: bytes, alt: str, caption: str) -> str:
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    return (
+        f'<figure><img src="{uri}" alt="{_e(alt)}" />'
+        f"<figcaption>{_e(caption)}</figcaption></figure>"
+    )
+
+
+def _conditions_html(v: RunView, forest: Plot | None) -> list[str]:
+    conds = condition_tables(v)
+    if not conds:
+        return []
+    out = ["<h3>Conditions</h3>"]
+    if forest is not None:
+        out.append(_figure(forest.data, f"{v.entry.name}: conditions", forest.name))
+    for claim, rows in conds:
+        if len(conds) > 1:
+            out.append(f"<h4>{_e(claim)}</h4>")
+        out += [
+            '<div class="scroll"><table class="data conditions">',
+            "<thead><tr>"
+            + "".join(f"<th>{_e(c)}</th>" for c in CONDITION_COLUMNS)
+            + "</tr></thead>",
+            "<tbody>",
+        ]
+        for r in rows:
+            cells = [f"<td>{_e(r[0])}</td>"]
+            cells += [f'<td class="num">{_e(x)}</td>' for x in r[1:4]]
+            cells.append(f"<td>{_badge(r[4])}</td>")
+            cells += [f'<td class="num">{_e(x)}</td>' for x in r[5:]]
+            out.append(f'<tr data-outcome="{_e(r[4])}">' + "".join(cells) + "</tr>")
+        out.append("</tbody></table></div>")
+    return out
+
+
+def _section(v: RunView, forest: Plot | None = None) -> list[str]:
     out = [
         f'<section class="experiment" id="{_e(v.anchor)}">',
         f"<h2>{_e(v.entry.name)} {_badge(v.outcome)}</h2>",
@@ -484,19 +618,17 @@ def _section(v: RunView) -> list[str]:
     out.append("</dl>")
     if v.entry.command:
         out += ["<h3>Re-run it</h3>", f"<pre><code>{_e(v.entry.command)}</code></pre>"]
+    out += _conditions_html(v, forest)
     tables = _tables(v)
     if tables:
         out.append("<h3>Results</h3>")
         for t in tables:
             out += _data_table(*t)
-    if v.plots:
+    shown = _shown_plots(v, forest)
+    if shown:
         out += ["<h3>Plots</h3>", '<div class="plots">']
-        for name, data in v.plots:
-            uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-            out.append(
-                f'<figure><img src="{uri}" alt="{_e(v.entry.name)}: {_e(Path(name).stem)}"'
-                f" /><figcaption>{_e(name)}</figcaption></figure>"
-            )
+        for name, data in shown:
+            out.append(_figure(data, f"{v.entry.name}: {Path(name).stem}", name))
         out.append("</div>")
     out += ["<h3>Config</h3>", '<dl class="config">']
     out += [
@@ -506,8 +638,12 @@ def _section(v: RunView) -> list[str]:
     return out + ["</dl>", "</section>"]
 
 
-def render_html(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str:
-    """One self-contained page (well-formed XML, no script, no external URL)."""
+def render_html(
+    views: Sequence[RunView], title: str = DEFAULT_TITLE, forests: Forests | None = None
+) -> str:
+    """One self-contained page (well-formed XML, no script, no external URL); ``forests`` (from
+    write_forests) embeds the forest plots: all claims first, then each section's own."""
+    forests = forests or Forests()
     out = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -529,7 +665,16 @@ def render_html(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str:
             + "".join(f'<a href="#{_e(v.anchor)}">{_e(v.entry.name)}</a>' for v in views)
             + "</nav>"
         )
-    out += ["</header>", "<main>", '<section id="claims">', "<h2>Claims</h2>"]
+    out += ["</header>", "<main>"]
+    if forests.overall is not None:
+        out += [
+            '<section id="forest">',
+            "<h2>Every condition</h2>",
+            _figure(forests.overall.data, "forest plot of every condition", forests.overall.name),
+            f'<p class="note">{_e(FOREST_NOTE)}</p>',
+            "</section>",
+        ]
+    out += ['<section id="claims">', "<h2>Claims</h2>"]
     out += _claims_table(views)
     out += [
         '<p class="note">Verdicts are computed from the measured numbers by each experiment\'s '
@@ -538,8 +683,8 @@ def render_html(views: Sequence[RunView], title: str = DEFAULT_TITLE) -> str:
         "machinery and claims no science.</p>",
         "</section>",
     ]
-    for v in views:
-        out += _section(v)
+    for i, v in enumerate(views):
+        out += _section(v, forests.section(i))
     out += [
         "</main>",
         "<footer><p>Generated by bnexp from the run directories named above "
@@ -563,18 +708,54 @@ def write(
     html_file: bool = True,
     markdown: bool = True,
 ) -> dict[str, Path]:
-    """Write report.md and/or report.html into out_dir (atomically); returns {"md"|"html": path}."""
+    """Write report.md and/or report.html into out_dir (atomically); returns {"md"|"html": path}.
+
+    Where any run's verdict has conditions, the forest plots are written next to them first
+    (write_forests) and linked from the Markdown, embedded in the HTML.
+    """
     out_dir = Path(out_dir)
     views = [load(e, out_dir) for e in entries]
+    forests = write_forests(views, out_dir) if markdown or html_file else Forests()
     paths: dict[str, Path] = {}
     if markdown:
-        text = render_markdown(views, title)
+        text = render_markdown(views, title, forests)
         paths["md"] = results._write_atomic(
             out_dir / "report.md", lambda f: f.write(text.encode("utf-8"))
         )
     if html_file:
-        page = render_html(views, title)
+        page = render_html(views, title, forests)
         paths["html"] = results._write_atomic(
             out_dir / "report.html", lambda f: f.write(page.encode("utf-8"))
         )
     return paths
+
+
+def write_forests(views: Sequence[RunView], out_dir: Path) -> Forests:
+    """Draw forest.png (every condition of every run) and forest-<experiment>.png (one per run
+    with conditions) into out_dir. Runs without conditions (old verdicts) draw nothing; when no
+    run has any, no file is written and the report shows no forest plot."""
+    from bnexp import plots
+
+    out_dir = Path(out_dir)
+
+    def draw(groups: list[tuple[str, Any]], name: str, title: str) -> Plot | None:
+        p = plots.forest(groups, out_dir / name, title=title)
+        return None if p is None else Plot(name, Path(p).read_bytes())
+
+    overall = draw(
+        [(v.entry.name, v.verdicts) for v in views],
+        FOREST_FILE,
+        "Every condition of every claim: effect and 95% interval vs the threshold",
+    )
+    if overall is None:
+        return Forests()
+    sections: list[Plot | None] = []
+    used: set[str] = {FOREST_FILE}
+    for v in views:
+        stem = "forest-" + v.anchor.removeprefix("exp-")
+        name, k = f"{stem}.png", 2
+        while name in used:
+            name, k = f"{stem}-{k}.png", k + 1
+        used.add(name)
+        sections.append(draw([(v.entry.name, v.verdicts)], name, f"{v.entry.name}: conditions"))
+    return Forests(overall, tuple(sections))

@@ -319,34 +319,6 @@ def final_train_eval_gap(history: Mapping[str, np.ndarray]) -> float | None:
     return train_eval_gap(history["test_acc_batch"][-1], history["test_acc"][-1])
 
 
-# ---- verdicts --------------------------------------------------------------------------------
-
-REPRODUCED = "REPRODUCED"
-NOT_REPRODUCED = "NOT REPRODUCED"
-INCONCLUSIVE = "inconclusive"
-OUTCOMES = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """The judgement on one claim: outcome in OUTCOMES plus the evidence in words and numbers."""
-
-    claim: str
-    outcome: str
-    evidence: str = ""
-
-    def __post_init__(self) -> None:
-        if self.outcome not in OUTCOMES:
-            raise ValueError(f"outcome must be one of {OUTCOMES}, got {self.outcome!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Verdict:
-        return cls(str(d["claim"]), str(d["outcome"]), str(d.get("evidence", "")))
-
-
 # ---- series over training (Santurkar et al. probes) ------------------------------------------
 
 

@@ -11,12 +11,15 @@ importing bnexp stays fast.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bnexp import verdicts as V
 from bnexp.metrics import band
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -310,3 +313,257 @@ def bands_over_steps_panels(
     else:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+# ---- the verdict forest plot ------------------------------------------------------------------
+
+# Okabe-Ito colours (safe for the common colour-vision deficiencies), each with its own marker
+# so that the outcome reads without colour too.
+OUTCOME_COLORS = {"reproduced": "#009E73", "not reproduced": "#D55E00", "inconclusive": "#E69F00"}
+OUTCOME_MARKERS = {"reproduced": "o", "not reproduced": "X", "inconclusive": "D"}
+_UNKNOWN_COLOR = "#7f7f7f"
+
+
+@dataclass(frozen=True)
+class ForestRow:
+    """One drawn row of the forest plot: a condition of a claim, in the values it is drawn at.
+
+    ``effect``, ``low``, ``high``, ``threshold`` and ``negligible`` are in the unit shown (ratios
+    for log rows, percentage points for accuracies: see bnexp.verdicts); ``low``/``high`` are
+    -inf/+inf for an unbounded end (drawn as an arrow to the edge) and both None for no interval
+    (the point only). ``span`` is the half-width of the row's x range around the threshold (a
+    factor for log rows: the range is threshold / span .. threshold * span).
+    """
+
+    group: int  # which claim: 0, 1, ... over the claims with conditions, in order
+    label: str  # the group's label (experiment name)
+    claim: str
+    name: str
+    outcome: str
+    color: str
+    marker: str
+    effect: float | None
+    low: float | None
+    high: float | None
+    threshold: float
+    negligible: tuple[float, float] | None
+    direction: int
+    log: bool
+    span: float
+    unit: str  # the suffix values are shown with: "x", " pts", " <unit>" or ""
+    text: str  # the numbers as words, printed right of the row
+
+
+def forest_rows(groups: Sequence[tuple[str, Any]]) -> list[ForestRow]:
+    """The rows forest() draws, in order: every condition of every claim of every group.
+
+    ``groups`` is a sequence of (label, verdict) where verdict is a verdict dict (``summary.json``
+    / ``Verdict.to_json()``), a list of them, or a stats.Verdict; claims without conditions (old
+    runs) give no row.
+    """
+    rows: list[ForestRow] = []
+    g = 0
+    for label, verdict in groups:
+        for v in V.verdict_list(verdict):
+            d = V.as_dict(v)
+            if not d["conditions"]:
+                continue
+            for c in d["conditions"]:
+                rows.append(_forest_row(g, str(label), d["claim"], c))
+            g += 1
+    return rows
+
+
+def _forest_row(group: int, label: str, claim: str, c: dict[str, Any]) -> ForestRow:
+    outcome = V.outcome_of(c.get("outcome")) or str(c.get("outcome"))
+    t_raw = V._num(c.get("threshold"))
+    t_raw = 0.0 if t_raw is None else t_raw
+    e_raw = V._num(c.get("effect"))
+    lo_raw, hi_raw = V.ends(c)
+    neg = c.get("negligible")
+    neg_raw = None
+    if isinstance(neg, list | tuple) and len(neg) == 2 and None not in neg:
+        neg_raw = (float(neg[0]), float(neg[1]))
+    log = bool(c.get("log"))
+
+    def show(x: float | None) -> float | None:  # unbounded stays -inf/+inf, also for ratios
+        return None if x is None else x if math.isinf(x) else V.display(c, x)
+
+    if e_raw is not None and not math.isfinite(e_raw):
+        e_raw = None
+
+    # the half-range around the threshold, in the space the axis is linear in (log space for
+    # ratios), covering every finite value drawn, with a margin
+    if log:
+        gaps = [abs(x - t_raw) for x in (e_raw, lo_raw, hi_raw, *(neg_raw or ())) if x is not None]
+    else:
+        t = V.display(c, t_raw)
+        vals = [show(x) for x in (e_raw, lo_raw, hi_raw, *(neg_raw or ()))]
+        gaps = [abs(x - t) for x in vals if x is not None]
+    gaps = [x for x in gaps if math.isfinite(x) and x > 0]
+    if log:
+        half = 1.15 * max(gaps) if gaps else math.log(2.0)
+        span = math.exp(min(half, 50.0))
+    else:
+        default = 0.5 * abs(V.display(c, t_raw)) or 1.0
+        span = 1.15 * max(gaps) if gaps else default
+    effect = V.effect_text(c) if e_raw is not None else "no estimate"
+    ci = V.interval_text(c)
+    parts = [f"{effect} {ci}" if ci != "–" else f"{effect} (no interval)"]
+    parts.append(f"claim {V.threshold_text(c)}")
+    n = c.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and n:
+        parts.append(f"n={n}")
+    text = ", ".join(parts)
+    settle = V.settle_text(c)
+    if settle.startswith("~"):
+        text += f"; {settle.split(' would')[0]} to settle"
+    return ForestRow(
+        group=group,
+        label=label,
+        claim=claim,
+        name=str(c.get("name", "")),
+        outcome=outcome,
+        color=OUTCOME_COLORS.get(outcome, _UNKNOWN_COLOR),
+        marker=OUTCOME_MARKERS.get(outcome, "s"),
+        effect=show(e_raw),
+        low=show(lo_raw),
+        high=show(hi_raw),
+        threshold=V.display(c, t_raw),
+        negligible=None if neg_raw is None else (show(neg_raw[0]), show(neg_raw[1])),
+        direction=-1 if c.get("direction") == -1 else 1,
+        log=log,
+        span=span,
+        unit=V.suffix(c),
+        text=text,
+    )
+
+
+def _short(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def forest(
+    groups: Sequence[tuple[str, Any]],
+    path: Path,
+    *,
+    title: str = "Every condition of every claim: effect and 95% interval vs the threshold",
+) -> Path | None:
+    """A forest plot of verdict conditions; one PNG. None (nothing written) when there is no row.
+
+    Each condition of each claim (see forest_rows) is one row: its effect a marker, its 95%
+    interval a horizontal bar (an arrow to the edge for an unbounded end, the marker alone with no
+    interval, "no estimate" when neither exists), its negligible band shaded grey, coloured and
+    shaped by its outcome. Rows are grouped by claim under a header naming the group (the
+    experiment) and its claim, with a rule between groups.
+
+    Conditions have different units, so every row is its own small axis with its own ticks, and
+    each axis is centred on that row's threshold: the thresholds line up on one vertical line down
+    the figure. Each row's axis is oriented so that the claimed side is on the right (an axis
+    whose claim is "effect < threshold" runs right to left; its ticks say so), hence for every row
+    a bar wholly right of the line is reproduced and wholly left of it is not. The range of a row
+    is symmetric about its threshold and just covers what it draws; log-ratio rows use a log axis
+    labelled as ratios ("1.5x"), accuracy rows percentage points. The numbers are written out to
+    the right of each row, in the row's unit.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    rows = forest_rows(groups)
+    if not rows:
+        return None
+    n_groups = len({r.group for r in rows})
+    title_h, legend_h, head_h, row_h, bottom_h = 0.5, 0.45, 0.34, 0.62, 0.2
+    width = 12.0
+    height = title_h + legend_h + n_groups * head_h + len(rows) * row_h + bottom_h
+    fig = Figure(figsize=(width, height))
+    left_in, plot_in = 2.9, 4.4  # condition names | the rows | the numbers in words
+    fig.text(0.5, 1 - 0.3 / height, title, ha="center", va="center", fontsize="large")
+
+    handles = [
+        Line2D([], [], color=OUTCOME_COLORS[k], marker=OUTCOME_MARKERS[k], lw=2, ms=7, label=k)
+        for k in V.OUTCOMES
+    ]
+    handles += [
+        Line2D([], [], color="0.15", lw=1.2, label="threshold (claimed side to the right)"),
+        Patch(facecolor="0.6", alpha=0.3, label="negligible band"),
+    ]
+    fig.legend(handles=handles, loc="center", ncols=len(handles), fontsize="small",
+               frameon=False, bbox_to_anchor=(0.5, 1 - (title_h + legend_h / 2) / height))  # fmt: skip
+
+    y = height - title_h - legend_h  # inches from the bottom, moving down
+    last_group = None
+    for r in rows:
+        if r.group != last_group:
+            if last_group is not None:  # the rule between groups
+                fig.add_artist(Line2D([0.01, 0.99], [y / height] * 2, color="0.55", lw=0.8))
+            y -= head_h
+            head = f"{r.label}: {_short(r.claim, 110)}" if r.claim else r.label
+            fig.text(0.01, (y + 0.1) / height, head, ha="left", va="bottom",
+                     fontsize="medium", weight="bold")  # fmt: skip
+            last_group = r.group
+        y -= row_h
+        ax = fig.add_axes((left_in / width, (y + 0.3) / height, plot_in / width, 0.26 / height))
+        _forest_draw_row(ax, r)
+        ax.text(-0.02, 0.5, _short(r.name, 44), transform=ax.transAxes, ha="right",
+                va="center", fontsize="small")  # fmt: skip
+        ax.text(1.02, 0.5, _short(r.text, 70), transform=ax.transAxes, ha="left",
+                va="center", fontsize="x-small", color="0.15")  # fmt: skip
+    return _save(fig, path)
+
+
+def _forest_draw_row(ax: Any, r: ForestRow) -> None:
+    t, s = r.threshold, r.span
+    if r.log:
+        ax.set_xscale("log")
+        lims = (t / s, t * s)
+        ticks = [t / s, t / math.sqrt(s), t, t * math.sqrt(s), t * s]
+    else:
+        lims = (t - s, t + s)
+        ticks = [t - s, t - s / 2, t, t + s / 2, t + s]
+    if r.direction < 0:
+        lims = lims[::-1]  # the claimed side (below the threshold) on the right
+    ax.set_xlim(*lims)
+    ax.set_ylim(-1, 1)
+    ax.set_xticks(ticks, [_forest_tick(r, x, centre=i == 2) for i, x in enumerate(ticks)])
+    ax.minorticks_off()
+    ax.tick_params(axis="x", labelsize=6.5, length=2, pad=1)
+    ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.spines["bottom"].set_color("0.6")
+    if r.negligible is not None:
+        ax.axvspan(*r.negligible, color="0.6", alpha=0.3, lw=0)
+    ax.axvline(t, color="0.15", lw=1.2, zorder=2)
+    lo_edge, hi_edge = min(lims), max(lims)
+    if r.low is not None and r.high is not None:
+        a = r.low if math.isfinite(r.low) else None
+        b = r.high if math.isfinite(r.high) else None
+        if a is not None and b is not None:
+            ax.plot([a, b], [0, 0], color=r.color, lw=2.5, solid_capstyle="butt", zorder=3)
+        for end, other, edge in ((a, b, lo_edge), (b, a, hi_edge)):
+            if end is None:  # unbounded: an arrow from the other end (or the effect) to the edge
+                start = other if other is not None else r.effect if r.effect is not None else t
+                ax.annotate("", xy=(edge, 0), xytext=(start, 0), zorder=3,
+                            arrowprops={"arrowstyle": "-|>", "color": r.color, "lw": 2.5,
+                                        "shrinkA": 0, "shrinkB": 0})  # fmt: skip
+    if r.effect is not None:
+        ax.plot([r.effect], [0], marker=r.marker, color=r.color, ms=7, zorder=4,
+                markerfacecolor="white" if r.outcome == "inconclusive" else r.color,
+                markeredgewidth=1.6)  # fmt: skip
+    elif r.low is None:
+        ax.text(0.5, 0.5, "no estimate", transform=ax.transAxes, ha="center", va="center",
+                fontsize="x-small", color="0.4", zorder=5,
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 1})  # fmt: skip
+
+
+def _forest_tick(r: ForestRow, x: float, centre: bool = False) -> str:
+    """A tick label in the row's unit: ratios "1.5x", points "1.25 pts", others the unit once."""
+    if r.log:
+        return f"{x:.3g}x"
+    text = f"{round(x, 2) + 0.0:g}" if abs(x) >= 0.01 or x == 0 else f"{x:.2g}"
+    if r.unit == " pts" or (centre and r.unit):
+        text += r.unit
+    return text

@@ -27,6 +27,7 @@ from typing import Any
 
 from rich import box
 from rich.console import Console
+from rich.padding import Padding
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -40,12 +41,23 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from bnexp.metrics import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, Speedup, Summary
+from bnexp import verdicts
+from bnexp.metrics import Speedup, Summary
 
 KINDS = ("auto", "text", "acc", "speedup", "steps", "int", "float", "lr")
 DIVERGED_STYLE = "bold red"
 DIM = "dim"
-OUTCOME_STYLE = {REPRODUCED: "bold green", NOT_REPRODUCED: "bold red", INCONCLUSIVE: "bold yellow"}
+# the headline words of a verdict line (the words runs have always printed), by outcome
+HEADLINE = {
+    verdicts.REPRODUCED: "REPRODUCED",
+    verdicts.NOT_REPRODUCED: "NOT REPRODUCED",
+    verdicts.INCONCLUSIVE: "inconclusive",
+}
+OUTCOME_STYLE = {
+    verdicts.REPRODUCED: "bold green",
+    verdicts.NOT_REPRODUCED: "bold red",
+    verdicts.INCONCLUSIVE: "bold yellow",
+}
 
 
 # ---- consoles --------------------------------------------------------------------------------
@@ -193,30 +205,77 @@ def build_table(
 
 
 def _outcome(v: Any) -> tuple[str, str, str]:
-    """(claim, outcome, evidence) of a metrics.Verdict, an experiments Verdict, or their dicts."""
+    """(claim, outcome, evidence) of a stats.Verdict or any verdict dict (old runs' upper-case outcomes and the new lower-case ones).
+
+    The outcome is the headline word: "REPRODUCED", "NOT REPRODUCED" or "inconclusive" whichever
+    spelling the verdict uses; an unknown word is shown as given, a missing one as "?".
+    """
     get = v.get if isinstance(v, Mapping) else lambda k, d=None: getattr(v, k, d)
-    outcome = get("outcome")
-    if outcome is None:
-        rep = get("reproduced", "missing")
-        outcome = {True: REPRODUCED, False: NOT_REPRODUCED, None: INCONCLUSIVE}.get(rep, "?")
-    return str(get("claim", "") or ""), str(outcome), str(get("evidence", "") or "")
+    canonical = verdicts.verdict_outcome(v)
+    if canonical is not None:
+        outcome = HEADLINE[canonical]
+    else:
+        raw = get("outcome")
+        outcome = "?" if raw is None else str(raw)
+    return str(get("claim", "") or ""), outcome, str(get("evidence", "") or "")
+
+
+def outcome_style(outcome: Any) -> str:
+    """The style of an outcome word in any spelling (bold green / red / yellow)."""
+    return OUTCOME_STYLE.get(verdicts.outcome_of(outcome), "bold")
 
 
 def verdict_line(verdict: Any) -> Text:
     """'Claim: <claim>  ->  REPRODUCED' then '  evidence: ...' (outcome coloured)."""
     claim, outcome, evidence = _outcome(verdict)
-    line = Text.assemble(
-        ("Claim: ", "bold"), claim, "  ->  ", (outcome, OUTCOME_STYLE.get(outcome, "bold"))
-    )
+    line = Text.assemble(("Claim: ", "bold"), claim, "  ->  ", (outcome, outcome_style(outcome)))
     if evidence:
         line.append("\n  evidence: ", style=DIM)
         line.append(evidence)
     return line
 
 
+CONDITION_COLUMNS = ("condition", "effect", "95% interval", "threshold", "outcome", "to settle")
+
+
+def conditions_table(verdict: Any, *, plain: bool = False) -> Table | None:
+    """The verdict's conditions as a table (None when it has none, e.g. an old run's verdict).
+
+    Columns: condition, effect, 95% interval, the claimed side of the threshold ("> 1.2x"),
+    outcome (coloured like the verdict line) and, for an inconclusive one, how many seeds would
+    likely settle it. Values are in each condition's unit (bnexp.verdicts).
+    """
+    conds = verdicts.conditions(verdict)
+    if not conds:
+        return None
+    table = Table(
+        box=box.MARKDOWN if plain else box.SIMPLE_HEAVY,
+        show_edge=not plain,
+        header_style="bold",
+        pad_edge=False,
+    )
+    for i, h in enumerate(CONDITION_COLUMNS):
+        table.add_column(Text(h), justify="right" if 1 <= i <= 3 else "left")
+    for c in conds:
+        outcome = str(c.get("outcome", "?"))
+        table.add_row(
+            Text(str(c.get("name", ""))),
+            Text(verdicts.effect_text(c)),
+            Text(verdicts.interval_text(c)),
+            Text(verdicts.threshold_text(c)),
+            Text(outcome, style=outcome_style(outcome)),
+            Text(verdicts.settle_text(c), style=DIM),
+        )
+    return table
+
+
 def render_verdict(verdict: Any, console: Console) -> None:
+    """Each verdict's line, then (for one with conditions) its table of conditions."""
     for v in verdict if isinstance(verdict, list | tuple) else [verdict]:
         console.print(verdict_line(v), soft_wrap=not console.is_terminal)
+        table = conditions_table(v, plain=is_plain(console))
+        if table is not None:  # indented under its verdict line
+            console.print(Padding(table, (0, 0, 0, 2), expand=False))
 
 
 def render_table(

@@ -183,6 +183,21 @@ def bootstrap_interval(
     return Interval(point, float(lo), float(hi), n, float(v.std(ddof=1)), "bootstrap")
 
 
+def proportion_interval(k: int, n: int, level: float = LEVEL) -> Interval:
+    """A proportion k / n with its Wilson score interval (for per-seed yes/no outcomes, where a
+    t interval on 0/1 values is wrong: it can leave [0, 1] and is degenerate at 0 or n)."""
+    if n <= 0:
+        return Interval(None, None, None, 0, method="wilson")
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    z = -t_quantile((1 - level) / 2, 1e9)  # the normal quantile (t with infinite df)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    sd = math.sqrt(max(p * (1 - p), 1 / (4 * n)))  # for seeds_needed; floored off 0
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, sd, "wilson")
+
+
 # ---- paired effects ----------------------------------------------------------------------------
 
 
@@ -253,6 +268,9 @@ class CensoredSteps:
     @property
     def reached(self) -> bool:
         return self.high is not None
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"low": self.low, "high": self.high}
 
 
 def censored_steps(
@@ -411,7 +429,10 @@ def _json_num(x: float | None) -> float | None:
 class Condition:
     """One testable part of a claim, decided from a 95% interval.
 
-    ``direction`` +1: the claim predicts effect > threshold; -1: effect < threshold.
+    ``direction`` +1: the claim predicts effect > threshold; -1: effect < threshold; 0: the claim
+    predicts no effect that matters, |effect| < threshold (an equivalence claim, e.g. "at a tiny
+    learning rate BN gives no advantage"): REPRODUCED when the interval lies wholly inside
+    (-threshold, threshold), NOT REPRODUCED when wholly outside it, INCONCLUSIVE otherwise.
     ``negligible`` (low, high): the band of effects too small to matter; used only when the
     claim asserts an effect. The reason for the threshold and band (from the paper) is in
     ``reason``.
@@ -434,8 +455,12 @@ class Condition:
     log: bool = False  # the effect is a natural log of a ratio: shown as exp(effect) "x"
 
     def __post_init__(self) -> None:
-        if self.direction not in (1, -1):
-            raise ValueError(f"direction must be +1 or -1, got {self.direction}")
+        if self.direction not in (1, 0, -1):
+            raise ValueError(f"direction must be +1, 0 or -1, got {self.direction}")
+        if self.direction == 0 and not self.threshold > 0:
+            raise ValueError(
+                f"an equivalence condition needs a threshold > 0, got {self.threshold}"
+            )
 
     @classmethod
     def from_interval(cls, name: str, iv: Interval, threshold: float, **kw) -> Condition:
@@ -447,6 +472,10 @@ class Condition:
         if lo is None or hi is None:
             return INCONCLUSIVE
         t = self.threshold
+        if self.direction == 0:
+            if -t < lo and hi < t:
+                return REPRODUCED
+            return NOT_REPRODUCED if hi <= -t or lo >= t else INCONCLUSIVE
         if (self.direction > 0 and lo > t) or (self.direction < 0 and hi < t):
             return REPRODUCED
         if (self.direction > 0 and hi < t) or (self.direction < 0 and lo > t):
@@ -460,6 +489,9 @@ class Condition:
         """For an inconclusive condition: seeds that would likely clear the threshold."""
         if self.outcome != INCONCLUSIVE:
             return None
+        if self.direction == 0 and self.effect is not None:  # the nearer edge of the band
+            edge = self.threshold if self.effect >= 0 else -self.threshold
+            return seeds_needed(self.effect, self.sd, edge)
         return seeds_needed(self.effect, self.sd, self.threshold)
 
     def to_json(self) -> dict:

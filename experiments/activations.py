@@ -5,8 +5,9 @@ without BN never beats chance.
 
 Setup: the paper's MLP with each activation (sigmoid, tanh, relu), with and without BN, at the
 base learning rate and at multiples of it. A setting "trains" when its median seed reaches
-`target`; "stalls" when it does not (or diverges). The claim is reproduced when there is a
-learning rate at which sigmoid+BN trains and sigmoid without BN stalls.
+`target`; "stalls" when it does not (or diverges). The claim is judged at the grid's highest
+learning rate: sigmoid+BN's final accuracy above `target` and sigmoid without BN's below it,
+each over seeds with its 95% interval (see `conditions`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 from bnexp.sweep import TrialResult
 from experiments import common
+from experiments import conditions as cond
 from experiments.base import (
     Analysis,
     Config,
@@ -52,9 +54,9 @@ PRESETS = {
         lr_multipliers=(1.0, 30.0),
         target=0.6,
     ),
-    "quick": ActivationsConfig(preset="quick", steps=2000, eval_every=200, seeds=2),
+    "quick": ActivationsConfig(preset="quick", steps=2000, eval_every=200, seeds=5),
     "paper": ActivationsConfig(
-        preset="paper", dataset="mnist", steps=20_000, eval_every=1000, seeds=3, target=0.97
+        preset="paper", dataset="mnist", steps=20_000, eval_every=1000, seeds=5, target=0.97
     ),
 }
 
@@ -84,7 +86,7 @@ def validate(cfg: ActivationsConfig) -> None:
 
 def analyze(cfg: ActivationsConfig, results: list[TrialResult]) -> Analysis:
     by = common.arms(results)
-    rows, trains = [], {}
+    rows = []
     for act in cfg.activations:
         for m in cfg.lr_multipliers:
             row: dict[str, Any] = {
@@ -96,24 +98,17 @@ def analyze(cfg: ActivationsConfig, results: list[TrialResult]) -> Analysis:
                 rs = by.get(f"{act}/{tag}@{m:g}", [])
                 nums, text = common.final_cell(rs)
                 s = common.arm_steps(rs, cfg.target)
-                trains[act, tag, m] = s is not None
+                reached = s is not None and s.reached
                 row[f"{tag}_final_accuracy"] = nums["mean"]
-                row[f"{tag}_steps_to_target"] = s
+                row[f"{tag}_steps_to_target"] = s.high if reached else None
                 row[tag] = text
-                row[f"{tag} steps"] = "never" if s is None else str(int(s))
+                row[f"{tag} steps"] = common.steps_text(s)
             rows.append(row)
     table = Table(
         f"Final accuracy and steps to {cfg.target:.0%} by activation and LR",
         ["activation", "lr (x base)", "baseline", "bn", "baseline steps", "bn steps"],
         rows,
     )
-    if "sigmoid" not in cfg.activations:
-        return Analysis([table], Verdict(CLAIM, None, "needs the sigmoid activation"))
-    hits = [
-        m
-        for m in cfg.lr_multipliers
-        if trains["sigmoid", "bn", m] and not trains["sigmoid", "baseline", m]
-    ]
     sig_rows = {r["lr"]: r for r in rows if r["activation"] == "sigmoid"}
     ev = "; ".join(
         f"lr {lr:g}: sigmoid+BN {common.pct(r['bn_final_accuracy'])}"
@@ -122,7 +117,49 @@ def analyze(cfg: ActivationsConfig, results: list[TrialResult]) -> Analysis:
         f" ({'trains' if r['baseline_steps_to_target'] is not None else 'stalls'})"
         for lr, r in sig_rows.items()
     )
-    return Analysis([table], Verdict(CLAIM, bool(hits), ev))
+    if "sigmoid" not in cfg.activations:
+        return Analysis([table], Verdict(CLAIM, (), "needs the sigmoid activation"))
+    return Analysis([table], Verdict(CLAIM, conditions(cfg, by), ev))
+
+
+# The rule, fixed before the runs that judge it (SCIENCE.md: "sigmoid+BN trains at a LR where
+# sigmoid without BN stalls or diverges"), judged at the grid's highest learning rate (the claim
+# is about a high learning rate: the paper's BN-x5 / x30; judging the one a priori chosen LR avoids
+# picking the best of several), on each seed's final accuracy (a diverged member: chance):
+TRAINS_REASON = (
+    "Sec. 4.2.2: BN-x5-Sigmoid reaches 69.8%: sigmoid+BN trains, i.e. its final accuracy "
+    "exceeds the target"
+)
+STALLS_REASON = (
+    "Sec. 4.2.2: sigmoid Inception without BN never beats chance at that learning rate: its final "
+    "accuracy stays below the target"
+)
+
+
+def conditions(cfg: ActivationsConfig, by: dict[str, list[TrialResult]]) -> tuple:
+    m = max(cfg.lr_multipliers)
+
+    def accs(tag: str) -> list[float | None]:
+        return [cond.final(r, cond.CHANCE) for r in by.get(f"sigmoid/{tag}@{m:g}", [])]
+
+    lr = f"{cfg.lr * m:g}"
+    return (
+        cond.values_condition(
+            f"sigmoid+BN final accuracy at lr {lr}",
+            accs("bn"),
+            cfg.target,
+            reason=TRAINS_REASON,
+            unit="accuracy",
+        ),
+        cond.values_condition(
+            f"sigmoid baseline final accuracy at lr {lr}",
+            accs("baseline"),
+            cfg.target,
+            direction=-1,
+            reason=STALLS_REASON,
+            unit="accuracy",
+        ),
+    )
 
 
 def plot(cfg: ActivationsConfig, results: list[TrialResult], analysis: Analysis, out: Path):

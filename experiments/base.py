@@ -20,6 +20,7 @@ import numpy as np
 
 from bnexp.errors import UsageError
 from bnexp.models import ModelSpec
+from bnexp.stats import Verdict
 from bnexp.sweep import Trial, TrialResult
 
 PRESETS = ("smoke", "quick", "paper")
@@ -52,19 +53,6 @@ class Config:
     def accuracy_targets(self) -> tuple[float, ...]:
         """The test accuracies whose steps-to-target a run reports (each trial in --json)."""
         return (0.5, 0.8, 0.9)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    claim: str
-    reproduced: bool | None  # None: inconclusive
-    evidence: str
-
-    @property
-    def label(self) -> str:
-        from bnexp.metrics import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
-
-        return {True: REPRODUCED, False: NOT_REPRODUCED, None: INCONCLUSIVE}[self.reproduced]
 
 
 @dataclass

@@ -24,6 +24,7 @@ import numpy as np
 from bnexp import data, plots
 from bnexp.sweep import TrialResult
 from experiments import common
+from experiments import conditions as cond
 from experiments.base import (
     Analysis,
     Config,
@@ -60,9 +61,12 @@ PRESETS = {
         epochs=0.1,
         evals=2,
     ),
-    "quick": BatchSizeConfig(preset="quick", seeds=2),
+    # A fixed number of epochs: on the full 60,000 images batch 2 would take 90,000 steps, so the
+    # quick preset trains on the 8,000 training images of mnist-10k (a stratified subset of the
+    # shipped MNIST; 2,000 test images) to stay within the quick budget.
+    "quick": BatchSizeConfig(preset="quick", dataset="mnist-10k", seeds=5),
     "paper": BatchSizeConfig(
-        preset="paper", dataset="mnist", seeds=3, epochs=5.0, batch_sizes=(2, 4, 8, 16, 32, 64, 128)
+        preset="paper", dataset="mnist", seeds=5, epochs=5.0, batch_sizes=(2, 4, 8, 16, 32, 64, 128)
     ),
 }
 
@@ -171,20 +175,13 @@ def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
 
     r = {n: rise(n) for n in cfg.norms}
     lo, hi = cfg.batch_sizes[0], cfg.batch_sizes[-1]
-    bn = r.get("batch")
-    flat_norms = [n for n in ("group", "layer") if r.get(n) is not None]
-    if bn is None or not flat_norms:
-        return Analysis([table], Verdict(CLAIM, None, "needs BN and GN or LN arms that trained"))
-    steep = bn >= cfg.rise_tol and all(bn > 2 * max(r[n], 0.0) for n in flat_norms)
-    brn = r.get("renorm")
-    between = brn is None or brn < bn
-    g_bn = gap["batch"]
-    gap_grows = np.isfinite(g_bn[0]) and np.isfinite(g_bn[-1]) and abs(g_bn[0]) > abs(g_bn[-1])
     fmt = lambda x: "n/a" if x is None else f"{100 * x:+.2f} pts"  # noqa: E731
+    flat_norms = [n for n in ("group", "layer") if r.get(n) is not None]
+    g_bn = gap.get("batch", [np.nan])
     ev = (
-        f"error change from batch {hi} to {lo}: BN {fmt(bn)}, "
+        f"error change from batch {hi} to {lo} (seed means): BN {fmt(r.get('batch'))}, "
         + ", ".join(f"{LABEL[n]} {fmt(r[n])}" for n in flat_norms)
-        + (f", BRN {fmt(brn)}" if brn is not None else "")
+        + (f", BRN {fmt(r['renorm'])}" if r.get("renorm") is not None else "")
         + f"; BN train/eval gap at batch {lo} {fmt(g_bn[0])} vs {fmt(g_bn[-1])} at {hi}"
     )
     rows.append(
@@ -194,7 +191,97 @@ def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
             **{f"{n}_rise": r[n] for n in cfg.norms},
         }
     )
-    return Analysis([table], Verdict(CLAIM, bool(steep and between and gap_grows), ev))
+    if "batch" not in cfg.norms or not {"group", "layer"} & set(cfg.norms):
+        return Analysis([table], Verdict(CLAIM, (), "needs BN and GN or LN arms; " + ev))
+    return Analysis([table], Verdict(CLAIM, conditions(cfg, by), ev))
+
+
+# The rule, fixed before the runs that judge it (SCIENCE.md: "BN's error rises steeply at batch <=
+# 4 while GN/LN stay flat; BRN between; BN's train/eval gap grows as batch shrinks"), on each
+# seed's error rise from the largest to the smallest batch (a diverged member counts as chance):
+RISE_REASON = (
+    "Wu & He 2018 Table 2: BN's error rises from 23.6% at 32 images per GPU to 34.7% at 2 "
+    "(+11 pts); the rise must exceed rise_tol"
+)
+FLAT_REASON = (
+    "Wu & He 2018 Table 2: GN's error stays at 24.0-24.2% from 32 down to 2 images per GPU; its "
+    "rise must stay below rise_tol"
+)
+BRN_REASON = (
+    "Ioffe 2017: at microbatch 4 Batch Renorm recovers part of BN's loss (76.5% vs 74.2%): BRN's "
+    "rise must be smaller than BN's"
+)
+GAP_REASON = (
+    "small batches give noisy batch statistics, so accuracy with batch statistics departs from "
+    "accuracy with running statistics: |gap| at the smallest batch must exceed |gap| at the largest"
+)
+
+
+def _per_seed(cfg: BatchSizeConfig, by: dict, norm: str, b: int) -> dict[int, TrialResult]:
+    return cond.by_seed(by.get(f"{norm}@{b}", []))
+
+
+def conditions(cfg: BatchSizeConfig, by: dict[str, list[TrialResult]]) -> tuple:
+    lo, hi = cfg.batch_sizes[0], cfg.batch_sizes[-1]
+
+    def rises(norm: str) -> dict[int, float]:
+        small, large = _per_seed(cfg, by, norm, lo), _per_seed(cfg, by, norm, hi)
+        return {
+            s: cond.final(large[s], cond.CHANCE) - cond.final(small[s], cond.CHANCE)
+            for s in sorted(set(small) & set(large))
+        }
+
+    bn = rises("batch")
+    out = [
+        cond.values_condition(
+            f"BN error rise, batch {hi} -> {lo}",
+            list(bn.values()),
+            cfg.rise_tol,
+            reason=RISE_REASON,
+            unit=cond.ACC,
+        )
+    ]
+    for norm in ("group", "layer"):
+        if norm in cfg.norms:
+            out.append(
+                cond.values_condition(
+                    f"{LABEL[norm]} error rise, batch {hi} -> {lo}",
+                    list(rises(norm).values()),
+                    cfg.rise_tol,
+                    direction=-1,
+                    reason=FLAT_REASON,
+                    unit=cond.ACC,
+                )
+            )
+    if "renorm" in cfg.norms:
+        brn = rises("renorm")
+        seeds = sorted(set(bn) & set(brn))
+        out.append(
+            cond.values_condition(
+                "error rise, BN - BRN",
+                [bn[s] - brn[s] for s in seeds],
+                0.0,
+                reason=BRN_REASON,
+                unit=cond.ACC,
+            )
+        )
+    small, large = _per_seed(cfg, by, "batch", lo), _per_seed(cfg, by, "batch", hi)
+    gaps = [
+        abs(g1) - abs(g2)
+        for s in sorted(set(small) & set(large))
+        if (g1 := common.train_eval_gap(small[s])) is not None
+        and (g2 := common.train_eval_gap(large[s])) is not None
+    ]
+    out.append(
+        cond.values_condition(
+            f"|BN train/eval gap|, batch {lo} - batch {hi}",
+            gaps,
+            0.0,
+            reason=GAP_REASON,
+            unit=cond.ACC,
+        )
+    )
+    return tuple(out)
 
 
 def plot(cfg: BatchSizeConfig, results: list[TrialResult], analysis: Analysis, out: Path):

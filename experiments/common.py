@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from bnexp import metrics, plots
+from bnexp import metrics, plots, stats
 from bnexp.sweep import TrialResult, full_points
 from experiments.base import Table
 
@@ -75,18 +75,38 @@ def final_cell(rs: Sequence[TrialResult]) -> tuple[dict[str, Any], str]:
     return nums, text
 
 
-def seed_steps(rs: Sequence[TrialResult], target: float) -> list[int | None]:
-    return [metrics.steps_to_target(r.history["step"], r.history["test_acc"], target) for r in rs]
+def seed_steps(rs: Sequence[TrialResult], target: float) -> list[stats.CensoredSteps]:
+    """Each seed's steps to ``target`` as the (previous evaluation, this evaluation] interval."""
+    return [stats.censored_steps(r.history["step"], r.history["test_acc"], target) for r in rs]
 
 
-def arm_steps(rs: Sequence[TrialResult], target: float) -> float | None:
-    """Steps for an arm to reach `target`: the median over seeds, or None when the median seed
-    never reaches it within the budget (a run that never reached it counts as +inf)."""
-    steps = [np.inf if s is None else s for s in seed_steps(rs, target)]
-    if not steps:
-        return None
-    med = float(np.median(steps))
-    return None if not np.isfinite(med) else med
+def arm_steps(rs: Sequence[TrialResult], target: float) -> stats.CensoredSteps | None:
+    """The median seed's steps to ``target`` (stats.median_censored; high None: the median seed
+    never reached it within the budget); None for an arm with no results."""
+    return stats.median_censored(seed_steps(rs, target)) if rs else None
+
+
+def steps_text(s: stats.CensoredSteps | None) -> str:
+    """'(150, 200]' for a crossing between two evaluations, 'never' when not reached."""
+    if s is None or not s.reached:
+        return "never"
+    if s.low == s.high:
+        return f"{int(s.high)}"
+    return f"({s.low:g}, {s.high:g}]"
+
+
+def steps_dict(s: stats.CensoredSteps | None) -> dict[str, float | None] | None:
+    return None if s is None else s.to_dict()
+
+
+def arm_speedup(
+    base: Sequence[TrialResult], arm: Sequence[TrialResult], target: float
+) -> stats.CensoredSpeedup:
+    """Speedup of the median arm seed over the median baseline seed, censoring said as such."""
+    b, a = arm_steps(base, target), arm_steps(arm, target)
+    if a is None or b is None:
+        return stats.CensoredSpeedup(stats.NOT_REACHED, None, None, None)
+    return stats.censored_speedup(b, a)
 
 
 def curve_table(
@@ -115,33 +135,35 @@ def curve_table(
 def target_table(
     arm_results: dict[str, list[TrialResult]],
     targets: Sequence[float],
-    total_steps: int,
     *,
     baseline: str,
 ) -> Table:
-    """Steps to each target per arm and the speedup of each arm over the baseline."""
+    """Steps to each target per arm (the median seed's (previous, first] evaluation interval)
+    and the speedup of each arm over the baseline: "unresolved at this evaluation spacing" when
+    both cross within the same interval, a lower bound when the baseline never gets there."""
     rows = []
     others = [a for a in arm_results if a != baseline]
     for t in targets:
         row: dict[str, Any] = {"target": f"{t:.0%}", "target_accuracy": t}
-        base = arm_steps(arm_results[baseline], t) if baseline in arm_results else None
         for arm, rs in arm_results.items():
             s = arm_steps(rs, t)
-            row[f"{arm}_steps"] = s
-            row[arm] = "never" if s is None else f"{int(s)}"
+            row[f"{arm}_steps"] = steps_dict(s)
+            row[arm] = steps_text(s)
         for arm in others:
             if baseline not in arm_results:
                 continue
-            sp = metrics.speedup(base, arm_steps(arm_results[arm], t), total_steps)
-            row[f"speedup_{arm}"] = sp.value
-            row[f"speedup_{arm}_lower_bound"] = sp.lower_bound
+            sp = arm_speedup(arm_results[baseline], arm_results[arm], t)
+            row[f"speedup_{arm}"] = sp.to_dict()
             row[f"{arm} speedup"] = sp.text
         rows.append(row)
     cols = ["target", *arm_results]
     if baseline in arm_results:
         cols += [f"{a} speedup" for a in others]
     return Table(
-        f"Steps to target accuracy (median over seeds; speedup over {baseline})", cols, rows
+        f"Steps to target accuracy (median seed; (a, b]: crossed between evaluations a and b; "
+        f"speedup over {baseline})",
+        cols,
+        rows,
     )
 
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bnexp import metrics
 from bnexp.sweep import TrialResult
 from experiments import common
+from experiments import conditions as cond
 from experiments.base import Analysis, Config, ConfigError, Experiment, Verdict, make_trial, mlp
 
 CLAIM = "BN reaches a given test accuracy in fewer steps and ends higher"
@@ -35,13 +35,13 @@ PRESETS = {
     "smoke": CompareConfig(
         preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20, targets=(0.5, 0.7)
     ),
-    "quick": CompareConfig(preset="quick", steps=3000, eval_every=100, seeds=3),
+    "quick": CompareConfig(preset="quick", steps=3000, eval_every=100, seeds=5),
     "paper": CompareConfig(
         preset="paper",
         dataset="mnist",
         steps=50_000,
         eval_every=1000,
-        seeds=3,
+        seeds=5,
         targets=(0.95, 0.97, 0.98),
     ),
 }
@@ -71,40 +71,55 @@ def validate(cfg: CompareConfig) -> None:
         raise ConfigError(f"targets must be accuracies in (0, 1], got {cfg.targets}")
 
 
+# The rule, fixed before the runs that judge it (SCIENCE.md: "BN speedup > 1 to every target, final
+# accuracy >= baseline"), as conditions on per-seed paired effects:
+SPEEDUP_REASON = (
+    "Fig. 1a: BN's curve is ahead of the baseline's from the start; the claim is any speedup "
+    "(> 1x), and one within 10% either way is negligible"
+)
+FINAL_REASON = (
+    "Sec. 4.1 / the third-party reproduction: BN ends higher (98.0% vs 97.7%, +0.3 pts); the claim "
+    "is a positive difference, and one within +-0.1 pt (a third of that gap) is negligible"
+)
+
+
+def conditions(cfg: CompareConfig, arms: dict[str, list[TrialResult]], arm: str = "bn"):
+    """One speedup condition per target and the final accuracy difference, arm vs baseline."""
+    out = [
+        cond.speedup(f"speedup to {t:.0%}", arms["baseline"], arms[arm], t, reason=SPEEDUP_REASON)
+        for t in cfg.targets
+    ]
+    out.append(
+        cond.accuracy_difference(
+            f"final accuracy, {arm} - baseline",
+            arms[arm],
+            arms["baseline"],
+            0.0,
+            negligible=(-0.001, 0.001),
+            reason=FINAL_REASON,
+        )
+    )
+    return tuple(out)
+
+
 def analyze(cfg: CompareConfig, results: list[TrialResult]) -> Analysis:
     arms = common.arms(results)
     curves = common.curve_table(arms, title="Test accuracy (eval mode) during training")
-    targets = common.target_table(arms, cfg.targets, cfg.steps, baseline="baseline")
+    targets = common.target_table(arms, cfg.targets, baseline="baseline")
     finals = common.final_table(arms, baseline="baseline")
     tables = [curves, targets, finals]
     if "bn" not in arms or "baseline" not in arms:
-        verdict = Verdict(CLAIM, None, "needs both a BN arm and a baseline arm (--bn --baseline)")
+        verdict = Verdict(CLAIM, (), "needs both a BN arm and a baseline arm (--bn --baseline)")
         return Analysis(tables, verdict)
-    speedups = []
-    missing = []
-    for t in cfg.targets:
-        sb = common.arm_steps(arms["baseline"], t)
-        sa = common.arm_steps(arms["bn"], t)
-        if sa is None:
-            missing.append(t)
-            continue
-        speedups.append((t, metrics.speedup(sb, sa, cfg.steps)))
-    fin_bn = common.final_mean(arms["bn"])
-    fin_base = common.final_mean(arms["baseline"])
-    faster = (
-        bool(speedups)
-        and not missing
-        and all(s.value is not None and s.value > 1 for _, s in speedups)
+    sp = ", ".join(
+        f"{t:.0%}: {common.arm_speedup(arms['baseline'], arms['bn'], t).text}" for t in cfg.targets
     )
-    higher = fin_bn is not None and (fin_base is None or fin_bn >= fin_base)
-    ev = ", ".join(f"{t:.0%}: {s.text}" for t, s in speedups)
-    if missing:
-        ev += ("; " if ev else "") + "BN never reached " + ", ".join(f"{t:.0%}" for t in missing)
     ev = (
-        f"BN speedup to targets [{ev}]; final accuracy BN {common.pct(fin_bn)} vs "
-        f"baseline {common.pct(fin_base)}"
+        f"median-seed BN speedup to targets [{sp}]; final accuracy BN "
+        f"{common.pct(common.final_mean(arms['bn']))} vs baseline "
+        f"{common.pct(common.final_mean(arms['baseline']))}"
     )
-    return Analysis(tables, Verdict(CLAIM, faster and higher, ev))
+    return Analysis(tables, Verdict(CLAIM, conditions(cfg, arms), ev))
 
 
 def plot(cfg: CompareConfig, results: list[TrialResult], analysis: Analysis, out: Path):

@@ -30,6 +30,7 @@ import numpy as np
 from bnexp import metrics, plots
 from bnexp.sweep import TrialResult
 from experiments import common, santurkar
+from experiments import conditions as cond
 from experiments.base import Analysis, ConfigError, Experiment, Table, Verdict
 
 CLAIM = "BN does not reduce internal covariate shift: BN's ICS is not smaller"
@@ -45,7 +46,7 @@ PRESETS = {
     "smoke": ICSConfig(
         preset="smoke", dataset="synthetic", seeds=1, steps=40, eval_every=20, hidden=(32, 32)
     ),
-    "quick": ICSConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
+    "quick": ICSConfig(preset="quick", steps=2000, eval_every=100, seeds=5),
     "paper": ICSConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
 
@@ -62,8 +63,8 @@ def trials(cfg: ICSConfig):
 
 def validate(cfg: ICSConfig) -> None:
     santurkar.validate(cfg)
-    if cfg.norm_tol < 0 or cfg.cos_tol < 0:
-        raise ConfigError("norm_tol and cos_tol must be >= 0")
+    if not 0 <= cfg.norm_tol < 1 or cfg.cos_tol < 0:
+        raise ConfigError("norm_tol must be in [0, 1) and cos_tol >= 0")
 
 
 def _layer_names(n: int, cfg: ICSConfig) -> list[str]:
@@ -127,12 +128,6 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
     ]
     table = Table("Internal covariate shift per layer (mean over training and seeds)", cols, rows)
     final = common.final_table(by, gap=False)
-    if not verdicts:
-        return Analysis(
-            [table, final], Verdict(CLAIM, None, "no layer with a finite ICS beyond the first")
-        )
-    k = sum(verdicts)
-    need = (len(verdicts) + 1) // 2
     detail = "; ".join(
         f"{r['layer']}: ||G-G'|| BN/baseline {santurkar.num(r.get('ratio'), '.2f')}x, cos BN "
         f"{santurkar.num(r['bn_cos'], '.3f')} vs {santurkar.num(r['baseline_cos'], '.3f')}"
@@ -140,11 +135,68 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
         if "not_smaller" in r
     )
     ev = (
-        f"BN's ICS is not smaller in {k} of {len(verdicts)} layers (needs {need}; not smaller = "
-        f"||G-G'|| >= {1 - cfg.norm_tol:g}x baseline's and cos <= baseline's + {cfg.cos_tol:g}): "
-        f"{detail}"
+        f"BN's ICS is not smaller (seed means) in {sum(verdicts)} of {len(verdicts)} layers "
+        f"(||G-G'|| >= {1 - cfg.norm_tol:g}x baseline's and cos <= baseline's + "
+        f"{cfg.cos_tol:g}): {detail}"
     )
-    return Analysis([table, final], Verdict(CLAIM, k >= need, ev))
+    return Analysis([table, final], Verdict(CLAIM, conditions(cfg, by), ev))
+
+
+# The rule, fixed before the runs that judge it (SCIENCE.md: "BN's ICS is not smaller"; first
+# wave: in most layers 2..L, ||G-G'|| >= (1 - norm_tol) x the baseline's and cos <= the baseline's
+# + cos_tol), on each seed's average over layers 2..L of its mean over training:
+NORM_REASON = (
+    "Santurkar et al. Fig. 3: BN's ||G - G'|| is similar to or larger than the baseline's; 'not "
+    "smaller' is a ratio BN / baseline above 1 - norm_tol (per seed, geometric mean over layers)"
+)
+COS_REASON = (
+    "Fig. 3: BN's cos(G, G') is similar to or lower than the baseline's; 'not higher' is a "
+    "difference BN - baseline below cos_tol (per seed, mean over layers)"
+)
+
+
+def _seed_layer_means(rs: list[TrialResult], key: str) -> dict[int, np.ndarray]:
+    """Per seed: (L,) mean over evaluation points of a per-layer probe (NaN points skipped)."""
+    out = {}
+    for r in rs:
+        a = np.asarray(r.history[key], np.float64)  # (E, L)
+        ok = np.isfinite(a)
+        n = ok.sum(axis=0)
+        out[r.trial.seed] = np.where(
+            n > 0, np.where(ok, a, 0.0).sum(axis=0) / np.maximum(n, 1), np.nan
+        )
+    return out
+
+
+def conditions(cfg: ICSConfig, by: dict[str, list[TrialResult]]) -> tuple:
+    norm = {t: _seed_layer_means(by.get(t, []), "ics_norm") for t, _ in ARMS}
+    cos = {t: _seed_layer_means(by.get(t, []), "ics_cos") for t, _ in ARMS}
+    seeds = sorted(set(norm["bn"]) & set(norm["baseline"]))
+    log_ratio, cos_diff = [], []
+    for s in seeds:  # layer 1 has no earlier layer: its ICS is 0 by definition, left out
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lr = np.log(norm["bn"][s][1:] / norm["baseline"][s][1:])
+        dc = cos["bn"][s][1:] - cos["baseline"][s][1:]
+        log_ratio.append(float(np.mean(lr)) if np.isfinite(lr).all() and lr.size else None)
+        cos_diff.append(float(np.mean(dc)) if np.isfinite(dc).all() and dc.size else None)
+    return (
+        cond.values_condition(
+            "||G-G'||, BN / baseline (layers 2..L)",
+            log_ratio,
+            float(np.log(1 - cfg.norm_tol)),
+            reason=NORM_REASON,
+            unit="ICS ratio",
+            log=True,
+        ),
+        cond.values_condition(
+            "cos(G, G'), BN - baseline (layers 2..L)",
+            cos_diff,
+            cfg.cos_tol,
+            direction=-1,
+            reason=COS_REASON,
+            unit="cosine difference",
+        ),
+    )
 
 
 def plot(cfg: ICSConfig, results: list[TrialResult], analysis: Analysis, out: Path):

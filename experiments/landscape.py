@@ -30,6 +30,7 @@ from bnexp import metrics, plots
 from bnexp import santurkar as probes_s
 from bnexp.sweep import TrialResult
 from experiments import common, santurkar
+from experiments import conditions as cond
 from experiments.base import Analysis, ConfigError, Experiment, Table, Verdict
 
 CLAIM = "BN makes the loss landscape smoother: lower loss band, gradient predictiveness and beta"
@@ -46,7 +47,7 @@ PRESETS = {
     "smoke": LandscapeConfig(
         preset="smoke", dataset="synthetic", seeds=1, steps=40, eval_every=20, hidden=(32, 32)
     ),
-    "quick": LandscapeConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
+    "quick": LandscapeConfig(preset="quick", steps=2000, eval_every=100, seeds=5),
     "paper": LandscapeConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
 
@@ -111,12 +112,48 @@ def analyze(cfg: LandscapeConfig, results: list[TrialResult]) -> Analysis:
         f"{r['bn peak']} vs {r['baseline peak']})"
         for r in rows
     )
-    if any(v is None for v in lower):
-        return Analysis([table, final], Verdict(CLAIM, None, "an arm has no finite point; " + ev))
-    k = sum(lower)
-    return Analysis(
-        [table, final], Verdict(CLAIM, k == len(lower), f"BN lower on {k} of {len(lower)}: " + ev)
-    )
+    k = sum(bool(v) for v in lower)
+    ev = f"BN lower (seed means) on {k} of {len(lower)}: " + ev
+    return Analysis([table, final], Verdict(CLAIM, conditions(cfg, by), ev))
+
+
+# The rule, fixed before the runs that judge it (SCIENCE.md: "BN's bands and beta-smoothness are
+# lower than baseline's"), on each seed's ratio BN / baseline of the measure's mean over training:
+LOWER_REASON = {
+    "loss band width": "Fig. 4a: the loss band along the gradient is narrower with BN",
+    "gradient predictiveness": "Fig. 4b: the gradient changes less along the gradient with BN "
+    "(baseline spikes to ~250, BN mostly < ~50)",
+    "beta-smoothness": "Fig. 4c: the effective beta-smoothness is lower with BN",
+}
+
+
+def _seed_means(rs: list[TrialResult], key: str, per_point) -> dict[int, float | None]:
+    out = {}
+    for r in rs:
+        v = np.asarray(per_point(np.asarray(r.history[key], np.float64)), np.float64)
+        v = v[np.isfinite(v)]
+        out[r.trial.seed] = float(v.mean()) if v.size else None
+    return out
+
+
+def conditions(cfg: LandscapeConfig, by: dict[str, list[TrialResult]]) -> tuple:
+    out = []
+    for label, key, per_point in MEASURES:
+        bn = _seed_means(by.get("bn", []), key, per_point)
+        base = _seed_means(by.get("baseline", []), key, per_point)
+        seeds = sorted(set(bn) & set(base))
+        out.append(
+            cond.log_ratio(
+                f"{label}, BN / baseline",
+                [bn[s] for s in seeds],
+                [base[s] for s in seeds],
+                1.0,
+                direction=-1,
+                reason=LOWER_REASON[label] + "; the claim is a ratio below 1",
+                unit="ratio",
+            )
+        )
+    return tuple(out)
 
 
 def _grid(rs: list[TrialResult], key: str) -> np.ndarray:

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from bnexp import metrics, plots
+from bnexp import plots, stats
 from bnexp.sweep import TrialResult
 from experiments import common
+from experiments import conditions as cond
 from experiments.base import (
     Analysis,
     Config,
@@ -61,9 +62,9 @@ PRESETS = {
         lrs=(0.1, 1.0, 100.0),
         target=0.6,
     ),
-    "quick": LRSweepConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
+    "quick": LRSweepConfig(preset="quick", steps=2000, eval_every=100, seeds=5),
     "paper": LRSweepConfig(
-        preset="paper", dataset="mnist", steps=20_000, eval_every=500, seeds=3, target=0.97
+        preset="paper", dataset="mnist", steps=20_000, eval_every=500, seeds=5, target=0.97
     ),
 }
 
@@ -88,17 +89,131 @@ def validate(cfg: LRSweepConfig) -> None:
         raise ConfigError(f"target must be an accuracy in (0, 1], got {cfg.target}")
 
 
-def _best(steps: dict[float, float | None], final: dict[float, float | None]) -> float | None:
-    """The learning rate that reaches the target in the fewest steps (ties: higher final)."""
-    ok = [lr for lr, s in steps.items() if s is not None]
+def _best(steps: dict[float, Any], final: dict[float, float | None]) -> float | None:
+    """The learning rate whose median seed reaches the target first (ties: higher final)."""
+    ok = [lr for lr, s in steps.items() if s is not None and s.reached]
     if not ok:
         return None
-    return min(ok, key=lambda lr: (steps[lr], -(final[lr] or 0.0)))
+    return min(ok, key=lambda lr: (steps[lr].high, steps[lr].low, -(final[lr] or 0.0)))
+
+
+# The rule, fixed before the runs that judge it (SCIENCE.md: "baseline diverges above some LR; BN
+# trains at >= 5x the baseline's best LR; best-BN speedup over best-baseline > 1; at the smallest
+# LR the two are close"), as four conditions on per-seed effects:
+DIVERGE_REASON = (
+    "Sec. 4.2.2: plain Inception at 5x the learning rate diverges; here the baseline must diverge "
+    "at some learning rate above its best in most seeds (proportion > 0.5, Wilson interval)"
+)
+HIGH_REASON = (
+    "Sec. 4.2.2: BN-x5 and BN-x30 train at 5x and 30x the baseline's learning rate; the highest "
+    "learning rate at which BN reaches the target, over the baseline's best, must exceed the "
+    "factor (per seed, on the log scale; the grid spacing limits the resolution)"
+)
+FAST_REASON = (
+    "Sec. 4.2.2: BN-x5 reaches 72.2% in 14x fewer steps than Inception; the claim is any "
+    "speedup of BN at its best learning rate over the baseline at its own (> 1x)"
+)
+CLOSE_REASON = (
+    "Bjorck et al. 2018: at a tiny learning rate BN gives no advantage; the final accuracies at "
+    "the smallest learning rate must agree within close_tol (an equivalence claim)"
+)
+
+
+def conditions(cfg: LRSweepConfig, by: dict[str, list[TrialResult]], best: dict) -> tuple:
+    lrs = sorted(cfg.lrs)
+
+    def rs(tag: str, lr: float) -> list[TrialResult]:
+        return by.get(f"{tag}@{lr:g}", [])
+
+    seeds = sorted({r.trial.seed for r in results_of(by)})
+    per_seed = {(tag, lr): cond.by_seed(rs(tag, lr)) for tag, _ in ARMS for lr in lrs}
+
+    def trains(tag: str, lr: float, seed: int) -> bool:
+        r = per_seed[tag, lr].get(seed)
+        return r is not None and cond.steps(r, cfg.target).reached
+
+    def seed_best(seed: int) -> float | None:  # the baseline's fastest learning rate in a seed
+        ok = [lr for lr in lrs if trains("baseline", lr, seed)]
+        return (
+            min(ok, key=lambda lr: cond.steps(per_seed["baseline", lr][seed], cfg.target).high)
+            if ok
+            else None
+        )
+
+    diverges, high_ratio = [], []
+    for seed in seeds:
+        b = seed_best(seed)
+        above = [lr for lr in lrs if b is None or lr > b]
+        diverges.append(
+            any(
+                (r := per_seed["baseline", lr].get(seed)) is not None and r.diverged_at is not None
+                for lr in above
+            )
+        )
+        bn_top = max((lr for lr in lrs if trains("bn", lr, seed)), default=None)
+        high_ratio.append(None if b is None or bn_top is None else bn_top / b)
+    p = stats.proportion_interval(sum(diverges), len(diverges))
+    out = [
+        stats.Condition.from_interval(
+            "baseline diverges above its best lr (share of seeds)",
+            p,
+            0.5,
+            reason=DIVERGE_REASON,
+            unit="proportion",
+        ),
+        cond.log_ratio(
+            "highest lr where BN trains / baseline's best lr",
+            high_ratio,
+            [1.0] * len(high_ratio),
+            cfg.high_lr_factor,
+            reason=HIGH_REASON,
+            unit="lr ratio",
+        ),
+    ]
+    b, n = best["baseline"], best["bn"]
+    if b is not None and n is not None:
+        out.append(
+            cond.speedup(
+                "speedup, best BN lr over best baseline lr",
+                rs("baseline", b),
+                rs("bn", n),
+                cfg.target,
+                reason=FAST_REASON,
+            )
+        )
+    else:
+        out.append(
+            stats.Condition(
+                "speedup, best BN lr over best baseline lr",
+                None,
+                (None, None),
+                0.0,
+                reason=FAST_REASON + " (an arm never reaches the target: not measurable)",
+                unit="log speedup",
+                log=True,
+            )
+        )
+    lo = lrs[0]
+    out.append(
+        cond.accuracy_difference(
+            f"final accuracy at lr {lo:g}, BN - baseline",
+            rs("bn", lo),
+            rs("baseline", lo),
+            cfg.close_tol,
+            direction=0,
+            reason=CLOSE_REASON,
+        )
+    )
+    return tuple(out)
+
+
+def results_of(by: dict[str, list[TrialResult]]) -> list[TrialResult]:
+    return [r for rs in by.values() for r in rs]
 
 
 def analyze(cfg: LRSweepConfig, results: list[TrialResult]) -> Analysis:
     by = common.arms(results)
-    rows, steps, final, diverged = [], {}, {}, {}
+    rows, steps, final = [], {}, {}
     for lr in cfg.lrs:
         row: dict[str, Any] = {"lr": lr}
         for tag, _ in ARMS:
@@ -106,19 +221,17 @@ def analyze(cfg: LRSweepConfig, results: list[TrialResult]) -> Analysis:
             nums, text = common.final_cell(rs)
             s = common.arm_steps(rs, cfg.target)
             steps[tag, lr], final[tag, lr] = s, nums["mean"]
-            diverged[tag, lr] = len(nums["diverged_at"]) > len(rs) / 2
             row[f"{tag}_final_accuracy"] = nums["mean"]
             row[f"{tag}_ci95"] = nums["ci95"]
             row[f"{tag}_diverged_at"] = nums["diverged_at"] or None
-            row[f"{tag}_steps_to_target"] = s
+            row[f"{tag}_steps_to_target"] = None if s is None else s.high
+            row[f"{tag}_steps"] = common.steps_dict(s)
             row[f"{tag} final"] = text
-            row[f"{tag} steps"] = "never" if s is None else str(int(s))
-        sp = metrics.speedup(steps["baseline", lr], steps["bn", lr], cfg.steps)
-        row["speedup"], row["speedup_lower_bound"], row["bn speedup"] = (
-            sp.value,
-            sp.lower_bound,
-            sp.text,
+            row[f"{tag} steps"] = common.steps_text(s)
+        sp = common.arm_speedup(
+            by.get(f"baseline@{lr:g}", []), by.get(f"bn@{lr:g}", []), cfg.target
         )
+        row["speedup"], row["bn speedup"] = sp.to_dict(), sp.text
         rows.append(row)
     cols = ["lr", "baseline final", "bn final", "baseline steps", "bn steps", "bn speedup"]
     sweep = Table(f"Final accuracy and steps to {cfg.target:.0%} by learning rate", cols, rows)
@@ -135,46 +248,32 @@ def analyze(cfg: LRSweepConfig, results: list[TrialResult]) -> Analysis:
                 "arm": tag,
                 "best lr": "none trains" if lr is None else f"{lr:g}",
                 "best_lr": lr,
-                "steps": None if lr is None else steps[tag, lr],
-                "steps to target": "never" if lr is None else str(int(steps[tag, lr])),
+                "steps": None if lr is None else common.steps_dict(steps[tag, lr]),
+                "steps to target": "never" if lr is None else common.steps_text(steps[tag, lr]),
                 "final": common.pct(None if lr is None else final[tag, lr]),
             }
         )
     b, n = best["baseline"], best["bn"]
-    sp_best = metrics.speedup(
-        None if b is None else steps["baseline", b],
-        None if n is None else steps["bn", n],
-        cfg.steps,
+    sp_best = (
+        common.arm_speedup(by[f"baseline@{b:g}"], by[f"bn@{n:g}"], cfg.target)
+        if b is not None and n is not None
+        else stats.CensoredSpeedup(stats.NOT_REACHED, None, None, None)
     )
     best_rows[1]["speedup over best baseline"] = sp_best.text
-    best_rows[1]["speedup_best"] = sp_best.value
+    best_rows[1]["speedup_best"] = sp_best.to_dict()
     summary = Table(
-        "Best learning rate per arm",
+        "Best learning rate per arm (median seed)",
         ["arm", "best lr", "steps to target", "final", "speedup over best baseline"],
         best_rows,
     )
-
-    # The four conditions of SCIENCE.md, each from the measured numbers.
-    ref = b if b is not None else max(cfg.lrs)
-    base_div = [lr for lr in cfg.lrs if diverged["baseline", lr]]
-    c_div = any(lr > ref for lr in base_div) if b is not None else bool(base_div)
-    bn_high = [lr for lr in cfg.lrs if lr >= cfg.high_lr_factor * ref and steps["bn", lr]]
-    c_high = b is not None and bool(bn_high)
-    c_fast = sp_best.value is not None and sp_best.value > 1
     lo = min(cfg.lrs)
-    fb, fn = final["baseline", lo], final["bn", lo]
-    c_close = fb is not None and fn is not None and abs(fn - fb) <= cfg.close_tol
     ev = (
-        f"baseline diverges above its best LR: {'yes' if c_div else 'no'}"
-        f" (diverged at lr {', '.join(f'{x:g}' for x in base_div) or 'none'}); "
-        f"BN trains at >= {cfg.high_lr_factor:g}x the baseline's best LR ({ref:g}): "
-        f"{'yes, lr ' + ', '.join(f'{x:g}' for x in bn_high) if bn_high else 'no'}; "
-        f"best-BN speedup over best-baseline {sp_best.text}; at the smallest LR ({lo:g}) "
-        f"BN {common.pct(fn)} vs baseline {common.pct(fb)} "
-        f"({'close' if c_close else 'not close'}, tolerance {100 * cfg.close_tol:.0f} pts)"
+        f"best lr: baseline {'none' if b is None else f'{b:g}'}, BN "
+        f"{'none' if n is None else f'{n:g}'}; median-seed speedup best vs best {sp_best.text}; "
+        f"at the smallest lr ({lo:g}) BN {common.pct(final['bn', lo])} vs baseline "
+        f"{common.pct(final['baseline', lo])}"
     )
-    reproduced = bool(c_div and c_high and c_fast and c_close)
-    return Analysis([sweep, summary], Verdict(CLAIM, reproduced, ev))
+    return Analysis([sweep, summary], Verdict(CLAIM, conditions(cfg, by, best), ev))
 
 
 def plot(cfg: LRSweepConfig, results: list[TrialResult], analysis: Analysis, out: Path):

@@ -29,6 +29,7 @@ import numpy as np
 from bnexp import metrics, plots
 from bnexp.sweep import TrialResult
 from experiments import common, santurkar
+from experiments import conditions as cond
 from experiments.base import Analysis, ConfigError, Experiment, Table, Verdict
 
 CLAIM = (
@@ -54,7 +55,7 @@ PRESETS = {
     "smoke": NoisyBNConfig(
         preset="smoke", dataset="synthetic", seeds=1, steps=60, eval_every=20, probe_batch=200
     ),
-    "quick": NoisyBNConfig(preset="quick", steps=2000, eval_every=100, seeds=2),
+    "quick": NoisyBNConfig(preset="quick", steps=2000, eval_every=100, seeds=5),
     "paper": NoisyBNConfig(preset="paper", eval_every=500, **santurkar.PAPER_CNN),
 }
 
@@ -111,22 +112,62 @@ def analyze(cfg: NoisyBNConfig, results: list[TrialResult]) -> Analysis:
         rows,
     )
     tables = [final, table]
-    if any(v is None for v in (*acc.values(), *drift.values())):
-        return Analysis(
-            tables, Verdict(CLAIM, None, "an arm diverged or has too few finite evaluation points")
-        )
-    close = abs(acc["noisy"] - acc["bn"]) <= cfg.close_tol
-    far = acc["noisy"] - acc["baseline"] >= cfg.far_margin
-    unstable = drift["noisy"] > cfg.drift_ratio * drift["baseline"]
     ev = (
         f"final accuracy: noisy BN {common.pct(acc['noisy'])}, BN {common.pct(acc['bn'])}, "
-        f"baseline {common.pct(acc['baseline'])}; close to BN (<= {100 * cfg.close_tol:g} pts): "
-        f"{'yes' if close else 'no'}; far above baseline (>= {100 * cfg.far_margin:g} pts): "
-        f"{'yes' if far else 'no'}; drift: noisy {drift['noisy']:.3f}, BN {drift['bn']:.3f}, "
-        f"baseline {drift['baseline']:.3f} (noisy more than {cfg.drift_ratio:g}x baseline: "
-        f"{'yes' if unstable else 'no'})"
+        f"baseline {common.pct(acc['baseline'])}; drift of the seed-mean percentiles: noisy "
+        f"{santurkar.num(drift['noisy'], '.3f')}, BN {santurkar.num(drift['bn'], '.3f')}, "
+        f"baseline {santurkar.num(drift['baseline'], '.3f')}"
     )
-    return Analysis(tables, Verdict(CLAIM, bool(close and far and unstable), ev))
+    return Analysis(tables, Verdict(CLAIM, conditions(cfg, by), ev))
+
+
+# The rule, fixed before the runs that judge it (SCIENCE.md: "noisy-BN accuracy close to BN, far
+# above baseline, while its percentiles drift more than baseline's"), on per-seed paired effects:
+CLOSE_REASON = (
+    "Santurkar et al. Fig. 2: noisy BN's accuracy is essentially BN's; close means |noisy - BN| "
+    "below close_tol (an equivalence claim)"
+)
+FAR_REASON = (
+    "Fig. 2: both BN variants train far better than the baseline; far means at least far_margin "
+    "above it"
+)
+DRIFT_REASON = (
+    "Fig. 2: the noise makes noisy BN's layer inputs less stable than even the baseline's; its "
+    "drift must exceed drift_ratio x the baseline's, per seed on the log scale"
+)
+
+
+def conditions(cfg: NoisyBNConfig, by: dict[str, list[TrialResult]]) -> tuple:
+    from experiments.distributions import seed_drifts
+
+    noisy = seed_drifts(by.get("noisy", []), "percentiles_train")
+    base = seed_drifts(by.get("baseline", []), "percentiles_train")
+    seeds = sorted(set(noisy) & set(base))
+    return (
+        cond.accuracy_difference(
+            "final accuracy, noisy BN - BN",
+            by.get("noisy", []),
+            by.get("bn", []),
+            cfg.close_tol,
+            direction=0,
+            reason=CLOSE_REASON,
+        ),
+        cond.accuracy_difference(
+            "final accuracy, noisy BN - baseline",
+            by.get("noisy", []),
+            by.get("baseline", []),
+            cfg.far_margin,
+            reason=FAR_REASON,
+        ),
+        cond.log_ratio(
+            "percentile drift, noisy BN / baseline",
+            [noisy[s] for s in seeds],
+            [base[s] for s in seeds],
+            cfg.drift_ratio,
+            reason=DRIFT_REASON,
+            unit="drift ratio",
+        ),
+    )
 
 
 def plot(cfg: NoisyBNConfig, results: list[TrialResult], analysis: Analysis, out: Path):

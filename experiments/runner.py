@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnexp import data, metrics, results
+from bnexp import data, metrics, plots, results, stats
 from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
@@ -183,6 +183,11 @@ def run(
                     plot_dir = run_dir / "plots"
                     plot_dir.mkdir(exist_ok=True)
                     analysis.plots = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
+                    vd = verdict_dict(analysis)  # and the verdict's forest plot, when it has one
+                    if isinstance(vd, dict) and vd.get("conditions"):
+                        analysis.plots.append(
+                            plots.forest([(exp.name, vd)], plot_dir / "verdict.png")
+                        )
                 timing = {
                     "wall_time_seconds": time.perf_counter() - t0,
                     "train_time_seconds": train_s,
@@ -215,13 +220,8 @@ def tables_dict(analysis: Analysis) -> list[dict[str, Any]]:
 
 
 def verdict_dict(analysis: Analysis) -> dict[str, Any]:
-    v = analysis.verdict
-    return {
-        "claim": v.claim,
-        "reproduced": v.reproduced,
-        "evidence": v.evidence,
-        "outcome": v.label,
-    }
+    """The verdict as stored in summary.json and printed by --json (stats.Verdict.to_json)."""
+    return analysis.verdict.to_json()
 
 
 def trial_json(t: Trial, r: TrialResult, tgts: Sequence[float]) -> dict[str, Any]:
@@ -235,6 +235,11 @@ def trial_json(t: Trial, r: TrialResult, tgts: Sequence[float]) -> dict[str, Any
         "seed": t.seed,
         "final_test_accuracy": r.final_test_accuracy,
         "steps_to_target": steps,
+        "steps_to_target_interval": {
+            f"{x:g}": stats.censored_steps(r.history["step"], r.history["test_acc"], x).to_dict()
+            for x in tgts
+        },
+        "eval_steps": [int(s) for s in r.history["step"]],
         "diverged_at": r.diverged_at,
         "seconds": r.seconds,
     }

@@ -42,7 +42,7 @@ PAPER_CNN: dict[str, Any] = dict(
     lr=0.1,
     batch_size=128,
     steps=15_000,
-    seeds=3,
+    seeds=5,
 )
 
 

@@ -41,6 +41,7 @@ def make_run(
     status: str = "complete",
     plots: tuple[str, ...] = ("curves.png",),
     config: dict | None = None,
+    verdict: dict | None = None,
 ) -> Path:
     cfg = config or {
         "preset": "smoke",
@@ -57,7 +58,7 @@ def make_run(
         return run
     for i, p in enumerate(plots):
         _png(run / "plots" / p, f"C{i}")
-    verdict = {
+    verdict = verdict or {
         "claim": f"claim of {name}",
         "reproduced": reproduced,
         "evidence": evidence,
@@ -231,3 +232,115 @@ def test_not_a_run_directory(tmp_path):
 )
 def test_duration(seconds, text):
     assert htmlreport.duration(seconds) == text
+
+
+# ---- conditions: the forest plots and the conditions tables ---------------------------------
+
+
+def _new_verdict(claim: str, *conditions) -> dict:
+    from bnexp import stats
+
+    return stats.Verdict(claim, tuple(conditions), "measured").to_json()
+
+
+@pytest.fixture
+def condition_runs(tmp_path):
+    import math
+
+    from bnexp import stats
+
+    out = tmp_path / "out"
+    speed = _new_verdict(
+        "BN reaches 97% faster",
+        stats.Condition("speedup to 97%", math.log(2.0), (math.log(1.4), math.log(2.9)),
+                        math.log(1.2), n=5, sd=0.2, unit="log speedup", log=True),
+        stats.Condition("speedup to 98%", None, (math.log(1.1), math.inf), math.log(1.2), n=5,
+                        unit="log speedup", log=True),
+    )  # fmt: skip
+    acc = _new_verdict(
+        "BN keeps accuracy",
+        stats.Condition("accuracy difference", -0.004, (-0.011, 0.009), 0.005, direction=-1,
+                        n=3, sd=0.003, unit="accuracy difference"),
+    )  # fmt: skip
+    a = make_run(out, "alpha", reproduced=None, verdict=speed, plots=("curves.png", "verdict.png"))
+    b = make_run(out, "beta", reproduced=True)  # an old run: no conditions
+    c = make_run(out, "gamma", reproduced=None, verdict=acc, plots=())
+    return out, [entry(a, "alpha"), entry(b, "beta"), entry(c, "gamma")], (speed, acc)
+
+
+ALPHA_ROWS = [
+    ["speedup to 97%", "2x", "[1.4x, 2.9x]", "> 1.2x", "reproduced", "5", ""],
+    ["speedup to 98%", "–", "[1.1x, ∞)", "> 1.2x", "inconclusive", "5", "–"],
+]
+
+
+def test_html_opens_with_the_forest_plot_and_sections_have_conditions(condition_runs):
+    out, entries, (speed, acc) = condition_runs
+    html = htmlreport.write(entries, out)["html"].read_text()
+    root = parse(html)
+    main = root.find(".//main")
+    first = main.find("section")
+    assert first.get("id") == "forest"  # before the claims table
+    img = first.find(".//img")
+    raw = base64.b64decode(img.get("src").split(",", 1)[1])
+    assert raw.startswith(PNG_SIGNATURE) and raw == (out / "forest.png").read_bytes()
+    assert len(main.findall(".//table[@id='claims-table']/tbody/tr")) == 3  # kept
+
+    def section(name):
+        return root.find(f".//section[@id='exp-{name}']")
+
+    def cond_rows(sec):
+        return [
+            ["".join(td.itertext()) for td in tr.findall("td")]
+            for tr in sec.findall(".//table[@class='data conditions']/tbody/tr")
+        ]
+
+    alpha = section("alpha")
+    assert cond_rows(alpha) == ALPHA_ROWS
+    heads = [
+        "".join(th.itertext()) for th in alpha.findall(".//table[@class='data conditions']//th")
+    ]
+    assert heads == list(htmlreport.CONDITION_COLUMNS)
+    captions = [f.findtext("figcaption") for f in alpha.findall(".//figure")]
+    # its own forest plot first; the run's verdict.png is not shown twice
+    assert captions == ["forest-alpha.png", "curves.png"]
+    own = base64.b64decode(alpha.find(".//figure/img").get("src").split(",", 1)[1])
+    assert own == (out / "forest-alpha.png").read_bytes()
+    assert cond_rows(section("gamma")) == [
+        ["accuracy difference", "-0.4 pts", "[-1.1, 0.9] pts", "< 0.5 pts", "inconclusive", "3",
+         f"~{acc['conditions'][0]['seeds_to_settle']}"],
+    ]  # fmt: skip
+    beta = section("beta")  # the old run renders as before: no conditions, no forest plot
+    assert cond_rows(beta) == [] and "Conditions" not in "".join(beta.itertext())
+    assert [f.findtext("figcaption") for f in beta.findall(".//figure")] == ["curves.png"]
+    assert not (out / "forest-beta.png").exists()
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", html)
+    assert not re.search(r"https?:|//[a-z]|url\(|@import", text, re.I)
+
+
+def test_markdown_links_the_forest_plots_and_has_the_conditions_tables(condition_runs):
+    out, entries, (speed, acc) = condition_runs
+    md = htmlreport.write(entries, out, html_file=False)["md"].read_text()
+    lines = md.splitlines()
+    forest = lines.index("![forest plot of every condition](forest.png)")
+    claims = next(i for i, ln in enumerate(lines) if ln.startswith("| experiment |"))
+    assert forest < claims  # the report opens with it
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert "forest.png" in links and "forest-alpha.png" in links and "forest-gamma.png" in links
+    assert all((out / link).is_file() for link in links)
+    assert not any(link.endswith("verdict.png") for link in links)
+    for row in ALPHA_ROWS:
+        assert "| " + " | ".join(row) + " |" in md
+    assert (
+        "| accuracy difference | -0.4 pts | [-1.1, 0.9] pts | < 0.5 pts | inconclusive | 3 |" in md
+    )
+    beta = md.split("## beta")[1].split("## gamma")[0]
+    assert "### Conditions" not in beta
+
+
+def test_forest_plots_are_deterministic(condition_runs):
+    out, entries, _ = condition_runs
+    first = {k: p.read_bytes() for k, p in htmlreport.write(entries, out).items()}
+    png = (out / "forest.png").read_bytes()
+    second = {k: p.read_bytes() for k, p in htmlreport.write(entries, out).items()}
+    assert first == second and (out / "forest.png").read_bytes() == png

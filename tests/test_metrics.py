@@ -144,10 +144,3 @@ def test_train_eval_gap():
     )
     h = {"test_acc": np.array([0.5, 0.7]), "test_acc_batch": np.array([0.6, 0.75])}
     assert M.final_train_eval_gap(h) == pytest.approx(0.05)
-
-
-def test_verdict_outcomes():
-    v = M.Verdict("BN is faster", M.REPRODUCED, "3.4x to 97%")
-    assert M.Verdict.from_dict(v.to_dict()) == v
-    with pytest.raises(ValueError):
-        M.Verdict("x", "yes")

@@ -79,3 +79,113 @@ def test_bands_over_steps(tmp_path):
     w, _ = _png_size(plots.bands_over_steps_panels(STEPS, panels, tmp_path / "p.png",
                                                    title="ICS", ylabel="||G - G'||"))  # fmt: skip
     assert w > 1200
+
+
+# ---- the verdict forest plot ------------------------------------------------------------------
+
+L = np.log
+
+
+def _cond(name, effect, ci, threshold, **kw):
+    from bnexp import stats
+
+    return stats.Condition(name, effect, ci, threshold, **kw)
+
+
+def _verdicts():
+    """Two claims as summary.json holds them (stats.Verdict.to_json), and an old-style verdict."""
+    from bnexp import stats
+
+    speed = stats.Verdict(
+        "BN reaches 97% faster",
+        (
+            _cond("speedup to 97%", L(2.0), (L(1.4), L(2.9)), L(1.2), n=5, sd=0.2,
+                  unit="log speedup", log=True),
+            _cond("speedup to 98% (censored)", None, (L(1.1), np.inf), L(1.2), n=5,
+                  unit="log speedup", log=True),
+        ),
+    ).to_json()  # fmt: skip
+    acc = stats.Verdict(
+        "BN does not hurt final accuracy",
+        (
+            _cond("final accuracy difference", -0.012, (-0.02, -0.006), -0.005,
+                  negligible=(-0.002, 0.002), n=5, unit="accuracy difference"),
+            _cond("train/eval gap", 0.001, (None, None), 0.005, direction=-1, n=1,
+                  unit="accuracy difference"),
+            _cond("gap, unbounded below", 0.001, (-np.inf, 0.007), 0.005, direction=-1, n=3,
+                  unit="accuracy difference"),
+            _cond("nothing measured", None, (None, None), 0.3, n=0, unit="loss"),
+        ),
+    ).to_json()  # fmt: skip
+    old = {"claim": "old claim", "reproduced": True, "evidence": "x", "outcome": "REPRODUCED"}
+    return speed, acc, old
+
+
+def test_forest_rows_layout():
+    speed, acc, old = _verdicts()
+    rows = plots.forest_rows([("compare", speed), ("old-run", old), ("init", acc)])
+    assert [r.name for r in rows] == [
+        "speedup to 97%", "speedup to 98% (censored)", "final accuracy difference",
+        "train/eval gap", "gap, unbounded below", "nothing measured"]  # fmt: skip
+    assert [r.group for r in rows] == [0, 0, 1, 1, 1, 1]  # the old verdict has no row
+    assert [r.label for r in rows] == ["compare"] * 2 + ["init"] * 4
+    assert rows[0].claim == "BN reaches 97% faster"
+    assert [r.outcome for r in rows] == ["reproduced", "inconclusive", "not reproduced",
+                                         "inconclusive", "inconclusive", "inconclusive"]  # fmt: skip
+    assert [r.color for r in rows] == [plots.OUTCOME_COLORS[r.outcome] for r in rows]
+    assert len(set(plots.OUTCOME_COLORS.values())) == 3
+    assert len(set(plots.OUTCOME_MARKERS.values())) == 3
+
+
+def test_forest_rows_values_units_and_ends():
+    speed, acc, _ = _verdicts()
+    r = plots.forest_rows([("compare", speed), ("init", acc)])
+    # log rows are drawn as ratios
+    assert r[0].log and r[0].unit == "x"
+    assert (r[0].effect, r[0].low, r[0].high, r[0].threshold) == pytest.approx((2.0, 1.4, 2.9, 1.2))
+    assert "2x [1.4x, 2.9x]" in r[0].text and "claim > 1.2x" in r[0].text
+    # +inf written as null by to_json is read back as unbounded (an arrow), effect None
+    assert r[1].effect is None and r[1].low == pytest.approx(1.1) and r[1].high == np.inf
+    assert "[1.1x, ∞)" in r[1].text
+    # accuracy differences in points; negligible band too
+    assert not r[2].log and r[2].unit == " pts"
+    assert (r[2].effect, r[2].low, r[2].high, r[2].threshold) == pytest.approx(
+        (-1.2, -2, -0.6, -0.5)
+    )
+    assert r[2].negligible == pytest.approx((-0.2, 0.2))
+    # no interval: the point only; unbounded below; nothing at all
+    assert r[3].low is None and r[3].high is None and r[3].effect == pytest.approx(0.1)
+    assert r[3].direction == -1 and "claim < 0.5 pts" in r[3].text
+    assert r[4].low == -np.inf and r[4].high == pytest.approx(0.7)
+    assert r[5].effect is None and r[5].low is None and "no estimate" in r[5].text
+    # every row's range is centred on its threshold and covers every finite value it draws
+    for row in r:
+        vals = [v for v in (row.effect, row.low, row.high, *(row.negligible or ()))
+                if v is not None and np.isfinite(v)]  # fmt: skip
+        for v in vals:
+            if row.log:
+                assert row.threshold / row.span < v < row.threshold * row.span
+            else:
+                assert abs(v - row.threshold) < row.span
+
+
+def test_forest_writes_one_taller_png_per_more_rows(tmp_path):
+    speed, acc, old = _verdicts()
+    p = plots.forest([("compare", speed), ("old", old), ("init", acc)], tmp_path / "f" / "all.png")
+    w_all, h_all = _png_size(p)
+    one = plots.forest([("compare", speed)], tmp_path / "one.png", title="compare")
+    w_one, h_one = _png_size(one)
+    assert w_all == w_one and h_all > h_one  # same width, one band of height per row
+    # a stats.Verdict object and a list of verdicts are accepted too
+    from bnexp import stats
+
+    obj = stats.Verdict("c", (_cond("x", 0.5, (0.1, 0.9), 0.0, n=3),))
+    assert len(plots.forest_rows([("a", obj), ("b", [speed, acc])])) == 1 + 2 + 4
+    _png_size(plots.forest([("a", obj)], tmp_path / "obj.png"))
+
+
+def test_forest_without_conditions_writes_nothing(tmp_path):
+    _, _, old = _verdicts()
+    assert plots.forest([("old", old)], tmp_path / "none.png") is None
+    assert plots.forest([], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

@@ -8,7 +8,7 @@ import pytest
 from rich.console import Console
 
 from bnexp import metrics as M
-from bnexp import report
+from bnexp import report, stats
 from bnexp.results import RunInfo, to_jsonable
 from bnexp.sweep import ProgressEvent
 
@@ -31,7 +31,11 @@ def _plain_console(width=120):
 
 def test_table_plain_text_contents():
     console, buf = _plain_console()
-    verdict = M.Verdict("BN reaches [97%] faster", M.REPRODUCED, "3.4x to 97%")
+    verdict = {
+        "claim": "BN reaches [97%] faster",
+        "outcome": "reproduced",
+        "evidence": "3.4x to 97%",
+    }
     report.render_table("Compare", COLS, ROWS, console, verdict=verdict)
     out = buf.getvalue()
     assert "\x1b[" not in out  # no escape codes when not a terminal
@@ -92,6 +96,79 @@ def test_verdict_from_experiment_style_object():
 
     assert "->  NOT REPRODUCED" in report.verdict_line(V()).plain
     assert "inconclusive" in report.verdict_line({"claim": "c", "reproduced": None}).plain
+
+
+def _stats_verdict():
+    import math
+
+    return stats.Verdict(
+        "BN reaches 97% faster",
+        (
+            stats.Condition("speedup to 97%", math.log(2.0), (math.log(1.4), math.log(2.9)),
+                            math.log(1.2), n=5, sd=0.2, unit="log speedup", log=True),
+            stats.Condition("final accuracy difference", -0.004, (-0.011, 0.009), 0.005,
+                            direction=-1, n=3, sd=0.003, unit="accuracy difference"),
+            stats.Condition("speedup to 98%", None, (math.log(1.1), math.inf), math.log(1.2),
+                            n=5, unit="log speedup", log=True),
+            stats.Condition("gap", -0.01, (-0.02, -0.001), 0.0, direction=-1, n=4, sd=0.01,
+                            unit="accuracy difference"),
+        ),
+        "e",
+    )  # fmt: skip
+
+
+def _table_lines(out):
+    return {ln.split("|")[0].strip(): [c.strip() for c in ln.split("|")] for ln in
+            out.splitlines() if "|" in ln}  # fmt: skip
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_render_verdict_prints_the_conditions_table(as_json):
+    v = _stats_verdict()
+    console, buf = _plain_console(160)
+    report.render_verdict(v.to_json() if as_json else v, console)
+    out = buf.getvalue()
+    assert "\x1b[" not in out
+    assert out.startswith("Claim: BN reaches 97% faster  ->  inconclusive\n  evidence: e\n")
+    rows = _table_lines(out)
+    assert rows["condition"][:5] == ["condition", "effect", "95% interval", "threshold", "outcome"]
+    assert rows["speedup to 97%"][1:5] == ["2x", "[1.4x, 2.9x]", "> 1.2x", "reproduced"]
+    fa = rows["final accuracy difference"]
+    assert fa[1:5] == ["-0.4 pts", "[-1.1, 0.9] pts", "< 0.5 pts", "inconclusive"]
+    n = v.conditions[1].seeds_to_settle
+    assert isinstance(n, int) and fa[5] == f"~{n} seeds would likely settle it"
+    sp = rows["speedup to 98%"]
+    assert sp[1:5] == ["–", "[1.1x, ∞)", "> 1.2x", "inconclusive"]
+    assert rows["gap"][1:6] == ["-1 pts", "[-2, -0.1] pts", "< 0 pts", "reproduced", ""]
+
+
+def test_conditions_are_coloured_like_the_verdict_line():
+    buf = io.StringIO()
+    console = Console(file=buf, width=160, force_terminal=True, color_system="standard")
+    report.render_verdict(_stats_verdict(), console)
+    out = buf.getvalue()
+    assert "\x1b[1;33minconclusive" in out  # the verdict line
+    assert "\x1b[1;32mreproduced" in out and "━" in out  # a condition, rich box on a terminal
+
+
+@pytest.mark.parametrize(
+    ("verdict", "word"),
+    [
+        ({"claim": "c", "reproduced": True, "evidence": "e", "outcome": "REPRODUCED"}, "REPRODUCED"),
+        ({"claim": "c", "reproduced": False, "outcome": "not reproduced", "conditions": []},
+         "NOT REPRODUCED"),
+        ({"claim": "c", "reproduced": None, "outcome": "inconclusive"}, "inconclusive"),
+        ({"claim": "c", "outcome": "reproduced"}, "REPRODUCED"),
+        ({"claim": "c", "outcome": "odd"}, "odd"),
+        (stats.Verdict("c", (), "e"), "inconclusive"),
+    ],
+)  # fmt: skip
+def test_old_and_new_verdicts_without_conditions(verdict, word):
+    console, buf = _plain_console()
+    report.render_verdict(verdict, console)
+    out = buf.getvalue()
+    assert out.splitlines()[0] == f"Claim: c  ->  {word}"
+    assert "|" not in out  # no conditions table
 
 
 def test_render_runs():

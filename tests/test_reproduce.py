@@ -69,6 +69,28 @@ def summary(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
+def report_images(report_dir: Path, run_dirs) -> list[bytes]:
+    """The PNGs report.html embeds, in page order: forest.png of every condition (when any run's
+    verdict has conditions), then per run its own forest-<experiment>.png and its plots (its
+    verdict.png, the same forest plot, is not shown twice)."""
+    report_dir = Path(report_dir)
+    images = (
+        [(report_dir / "forest.png").read_bytes()] if (report_dir / "forest.png").is_file() else []
+    )
+    for d in map(Path, run_dirs):
+        name = re.sub(r"[^A-Za-z0-9_-]+", "-", summary(d)["experiment"])  # as the anchor
+        forest = report_dir / f"forest-{name}.png"
+        own = forest.is_file()
+        if own:
+            images.append(forest.read_bytes())
+        images += [
+            (d / "plots" / p).read_bytes()
+            for p in summary(d)["plots"]
+            if not (own and p == htmlreport.RUN_FOREST)
+        ]
+    return images
+
+
 def test_json_document_names_every_run_and_verdict(repro):
     out, doc, _ = repro
     order = [n for n in REGISTRY if n in NAMES]
@@ -95,9 +117,7 @@ def test_report_html_parses_embeds_every_plot_and_names_nothing_external(repro):
     html = (out / "report.html").read_text()
     root = ET.fromstring(html)  # strict XML parser: every tag closed, every entity valid
     assert root.findtext(".//title") == htmlreport.DEFAULT_TITLE
-    expected = [
-        (Path(d) / "plots" / p).read_bytes() for d in doc["run_dirs"] for p in summary(d)["plots"]
-    ]
+    expected = report_images(out, doc["run_dirs"])
     assert len(expected) >= len(NAMES)  # each of these experiments draws at least one plot
     imgs = root.findall(".//img")
     assert len(imgs) == len(expected)
@@ -130,8 +150,10 @@ def test_claims_table_matches_the_runs_json(repro):
         assert cells["preset"] == "smoke" and cells["seeds"] == str(config["seeds"])
         assert cells["wall time"] == htmlreport.duration(s["timing"]["wall_time_seconds"])
         section = root.find(f".//section[@id='exp-{exp.name}']")
-        tables = section.findall(".//table")
+        tables = [t for t in section.findall(".//table") if "conditions" not in t.get("class", "")]
         assert len(tables) == len(s["tables"])
+        conds = section.findall(".//table[@class='data conditions']/tbody/tr")
+        assert len(conds) == len(s["verdict"]["conditions"])
         first = s["tables"][0]
         head = [th.text for th in tables[0].findall("./thead/tr/th")]
         assert head == first["columns"]
@@ -225,7 +247,7 @@ def test_report_for_one_run(repro, tmp_path):
     root = ET.fromstring((run / "report.html").read_text())
     [row] = root.findall(".//table[@id='claims-table']/tbody/tr")
     assert row.get("data-verdict") == LABEL[summary(run)["verdict"]["reproduced"]]
-    assert len(root.findall(".//img")) == len(summary(run)["plots"])
+    assert len(root.findall(".//img")) == len(report_images(run, [run]))
     assert "compare (smoke preset)" in root.findtext(".//h1")
 
 
@@ -360,4 +382,4 @@ def test_chromium_renders_the_report(repro, tmp_path):
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert f"<title>{htmlreport.DEFAULT_TITLE}</title>" in dom.stdout
     assert f"<h1>{htmlreport.DEFAULT_TITLE}</h1>" in dom.stdout
-    assert dom.stdout.count("<img ") == sum(len(summary(d)["plots"]) for d in doc["run_dirs"])
+    assert dom.stdout.count("<img ") == len(report_images(out, doc["run_dirs"]))

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from bnexp import results as R
-from bnexp.metrics import Summary, Verdict
+from bnexp.metrics import Summary
 from bnexp.models import ModelSpec
+from bnexp.stats import Verdict
 from bnexp.sweep import Trial, TrialResult
 
 NOW = datetime(2025, 3, 4, 5, 6, 7).astimezone()
@@ -153,13 +154,13 @@ def test_save_load_resume(tmp_path):
 def test_summary_and_status(tmp_path):
     run = _run(tmp_path)
     rows = [{"arm": "bn", "acc": Summary(0.98, 0.01, 3, 0, 0.95, 1.0)}]
-    verdict = Verdict("BN is faster", "REPRODUCED", "3.4x")
+    verdict = Verdict("BN is faster", (), "3.4x").to_json()
     with R.tracking_status(run):
         R.write_summary(run, rows, [verdict], timing={"seconds": 1.0})
     loaded = R.load_run(run)
     assert loaded.status == "complete"
     assert loaded.summary["rows"][0]["acc"]["mean"] == 0.98
-    assert loaded.summary["verdict"][0]["outcome"] == "REPRODUCED"
+    assert loaded.summary["verdict"][0]["outcome"] == "inconclusive"
     with pytest.raises(KeyboardInterrupt), R.tracking_status(run):
         raise KeyboardInterrupt
     assert R.load_run(run).status == "interrupted"

@@ -164,7 +164,20 @@ def test_condition_outcomes_from_the_interval():
     assert _cond(1.0, 2.0, threshold=0.5, direction=-1).outcome == S.NOT_REPRODUCED
     assert S.Condition("x", None, (None, None), 0.0).outcome == S.INCONCLUSIVE
     with pytest.raises(ValueError):
+        S.Condition("x", 0.0, (0.0, 1.0), 0.0, direction=2)
+    with pytest.raises(ValueError):  # an equivalence band needs a width
         S.Condition("x", 0.0, (0.0, 1.0), 0.0, direction=0)
+
+
+def test_equivalence_condition_outcomes():
+    """direction 0: the claim is |effect| < threshold (e.g. BN gives no advantage at a tiny lr)."""
+    assert _cond(-0.01, 0.02, threshold=0.05, direction=0).outcome == S.REPRODUCED
+    assert _cond(0.06, 0.09, threshold=0.05, direction=0).outcome == S.NOT_REPRODUCED
+    assert _cond(-0.09, -0.05, threshold=0.05, direction=0).outcome == S.NOT_REPRODUCED
+    assert _cond(0.01, 0.08, threshold=0.05, direction=0).outcome == S.INCONCLUSIVE
+    # seeds to settle are counted to the nearer edge of the band: 0.045 +- sd 0.01 vs edge 0.05
+    c = S.Condition("x", 0.03, (0.01, 0.08), 0.05, direction=0, sd=0.01, n=2)
+    assert c.seeds_to_settle == S.seeds_needed(0.03, 0.01, 0.05)
     row = _cond(0.5, 1.5, threshold=0.25).to_json()
     assert row["ci95"] == [0.5, 1.5] and row["threshold"] == 0.25 and row["outcome"] == "reproduced"
 
