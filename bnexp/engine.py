@@ -732,20 +732,25 @@ def run_group(
         compile_seconds += progs.compile_seconds
         carry = progs.init(hp)
 
-        def batch_rows(start: int, length: int, seeds: list[int] = seeds) -> dict:
-            return {s: batch_indices(s, start, length) for s in sorted(set(seeds))}
+        def chunk_inputs(start: int, length: int, seeds: list[int] = seeds) -> list[tuple]:
+            """(idx, n on the device, n) per call of the steps program for the chunk of
+            ``length`` steps from ``start``: rows padded with row 0 to the program's length."""
+            rows = {s: batch_indices(s, start, length) for s in sorted(set(seeds))}
+            calls = []
+            for b0 in range(0, length, longest):
+                n = min(longest, length - b0)
 
-        def padded(rows: dict, b0: int, n: int, seeds: list[int] = seeds) -> Array:
-            """Rows b0 .. b0 + n of the chunk, padded with row 0 to the program's length."""
+                def one(r: np.ndarray, b0: int = b0, n: int = n) -> np.ndarray:
+                    out = np.zeros((longest, cfg.batch_size), np.int32)
+                    out[:n] = r[b0 : b0 + n]
+                    return out
 
-            def one(r: np.ndarray) -> np.ndarray:
-                out = np.zeros((longest, cfg.batch_size), np.int32)
-                out[:n] = r[b0 : b0 + n]
-                return out
-
-            if cfg.shared_batch:
-                return jax.device_put(one(rows[seeds[0]]), repl)
-            return jax.device_put(np.stack([one(rows[s]) for s in seeds]), member)
+                if cfg.shared_batch:
+                    idx = jax.device_put(one(rows[seeds[0]]), repl)
+                else:
+                    idx = jax.device_put(np.stack([one(rows[s]) for s in seeds]), member)
+                calls.append((idx, jax.device_put(np.int32(n), repl), n))
+            return calls
 
         def evaluate(carry: Carry, on: bool, progs: Programs = progs, hp: Any = hp) -> dict:
             nonlocal eval_seconds
@@ -757,18 +762,15 @@ def run_group(
 
         points = [evaluate(carry, True)]  # step 0: the initial model (train_loss set below)
         start = 0
-        upcoming = batch_rows(0, lengths[0])
+        upcoming = chunk_inputs(0, lengths[0])
         for j, length in enumerate(lengths):
-            rows = upcoming
             losses = []
-            for b0 in range(0, length, longest):
-                n = min(longest, length - b0)
-                n_dev = jax.device_put(np.int32(n), repl)
-                carry, loss = progs.steps(carry, hp, padded(rows, b0, n), n_dev, data)
+            for idx, n_dev, n in upcoming:
+                carry, loss = progs.steps(carry, hp, idx, n_dev, data)
                 losses.append((loss, n))
             start += length
             if j + 1 < len(lengths):  # host work for the next chunk overlaps the device's
-                upcoming = batch_rows(start, lengths[j + 1])
+                upcoming = chunk_inputs(start, lengths[j + 1])
             jax.block_until_ready(carry)  # so that eval_seconds times the evaluation alone
             metrics = evaluate(carry, bool(full[j + 1]))
             chunk = np.concatenate([np.asarray(v)[:, :n] for v, n in losses], 1)
