@@ -27,13 +27,16 @@ examples, so test_acc/test_loss there are estimates from a fixed subset (MNIST's
 images hold every class at 8-12%; standard error ~0.7 points at 90% accuracy), and no
 batch-statistics accuracy (test_acc_batch is NaN there; its consumers read the last point, which
 is always full). Probes run at every point (their analyses read series; they need no test set).
-Measured share of the run (compile excluded) spent in the point programs, compare quick preset
-(full MNIST, 3000 steps, eval_every 100, MLP 784-100-100-100-10, batch 60, 2 groups of 3 seeds,
-2 host devices): before this schedule (30 grid points) 53%; now with per_decade=0 (31 points)
-52%, with the default per_decade=8 (55 points) 54%: a lite point costs ~1/8 of a full one
-(~14 vs ~105 ms), so the 24 extra points add ~10% to the evaluation time. The full points
-themselves keep the share above 50% at this scale; the <= 25% goal of issue 13 would need the
-grid points on a test subset too (not done: the grid keeps the whole test set).
+Measured share of the run (compile excluded) spent in the point programs on the 2-core dev
+machine (2 host devices, full MNIST, MLP 784-100-100-100-10, batch 60), before this schedule ->
+per_decade=0 -> the default per_decade=8: compare quick (3000 steps, eval_every 100, 2 groups of
+5 seeds; 30 -> 31 -> 55 points) 50% -> 52% -> 53%; lr-sweep quick (2000 steps, 2 groups of 35
+members; 20 -> 21 -> 44 points) 47% -> 48% -> 50%. A lite point costs ~1/10 of a full one
+(compare: ~14 vs ~130 ms; lr-sweep: ~60 vs ~620 ms), so the extra points add ~10% to the
+evaluation time. The full points themselves keep the share near 50% at this scale (a whole-test-
+set pass in two modes is about the work of 100 training steps); the <= 25% goal of issue 13 would
+need the grid points on a test subset too, or fewer of them (not done: the grid keeps the whole
+test set).
 
 Between evaluation points the host calls ``steps`` once per chunk: one rolled loop. Measured on
 XLA CPU (paper-size CNN conv16-conv32-dense64, batch 64, one member), a
