@@ -15,8 +15,9 @@ Cases (every bnexp case runs bnexp's own code; nothing is hand-written for the b
   device, which is what ``bnexp run`` does with a single trial (a vmapped member axis of size 1).
 - ``sweep_<M>``: an lr-sweep-shaped group of M trials (own learning rate each, one seed, so the
   batches are shared) through ``bnexp.sweep.run_sweep`` with the default device layout and
-  ``eval_every = steps`` over a one-batch test set, so a call is the group's compiled training
-  program plus one evaluation costing about one step. The warm-up call compiles (the engine's
+  ``eval_every = steps`` (and no geometric points) over a one-batch test set, so a call is the
+  group's compiled training program plus two evaluations (step 0 and the end) costing about a
+  step each. The warm-up call compiles (the engine's
   compile time is reported); timed calls reuse the compiled programs.
 - ``cnn``: the engine issue's CNN (conv3x3(16)-BN-ReLU-maxpool, conv3x3(32)-BN-ReLU-maxpool,
   dense 64-BN-ReLU, 10) on 28x28x1, batch 64, one model: a one-trial ``run_sweep`` on one device,
@@ -255,8 +256,8 @@ def sweep_case(
     name: str, spec: ModelSpec, batch: int, members: int, steps: int, *, one_device: bool = False
 ) -> Case:
     """``members`` trials of spec (learning rates 0.01 to 1, one seed: shared batches) through
-    bnexp.sweep.run_sweep, ``steps`` steps each with one evaluation point at the end (on a
-    test set of one batch, so it costs about one step); one_device: a mesh of the first device
+    bnexp.sweep.run_sweep, ``steps`` steps each with evaluation points at step 0 and the end
+    only (on a test set of one batch, so each costs about one step); one_device: a mesh of the first device
     only, else the engine's default device layout."""
     import jax
 
