@@ -671,3 +671,23 @@ def test_unrolled_blocks_mask_the_tail_of_a_short_chunk():
     assert unrolled[2].diverged_at is not None
     for a, b in zip(rolled, unrolled, strict=True):
         _same(a, b, exact=False)
+
+
+def test_curve_table_rows_are_full_points():
+    """The curve table subsamples step 0 and the linear grid (whole test set), never the
+    off-grid points (a test subset), however dense the schedule is early on."""
+    from experiments import common
+
+    steps = engine.eval_schedule(3000, 100, 8)
+    trial = Trial(steps=3000, eval_every=100)
+    hist = {"step": steps, "test_acc": np.linspace(0.1, 0.9, len(steps), dtype=np.float32)}
+    table = common.curve_table(
+        {"bn": [sweep.TrialResult(trial, hist, None, 0.9)]}, title="t", max_rows=12
+    )
+    got = [row["step"] for row in table.rows]
+    assert got[0] == 0 and got[-1] == 3000 and len(got) == 12
+    assert all(s % 100 == 0 for s in got)
+    np.testing.assert_array_equal(
+        sweep.full_points([0, 1, 2, 100, 133, 200, 250], 100),
+        [True, False, False, True, False, True, True],
+    )
