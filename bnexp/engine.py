@@ -5,8 +5,8 @@ member axis (``jax.vmap`` of bnexp.train's single-member code), each compiled on
 
     init(hp) -> carry                                  members' initial TrainState + bookkeeping
     steps(carry, hp, idx, n, data) -> (carry, losses)  the first n of L guarded train steps
-    point(carry, hp, data) -> metrics                  eval, batch-stat eval and probes
-    point_lite(carry, hp, data) -> metrics             eval on a test subset, probes (off-grid)
+    point(carry, hp, data) -> metrics                  eval, batch-stat eval, probes (last point)
+    point_lite(carry, hp, data) -> metrics             eval on a test subset, probes (the others)
 
 Evaluation points (run_group): step 0 (the initial model, before any update) and
 ``eval_schedule(steps, eval_every, per_decade)``: the linear grid eval_every, 2 * eval_every, ...,
@@ -19,24 +19,23 @@ the rolled path ran at the speed of the former one-program-per-length ``lax.scan
 interleaved, model-steps/s, old -> new: one paper MLP with BN 2,060 -> 2,075; 8 members 4,940 ->
 5,100; 16 members without norm 6,843 -> 7,133; 8 members on own batches 4,206 -> 4,193).
 
-What the extra points cost, and what was traded: a full point evaluates the whole test set twice
-(eval mode and batch-statistics mode), and at quick scale that is as much work as the 100 steps
-between grid points. So only step 0 and the grid points (sweep.full_points) are full; the
-off-grid (geometric) points run ``point_lite``: eval mode on the first OFFGRID_TEST (2,000) test
-examples, so test_acc/test_loss there are estimates from a fixed subset (MNIST's first 2,000 test
-images hold every class at 8-12%; standard error ~0.7 points at 90% accuracy), and no
-batch-statistics accuracy (test_acc_batch is NaN there; its consumers read the last point, which
-is always full). Probes run at every point (their analyses read series; they need no test set).
-Measured share of the run (compile excluded) spent in the point programs on the 2-core dev
-machine (2 host devices, full MNIST, MLP 784-100-100-100-10, batch 60), before this schedule ->
-per_decade=0 -> the default per_decade=8: compare quick (3000 steps, eval_every 100, 2 groups of
-5 seeds; 30 -> 31 -> 55 points) 50% -> 52% -> 53%; lr-sweep quick (2000 steps, 2 groups of 35
-members; 20 -> 21 -> 44 points) 47% -> 48% -> 50%. A lite point costs ~1/10 of a full one
-(compare: ~14 vs ~130 ms; lr-sweep: ~60 vs ~620 ms), so the extra points add ~10% to the
-evaluation time. The full points themselves keep the share near 50% at this scale (a whole-test-
-set pass in two modes is about the work of 100 training steps); the <= 25% goal of issue 13 would
-need the grid points on a test subset too, or fewer of them (not done: the grid keeps the whole
-test set).
+What the extra points cost, and what was traded: a point that evaluates the whole test set twice
+(eval mode and batch-statistics mode) is, at quick scale, as much work as the 100 training steps
+between grid points. So only the last point is full (``point``: the whole test set in both modes;
+final accuracy, the main paired effect, and the train/eval gap read it); every earlier point,
+step 0 and the linear grid included, runs ``point_lite``: eval mode on a fixed random
+EVAL_SUBSET (2,000) of the test set (``eval_subset``: a seeded draw, since MNIST's test set is
+ordered and its first 5,000 images are the cleaner NIST half). test_acc/test_loss there are
+estimates from that subset (standard error ~0.7 points at 90% accuracy; both arms of a pair see
+the same images) and test_acc_batch is NaN. A model without norm layers gets test_acc_batch from
+its one eval pass (both modes are the same network). Probes run at every point (their analyses
+read series; they need no test set). Measured share of the run (compile excluded) spent in the
+point programs on the 2-core dev machine (2 host devices, full MNIST, MLP 784-100-100-100-10,
+batch 60), before the schedule -> step 0 + the schedule with the grid on the whole test set ->
+this: compare quick (3000 steps, eval_every 100, 2 groups of 5 seeds; 30 -> 55 -> 55 points)
+50% -> 53% -> 19% (group time 13.4 s); lr-sweep quick (2000 steps, 2 groups of 35 members;
+20 -> 44 -> 44 points) 47% -> 50% -> 17%. A lite point costs ~1/9 of a full one (compare:
+15 vs 131 ms; lr-sweep: 0.22 vs 1.7 s).
 
 Between evaluation points the host calls ``steps`` once per chunk: one rolled loop. Measured on
 XLA CPU (paper-size CNN conv16-conv32-dense64, batch 64, one member), a
@@ -81,7 +80,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bnexp import models, probes, sweep, train
+from bnexp import models, probes, train
 from bnexp.models import ModelSpec
 from bnexp.train import TRACE_COUNTS, Carry, StepConfig
 
@@ -89,7 +88,21 @@ Array = jax.Array
 AXIS = "members"
 PROBE_KEY_TAG = 2  # fold_in(key(seed), 0) init, 1 training, 2 probes
 CNN_MAX_BLOCK = 8  # steps per unrolled CNN block: more adds compile time, not speed
-OFFGRID_TEST = 2000  # test examples evaluated at an off-grid point (point_lite; see run_group)
+EVAL_SUBSET = 2000  # test examples a point before the last evaluates (point_lite; see run_group)
+EVAL_SUBSET_SEED = 20150211  # the subset is a fixed random draw (not MNIST's first, easier, images)
+
+
+@functools.cache
+def eval_subset(n_test: int) -> np.ndarray:
+    """The sorted test rows every point but the last evaluates: EVAL_SUBSET of them drawn with a
+    fixed seed (all when the test set is smaller). MNIST's test set is ordered (its first 5,000
+    images are the cleaner NIST half), so its first rows would be a biased sample."""
+    if n_test <= EVAL_SUBSET:
+        return np.arange(n_test)
+    rng = np.random.default_rng(EVAL_SUBSET_SEED)
+    return np.sort(rng.permutation(n_test)[:EVAL_SUBSET])
+
+
 # XLA CPU options for the train-step programs of dense models (measured with `bnexp bench`, see
 # BENCHMARKS.md): XLA's tree-reduction rewrite splits every batch reduction (BN statistics, the
 # loss mean, the divergence guard's all-finite checks) into reduce-window + reduce; without it a
@@ -390,14 +403,17 @@ def member_point(
     cfg: ProgramConfig, carry: Carry, hp: dict, data: dict[str, Array], full: bool = True
 ) -> dict[str, Array]:
     """One member's metrics at an evaluation point (NaN once diverged) and diverged_at.
-    full=False (the off-grid points, see run_group): eval mode on the first OFFGRID_TEST test
-    examples only and no batch-statistics accuracy (the key is absent); probes run either way."""
+    full=False (every point but the last, see run_group): eval mode on the fixed eval_subset of
+    the test set only and no batch-statistics accuracy (the key is absent); probes run either way.
+    A model without norm layers has the same accuracy in both modes: measured once."""
     TRACE_COUNTS["eval_point" if full else "eval_point_lite"] += 1
     spec, st = cfg.step.spec, carry.state
     call = train.norm_call_at(cfg.step, hp, st.step)
     x_test, y_test = data["x_test"], data["y_test"]
     if not full:
-        x_test, y_test = x_test[:OFFGRID_TEST], y_test[:OFFGRID_TEST]
+        rows = eval_subset(int(x_test.shape[0]))
+        if rows.size < x_test.shape[0]:
+            x_test, y_test = x_test[rows], y_test[rows]
     acc, loss = train.evaluate(
         st.params,
         st.norm_state,
@@ -409,7 +425,9 @@ def member_point(
         unrolled=cfg.unrolled,
     )
     metrics = {"test_acc": acc, "test_loss": loss}
-    if full:
+    if full and spec.norm == "none" and spec.dense_norm in (None, "none"):
+        metrics["test_acc_batch"] = acc
+    elif full:
         metrics["test_acc_batch"], _ = train.evaluate(
             st.params,
             st.norm_state,
@@ -512,7 +530,7 @@ class Programs:
     init: Any
     steps: Any  # steps(carry, hp, idx (padded to `length`), n, data) -> (carry, losses)
     point: Any  # every metric on the whole test set (step 0 and the linear grid)
-    point_lite: Any  # member_point(full=False): the off-grid points
+    point_lite: Any  # member_point(full=False): every point but the last
     length: int  # the steps program's fixed chunk length (idx padded to it)
     compile_seconds: float
 
@@ -688,8 +706,8 @@ def run_group(
 
     hps[i] is member i's numbers ({"lr", "momentum", "init_scale", "seed", "norm_call": {...}});
     batch_indices(data_seed, start_step, num_steps) -> (num_steps, batch) int32 rows. Evaluation
-    points: step 0 (the initial model) and eval_schedule(steps, eval_every, per_decade); full
-    points (sweep.full_points) take ``point``, the others ``point_lite`` (see the module doc). Members run
+    points: step 0 (the initial model) and eval_schedule(steps, eval_every, per_decade); the
+    last takes ``point``, the others ``point_lite`` (see the module doc). Members run
     in pieces of at most max_members (each padded to a multiple of the device count by repeating
     its last member; a group with fewer members than devices runs on that many devices); progress
     counts steps over all pieces (total = steps x pieces). block: members per block on a device
@@ -711,7 +729,7 @@ def run_group(
         size = -(-local // block) * block * mesh.devices.size
     cfg = dataclasses.replace(cfg, member_block=block if 0 < block < local else 0)
     schedule = eval_schedule(steps, eval_every, per_decade)
-    full = sweep.full_points(schedule, eval_every)
+    full = schedule == schedule[-1]  # the whole test set, both modes: the last point only
     lengths = np.diff(schedule).astype(int).tolist()
     longest = cfg.block_steps if cfg.unrolled else max(lengths)
     total = steps * n_pieces
@@ -763,7 +781,7 @@ def run_group(
             eval_seconds += time.perf_counter() - t0
             return out
 
-        points = [evaluate(carry, True)]  # step 0: the initial model (train_loss set below)
+        points = [evaluate(carry, len(schedule) == 1)]  # step 0: the initial model
         start = 0
         upcoming = chunk_inputs(0, lengths[0])
         for j, length in enumerate(lengths):
@@ -783,9 +801,9 @@ def run_group(
             points.append(metrics)
             if report is not None:
                 report(p * steps + start, total, "training")
-        stacked = {  # step 0 is a full point: every key; NaN where a point did not measure it
+        stacked = {  # the last point is full: every key; NaN where a point did not measure it
             k: np.stack([pt[k] if k in pt else np.full_like(like, np.nan) for pt in points], axis=1)
-            for k, like in points[0].items()
+            for k, like in points[-1].items()
         }
         for m in range(len(real)):
             h = {"step": schedule}

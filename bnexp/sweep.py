@@ -29,10 +29,10 @@ CONTRACT (callers rely on these names):
   not divide steps) merged with ~eval_per_decade geometric points per decade (0: none). Keys:
   "step" (int64, history["step"][0] == 0), "train_loss" (mean training loss over the steps
   since the previous point; at step 0 the loss of the first training batch at the initial
-  weights, NaN if step 1 already diverged), "test_acc", "test_loss" (eval mode, running stats: the whole test set at step 0 and
-  on the linear grid, the first engine.OFFGRID_TEST test examples at the geometric off-grid
-  points), "test_acc_batch" (batch-statistics mode, test set split into batches of batch_size, a
-  partial last batch dropped; NaN if batch_size < 2, and NaN at the off-grid points, where it is
+  weights, NaN if step 1 already diverged), "test_acc", "test_loss" (eval mode, running stats: the whole test set at the last point,
+  the fixed engine.eval_subset of it at every other point), "test_acc_batch" (batch-statistics
+  mode, test set split into batches of batch_size, a partial last batch dropped; NaN if
+  batch_size < 2, and NaN at every point but the last, where it is
   not measured), plus one key per requested probe output (e.g. "percentiles" with shape (E, 3);
   see bnexp.probes; measured at every point). The last point is always on the grid. Metrics are
   float32.
@@ -125,10 +125,10 @@ class ProgressEvent:
     seconds: float = 0.0  # wall time since the group started
 
 
-def full_points(steps: np.ndarray | Sequence[int], eval_every: int) -> np.ndarray:
-    """Which entries of a history's "step" array are full evaluation points: step 0 and the
-    linear grid (eval_every, 2 * eval_every, ..., the last step); the others are engine's
-    off-grid points (test_acc/test_loss on a subset, test_acc_batch NaN; see the module doc)."""
+def grid_points(steps: np.ndarray | Sequence[int], eval_every: int) -> np.ndarray:
+    """Which entries of a history's "step" array are step 0 and the linear grid (eval_every,
+    2 * eval_every, ..., the last step), as opposed to the geometric points between them that
+    resolve early training (the curve tables show the grid)."""
     steps = np.asarray(steps)
     return (steps % eval_every == 0) | (steps == steps.max(initial=0))
 
@@ -417,7 +417,7 @@ __all__ = [
     "TrialResult",
     "configure_host_devices",
     "enable_compilation_cache",
-    "full_points",
+    "grid_points",
     "group_trials",
     "run_sweep",
     "signature",

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from bnexp import metrics, plots, stats
-from bnexp.sweep import TrialResult, full_points
+from bnexp.sweep import TrialResult, grid_points
 from experiments.base import Table
 
 # The two arms most experiments compare, as (tag, norm name): the same seeds, data order and
@@ -112,11 +112,11 @@ def arm_speedup(
 def curve_table(
     arm_results: dict[str, list[TrialResult]], *, title: str, max_rows: int = 12
 ) -> Table:
-    """Eval-mode test accuracy per arm at (a subsample of) the full evaluation points (step 0
-    and the linear grid, measured on the whole test set; sweep.full_points)."""
+    """Eval-mode test accuracy per arm at (a subsample of) step 0 and the linear grid
+    (sweep.grid_points; the test subset of engine.eval_subset except at the last point)."""
     first = next(iter(arm_results.values()))[0]
     steps = np.asarray(first.history["step"])
-    full = np.flatnonzero(full_points(steps, first.trial.eval_every))
+    full = np.flatnonzero(grid_points(steps, first.trial.eval_every))
     pick = np.linspace(0, len(full) - 1, min(max_rows, len(full))).round().astype(int)
     idx = full[np.unique(pick)]
     rows = []

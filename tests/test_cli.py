@@ -141,7 +141,7 @@ def test_set_eval_per_decade_zero_evaluates_step_0_and_the_linear_grid(tmp_path)
     for npz in (Path(doc["run_dir"]) / "trials").glob("*.npz"):
         with np.load(npz) as h:
             assert h["step"].tolist() == [0, 20, 40, 60]  # smoke: 60 steps, eval_every 20
-            assert np.isfinite(h["test_acc_batch"]).all()  # every point a full one
+            assert np.isfinite(h["test_acc_batch"][-1])  # the last point is the full one
     timing = json.loads((Path(doc["run_dir"]) / "summary.json").read_text())["timing"]
     assert 0 < timing["eval_seconds"] < timing["train_time_seconds"]
 

@@ -28,7 +28,8 @@ BASE = Trial(
 LRS = (0.05, 0.2, 0.5, 1.0, 2.0, 1e7)  # the last one diverges
 KEYS = {"step", "train_loss", "test_acc", "test_loss", "test_acc_batch"}
 POINTS = [0, 1, 2, 3, 4, 6, 7, 10, 13, 18, 20]  # BASE's evaluation steps
-GRID = np.isin(POINTS, [0, 10, 20])  # full points: batch-statistics accuracy measured
+GRID = np.isin(POINTS, [0, 10, 20])  # step 0 and the linear grid
+LAST = np.isin(POINTS, [20])  # the full point: whole test set, batch-statistics accuracy
 
 
 def _trials(lrs, **kw) -> list[Trial]:
@@ -91,8 +92,8 @@ def test_history_and_divergence_per_member(lr_sweep):
     for r in results[:-1]:
         assert r.diverged_at is None and isinstance(r.final_test_accuracy, float)
         assert all(np.isfinite(r.history[k]).all() for k in KEYS - {"test_acc_batch"})
-        batch = r.history["test_acc_batch"]  # measured at the full points only
-        assert np.isfinite(batch[GRID]).all() and np.isnan(batch[~GRID]).all()
+        batch = r.history["test_acc_batch"]  # measured at the last (full) point only
+        assert np.isfinite(batch[LAST]).all() and np.isnan(batch[~LAST]).all()
     assert max(r.final_test_accuracy for r in results[:-1]) > 0.3  # chance: 0.1, 20 steps
     # the diverged member changed nothing for the others: same numbers without it
     alone = run_sweep(_trials(LRS[:-1]), max_members=4)
@@ -411,7 +412,7 @@ def test_engine_members_match_single_model_training(kind, lrs):
         np.testing.assert_array_equal(h["step"], engine.eval_schedule(20, 20, 8))
         np.testing.assert_allclose(h["test_loss"][0], loss0, rtol=1e-5)
         np.testing.assert_allclose(h["test_acc"][0], acc0, atol=1e-6)
-        np.testing.assert_allclose(h["test_acc_batch"][0], acc0_b, atol=1e-6)
+        assert np.isnan(h["test_acc_batch"][0])  # measured at the last point only
         np.testing.assert_allclose(h["train_loss"][0], losses[0], rtol=1e-5)
         losses = np.asarray(losses)
         means = [losses[a:b].mean() for a, b in zip(h["step"][:-1], h["step"][1:], strict=True)]
@@ -649,7 +650,7 @@ def test_per_decade_0_is_step_0_and_the_linear_grid_and_groups_apart():
     )
     np.testing.assert_array_equal(zero.history["step"], [0, 10, 20])
     np.testing.assert_array_equal(ragged.history["step"], [0, 10, 20, 25])
-    assert np.isfinite(zero.history["test_acc_batch"]).all()
+    assert np.isfinite(zero.history["test_acc_batch"][-1])
     for k in KEYS - {"step"}:  # the same training: equal at the shared points
         np.testing.assert_allclose(
             zero.history[k][1:] if k != "train_loss" else zero.history[k][:1],
@@ -673,7 +674,7 @@ def test_unrolled_blocks_mask_the_tail_of_a_short_chunk():
         _same(a, b, exact=False)
 
 
-def test_curve_table_rows_are_full_points():
+def test_curve_table_rows_are_grid_points():
     """The curve table subsamples step 0 and the linear grid (whole test set), never the
     off-grid points (a test subset), however dense the schedule is early on."""
     from experiments import common
@@ -688,6 +689,35 @@ def test_curve_table_rows_are_full_points():
     assert got[0] == 0 and got[-1] == 3000 and len(got) == 12
     assert all(s % 100 == 0 for s in got)
     np.testing.assert_array_equal(
-        sweep.full_points([0, 1, 2, 100, 133, 200, 250], 100),
+        sweep.grid_points([0, 1, 2, 100, 133, 200, 250], 100),
         [True, False, False, True, False, True, True],
     )
+
+
+def test_points_before_the_last_evaluate_a_fixed_random_test_subset():
+    """Every point but the last evaluates engine.eval_subset of the test set (a fixed random
+    draw, not MNIST's first and cleaner rows); the last evaluates the whole test set."""
+    rows = engine.eval_subset(10_000)
+    assert rows.size == engine.EVAL_SUBSET and np.all(np.diff(rows) > 0)
+    np.testing.assert_array_equal(rows, engine.eval_subset(10_000))  # the same every call
+    assert 0.4 < (rows < 5000).mean() < 0.6  # both halves of MNIST's test set, not the first
+    np.testing.assert_array_equal(engine.eval_subset(100), np.arange(100))
+    data_opts = (("n_train", 256), ("n_test", 3000), ("dim", 16), ("seed", 0))
+    (r,) = run_sweep([Trial(**{**BASE.__dict__, "data_options": data_opts, "lr": 0.2})])
+    ds = data.load("synthetic", **dict(data_opts))
+    sub = engine.eval_subset(3000)
+    hp = {
+        "lr": np.float32(0.2),
+        "momentum": np.float32(0.0),
+        "init_scale": np.float32(1.0),
+        "seed": np.int32(0),
+        "norm_call": {},
+    }
+    cfg = train.StepConfig(SPEC, "sgd", total_steps=20)
+    carry = jax.jit(lambda h: train.init_carry(cfg, h))(hp)  # the initial model, scored by hand
+    st = carry.state
+    acc_sub, _ = train.evaluate(st.params, st.norm_state, ds.x_test[sub], ds.y_test[sub], SPEC)
+    acc_all, _ = train.evaluate(st.params, st.norm_state, ds.x_test, ds.y_test, SPEC)
+    assert float(acc_sub) != float(acc_all)  # the two differ, so the check below means something
+    np.testing.assert_allclose(r.history["test_acc"][0], acc_sub, atol=1e-6)
+    assert np.isfinite(r.history["test_acc_batch"][-1]) and r.final_test_accuracy is not None
