@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from bnexp import results
+from bnexp.atomic import write_text_atomic
 from bnexp.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
 
 _CSS_CLASS = {REPRODUCED: "ok", NOT_REPRODUCED: "bad", INCONCLUSIVE: "unsure"}
@@ -719,14 +720,10 @@ def write(
     paths: dict[str, Path] = {}
     if markdown:
         text = render_markdown(views, title, forests)
-        paths["md"] = results._write_atomic(
-            out_dir / "report.md", lambda f: f.write(text.encode("utf-8"))
-        )
+        paths["md"] = write_text_atomic(out_dir / "report.md", text)
     if html_file:
         page = render_html(views, title, forests)
-        paths["html"] = results._write_atomic(
-            out_dir / "report.html", lambda f: f.write(page.encode("utf-8"))
-        )
+        paths["html"] = write_text_atomic(out_dir / "report.html", page)
     return paths
 
 

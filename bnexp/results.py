@@ -35,7 +35,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bnexp.atomic import write_atomic, write_text_atomic
 
 STATUSES = ("running", "interrupted", "complete", "failed")
 _NAME_RE = re.compile(r"^(\d{8})-(\d{6})-(.+)-([0-9a-f]{8})(?:-\d+)?$")
@@ -89,28 +90,10 @@ def config_hash(obj: Any, length: int = 8) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:length]
 
 
-def _write_atomic(path: Path, write: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_json_atomic(path: Path, obj: Any) -> Path:
     """Write obj (through to_jsonable) as indented strict JSON, atomically."""
     text = json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n"
-    return _write_atomic(path, lambda f: f.write(text.encode()))
+    return write_text_atomic(path, text)
 
 
 def write_npz_atomic(path: Path, arrays: Mapping[str, Any]) -> Path:
@@ -119,7 +102,7 @@ def write_npz_atomic(path: Path, arrays: Mapping[str, Any]) -> Path:
     for k, a in arrs.items():
         if a.dtype.hasobject:
             raise TypeError(f"array {k!r} has dtype object; only numeric arrays are stored")
-    return _write_atomic(path, lambda f: np.savez(f, **arrs))
+    return write_atomic(path, lambda f: np.savez(f, **arrs))
 
 
 def read_json(path: Path) -> Any:

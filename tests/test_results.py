@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bnexp import results as R
+from bnexp.atomic import write_atomic
 from bnexp.metrics import Summary
 from bnexp.models import ModelSpec
 from bnexp.stats import Verdict
@@ -62,7 +63,7 @@ def test_atomic_write_failure_keeps_old_file(tmp_path):
         raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError):
-        R._write_atomic(p, boom)
+        write_atomic(p, boom)
     assert json.loads(p.read_text()) == {"v": 1}
     assert [f.name for f in tmp_path.iterdir()] == ["a.json"]
     with pytest.raises(TypeError):

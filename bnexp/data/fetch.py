@@ -24,7 +24,6 @@ import os
 import socket
 import ssl
 import tarfile
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,6 +32,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from ..atomic import write_atomic
 from .registry import DatasetError, DatasetInfo, RemoteFile, dataset_dir, lookup
 
 ProgressFn = Callable[[str, int, "int | None"], None]
@@ -191,12 +191,6 @@ def _fetch_to(
             raise _Transient(f"truncated transfer ({done:,} of {total:,} bytes)")
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def fetch_file(
     info: DatasetInfo,
     spec: RemoteFile,
@@ -214,15 +208,15 @@ def fetch_file(
     for base in mirrors:
         url = base + spec.name
         for attempt in range(retries + 1):
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.name}.", suffix=".part", dir=target)
-            tmp = Path(tmp_name)
             try:
-                with os.fdopen(fd, "wb") as dest:
-                    _fetch_to(url, dest, spec.name, spec.size, progress, timeout)
-                check_file(tmp, spec)
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; use the user's default
-                os.replace(tmp, final)
-                return final
+                return write_atomic(
+                    final,
+                    lambda dest, url=url: _fetch_to(
+                        url, dest, spec.name, spec.size, progress, timeout
+                    ),
+                    check=lambda tmp: check_file(tmp, spec),
+                    suffix=".part",
+                )
             except VerificationError as e:
                 failures.append(f"{base} ({e})")
                 break
@@ -233,8 +227,6 @@ def fetch_file(
                     continue
                 failures.append(f"{base} ({reason})")
                 break
-            finally:
-                tmp.unlink(missing_ok=True)
     names = ", ".join(f.name for f in info.files)
     raise DatasetError(
         f"cannot download {info.name}: {spec.name} failed on every mirror: {'; '.join(failures)}. "

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_bytes_atomic
 from .fetch import VerificationError, check_file
 from .registry import DatasetError, DatasetInfo, RemoteFile, dataset_dir
 
@@ -74,13 +73,7 @@ def cache_bundled(info: DatasetInfo) -> list[bytes]:
     target.mkdir(parents=True, exist_ok=True)
     for spec, content in zip(info.files, contents, strict=True):
         final = _cache_path(info, spec)
-        fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=target)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(content)
-            os.replace(tmp, final)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        write_bytes_atomic(final, content)
     return contents
 
 
