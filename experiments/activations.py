@@ -13,7 +13,8 @@ base lr 0.5 (0.1, 0.5, 2.5, 10 by default), plain SGD, batch 60. Other `activati
 relu) may be added: their rows are reported, never judged. The table reports, for each setting,
 the fraction of saturated units (the "saturation" probe: units whose sigmoid'(z) < 0.01, i.e.
 |z| > 4.585, over a fixed probe batch in eval mode, averaged over the hidden layers and seeds) at
-init and at the end.
+init and at the end (at init BN's running statistics are mean 0, variance 1, so in eval mode both
+arms are the same network there).
 
 Rule (fixed before the runs that judge it; see `conditions`), on each seed's final eval-mode
 accuracy (a diverged member counts as chance):

@@ -175,8 +175,8 @@ def analyze(cfg: InitConfig, results: list[TrialResult]) -> Analysis:
     if diag:
         tables.append(
             Table(
-                "Diagnostics, not judged: wider init scales (BN's effective step lr/a^2 is "
-                "10^4 times off there, Sec. 3.3)",
+                "Diagnostics, not judged: init scales outside the judged range (BN's effective "
+                "step lr/a^2 is orders of magnitude off there, Sec. 3.3)",
                 [*COLUMNS, "bn effective lr"],
                 diag,
             )
