@@ -24,6 +24,12 @@ Built in: "percentiles" (Ioffe & Szegedy 2015, Fig. 1b,c) and "preact_stats", bo
 one nonlinearity (``PERCENTILE_UNIT`` of hidden layer ``PERCENTILE_LAYER``: unit 0 of the last hidden
 layer) over the probe batch in eval mode (running statistics), plus "_train" variants in train mode
 (batch statistics and, for noisy BN, the noise; the running statistics are not updated).
+"weight_norms" is the Frobenius norm ||W_l||_F of every hidden layer's weight (conv blocks first),
+shape (num_hidden,): under BN the init scale a multiplies it and the effective step on the
+normalized weights is lr / ||W||^2 (Ioffe & Szegedy Sec. 3.3). "saturation" is, per hidden layer,
+the fraction of the layer's units over the probe batch (eval mode) whose nonlinearity has
+derivative g'(z) < ``SATURATION_SLOPE`` (for the sigmoid, s(1 - s) = 1 / (4 cosh^2(z / 2)) < 0.01,
+i.e. |z| > 2 arccosh(5) = 4.585): units that pass almost no gradient back.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ ProbeFn = Callable[[ModelSpec, Any, Any, tuple[Array, Array], Mapping[str, Any],
 PERCENTILE_LAYER = -1  # index into the hidden layers: -1 = last hidden layer
 PERCENTILE_UNIT = 0  # unit (channel for conv layers) whose input is measured
 PERCENTILE_QS = (15.0, 50.0, 85.0)
+SATURATION_SLOPE = 0.01  # a unit is saturated where g'(z) < this (sigmoid: |z| > 4.585)
 
 
 def unit_preacts(
@@ -96,11 +103,45 @@ def preact_stats_probe(
     return probe
 
 
+def weight_norms_probe(spec, params, norm_state, batch, hp, loss_fn) -> dict[str, Array]:
+    """{"weight_norms": (num_hidden,)} ||W_l||_F of each hidden layer (conv blocks first)."""
+    ws = [p["w"] for p in (*params["conv"], *params["hidden"])]
+    return {"weight_norms": jnp.stack([jnp.sqrt(jnp.sum(jnp.square(w))) for w in ws])}
+
+
+def saturation_probe(*, slope: float = SATURATION_SLOPE, mode: str = "eval") -> ProbeFn:
+    """{"saturation": (num_hidden,)} per hidden layer, the fraction of its pre-activations over the
+    probe batch where the nonlinearity's derivative is below ``slope`` (a linear net: none)."""
+
+    def probe(spec, params, norm_state, batch, hp, loss_fn):
+        key = hp["key"] if mode == "train" else None
+        _, _, aux = models.apply(
+            params,
+            norm_state,
+            batch[0],
+            spec,
+            mode=mode,
+            key=key,
+            norm_call=hp["norm_call"],
+            capture=True,
+        )
+        act = models.ACTIVATIONS["identity" if spec.kind == "linear" else spec.activation]
+        fracs = []
+        for z in aux["preacts"]:
+            _, dz = jax.jvp(act, (z,), (jnp.ones_like(z),))  # g'(z) elementwise
+            fracs.append(jnp.mean((dz < slope).astype(jnp.float32)))
+        return {"saturation": jnp.stack(fracs)}
+
+    return probe
+
+
 PROBES: dict[str, ProbeFn] = {
     "percentiles": percentiles_probe(),
     "percentiles_train": percentiles_probe(mode="train", name="percentiles_train"),
     "preact_stats": preact_stats_probe(),
     "preact_stats_train": preact_stats_probe(mode="train", suffix="_train"),
+    "weight_norms": weight_norms_probe,
+    "saturation": saturation_probe(),
 }
 
 
