@@ -473,95 +473,7 @@ def bench_cmd(
     if json_out:
         typer.echo(json.dumps(results.to_jsonable(figures), allow_nan=False))
         return
-    _render_bench(figures, quick=quick)
-
-
-def _render_bench(fig: dict, *, quick: bool) -> None:
-    from bnexp import report
-    from bnexp.report import Column
-
-    con = report.make_console()
-    m, mm = fig["machine"], fig["matmul"]
-    con.rule(f"bnexp bench{' --quick' if quick else ''}")
-    con.print(
-        f"{m['processor']} ({m['cpu_count']} cores), {m['devices']} {m['platform']} "
-        f"device(s), jax {m['jax']}, torch {m['torch'] or 'absent'}; load average "
-        f"{m['load_average_before'][0]:.2f} before, {m['load_average_after'][0]:.2f} after",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-    layouts = ", ".join(f"{k.split('_')[1]} {v:.0f}" for k, v in mm["layouts_gflops"].items())
-    con.print(
-        f"float32 matmul peak ({mm['n']}^2, best call): {mm['peak_gflops']:.1f} GFLOP/s "
-        f"({layouts})",
-        markup=False,
-        highlight=False,
-        soft_wrap=True,
-    )
-    con.print()
-    rows = [
-        {
-            "case": name,
-            "what": c["what"],
-            "steps/s": c["steps_per_s"],
-            "min–max": f"{c['steps_per_s_min']:.4g}–{c['steps_per_s_max']:.4g}",
-            "GFLOP/s": c["gflops"],
-            "of peak": f"{100 * c['fraction_of_peak']:.1f}%",
-            "compile s": c["compile_s"],
-        }
-        for name, c in fig["cases"].items()
-    ]
-    cols = [
-        Column("case", kind="text"),
-        Column("what", kind="text"),
-        Column("steps/s", kind="float"),
-        Column("min–max", kind="text"),
-        Column("GFLOP/s", kind="float"),
-        Column("of peak", kind="text"),
-        Column("compile s", kind="float"),
-    ]
-    report.render_table(
-        f"Throughput (model-steps/s, median of {fig['config']['reps']}; "
-        f"a step = {fig['flops_per_step']['mlp'] / 1e6:.1f} MFLOP for the MLP, "
-        f"{fig['flops_per_step']['cnn'] / 1e6:.0f} for the CNN)",
-        cols,
-        rows,
-        con,
-    )
-    rows = [
-        {
-            "ratio": k,
-            "value": t["value"],
-            "target": t["target"],
-            "met": "n/a" if t["met"] is None else ("yes" if t["met"] else "NO"),
-        }
-        for k, t in fig["targets"].items()
-    ]
-    rows += [
-        {"ratio": k, "value": v, "target": "", "met": ""}
-        for k, v in fig["ratios"].items()
-        if k not in fig["targets"]
-    ]
-    report.render_table(
-        f"Ratios (sweep = {fig['sweep_case']}; PyTorch = its faster thread setting)",
-        [
-            Column("ratio", kind="text"),
-            Column("value", kind="float"),
-            Column("target", kind="text"),
-            Column("met", kind="text"),
-        ],
-        rows,
-        con,
-    )
-    if quick:
-        con.print(
-            "--quick: short calls whose fixed costs dominate; the targets are judged on the "
-            "full run (BENCHMARKS.md).",
-            markup=False,
-            highlight=False,
-            soft_wrap=True,
-        )
+    report.render_bench(figures, quick=quick)
 
 
 # ---- section: reproduce (reproduce issue) -------------------------------------------------------
@@ -586,73 +498,6 @@ ReproduceOut = Annotated[
         help="Directory for the run directories and the report (default: runs/reproduce-PRESET).",
     ),
 ]
-
-
-def _nested_live_ok() -> bool:
-    """rich >= 14.1 nests Live displays (the per-group bars inside the overall one)."""
-    from importlib.metadata import version
-
-    try:
-        major, minor = (int(x) for x in version("rich").split(".")[:2])
-    except ValueError:
-        return False
-    return (major, minor) >= (14, 1)
-
-
-class _OverallProgress:
-    """One bar across experiments on stderr, a line per experiment; plain lines without a TTY."""
-
-    def __init__(self, console, total: int):
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        from bnexp import report
-
-        self.console = console
-        self.progress = None
-        if not report.is_plain(console) and _nested_live_ok():
-            self.progress = Progress(
-                TextColumn("[bold]reproduce"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("experiments"),
-                TimeElapsedColumn(),
-                TextColumn("{task.description}"),
-                console=console,
-            )
-            self.task = self.progress.add_task("", total=total)
-
-    def __enter__(self):
-        if self.progress is not None:
-            self.progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-
-    def __call__(self, step) -> None:
-        where = f"[{step.index + 1}/{step.total}] {step.name}"
-        verdict = f" -> {step.outcome}" if step.outcome else ""
-        took = f" ({step.seconds:.1f} s)" if step.seconds is not None else ""
-        lines = {
-            "reuse": f"{where}: reusing {step.run_dir}{verdict}",
-            "resume": f"{where}: resuming {step.run_dir}",
-            "run": f"{where}: running",
-            "done": f"{where}: done{took}{verdict}",
-            "failed": f"{where}: FAILED{took}: {step.error}",
-        }
-        self.console.print(lines[step.phase], markup=False, highlight=False, soft_wrap=True)
-        if self.progress is not None:
-            finished = step.phase in ("reuse", "done", "failed")
-            self.progress.update(
-                self.task, advance=1 if finished else 0, description="" if finished else step.name
-            )
 
 
 @app.command("reproduce")
@@ -684,7 +529,7 @@ def reproduce_cmd(
     sweep.enable_compilation_cache()
     err = report.make_console(stderr=True)
     try:
-        with _OverallProgress(err, len(exps)) as overall:
+        with report.OverallProgress(err, len(exps)) as overall:
             rep = rp.reproduce(
                 out,
                 preset=preset,

@@ -431,3 +431,149 @@ class SweepProgress:
 def sweep_progress(console: Console | None = None, plain: bool | None = None) -> SweepProgress:
     """The progress display for run_sweep(progress=...); a context manager."""
     return SweepProgress(console, plain=plain)
+
+
+# ---- bench and reproduce ----------------------------------------------------------------------
+
+
+def render_bench(fig: dict, *, quick: bool, console: Console | None = None) -> None:
+    """The tables of `bnexp bench` (figures as bench.run returns them)."""
+    con = console or make_console()
+    m, mm = fig["machine"], fig["matmul"]
+    con.rule(f"bnexp bench{' --quick' if quick else ''}")
+    con.print(
+        f"{m['processor']} ({m['cpu_count']} cores), {m['devices']} {m['platform']} "
+        f"device(s), jax {m['jax']}, torch {m['torch'] or 'absent'}; load average "
+        f"{m['load_average_before'][0]:.2f} before, {m['load_average_after'][0]:.2f} after",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    layouts = ", ".join(f"{k.split('_')[1]} {v:.0f}" for k, v in mm["layouts_gflops"].items())
+    con.print(
+        f"float32 matmul peak ({mm['n']}^2, best call): {mm['peak_gflops']:.1f} GFLOP/s "
+        f"({layouts})",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    con.print()
+    rows = [
+        {
+            "case": name,
+            "what": c["what"],
+            "steps/s": c["steps_per_s"],
+            "min–max": f"{c['steps_per_s_min']:.4g}–{c['steps_per_s_max']:.4g}",
+            "GFLOP/s": c["gflops"],
+            "of peak": f"{100 * c['fraction_of_peak']:.1f}%",
+            "compile s": c["compile_s"],
+        }
+        for name, c in fig["cases"].items()
+    ]
+    cols = [
+        Column("case", kind="text"),
+        Column("what", kind="text"),
+        Column("steps/s", kind="float"),
+        Column("min–max", kind="text"),
+        Column("GFLOP/s", kind="float"),
+        Column("of peak", kind="text"),
+        Column("compile s", kind="float"),
+    ]
+    render_table(
+        f"Throughput (model-steps/s, median of {fig['config']['reps']}; "
+        f"a step = {fig['flops_per_step']['mlp'] / 1e6:.1f} MFLOP for the MLP, "
+        f"{fig['flops_per_step']['cnn'] / 1e6:.0f} for the CNN)",
+        cols,
+        rows,
+        con,
+    )
+    rows = [
+        {
+            "ratio": k,
+            "value": t["value"],
+            "target": t["target"],
+            "met": "n/a" if t["met"] is None else ("yes" if t["met"] else "NO"),
+        }
+        for k, t in fig["targets"].items()
+    ]
+    rows += [
+        {"ratio": k, "value": v, "target": "", "met": ""}
+        for k, v in fig["ratios"].items()
+        if k not in fig["targets"]
+    ]
+    render_table(
+        f"Ratios (sweep = {fig['sweep_case']}; PyTorch = its faster thread setting)",
+        [
+            Column("ratio", kind="text"),
+            Column("value", kind="float"),
+            Column("target", kind="text"),
+            Column("met", kind="text"),
+        ],
+        rows,
+        con,
+    )
+    if quick:
+        con.print(
+            "--quick: short calls whose fixed costs dominate; the targets are judged on the "
+            "full run (BENCHMARKS.md).",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def nested_live_ok() -> bool:
+    """rich >= 14.1 nests Live displays (the per-group bars inside the overall one)."""
+    from importlib.metadata import version
+
+    try:
+        major, minor = (int(x) for x in version("rich").split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (14, 1)
+
+
+class OverallProgress:
+    """One bar across experiments on stderr, a line per experiment; plain lines without a TTY."""
+
+    def __init__(self, console: Console, total: int) -> None:
+        self.console = console
+        self.progress = None
+        if not is_plain(console) and nested_live_ok():
+            self.progress = Progress(
+                TextColumn("[bold]reproduce"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("experiments"),
+                TimeElapsedColumn(),
+                TextColumn("{task.description}"),
+                console=console,
+            )
+            self.task = self.progress.add_task("", total=total)
+
+    def __enter__(self) -> OverallProgress:
+        if self.progress is not None:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def __call__(self, step: Any) -> None:
+        where = f"[{step.index + 1}/{step.total}] {step.name}"
+        verdict = f" -> {step.outcome}" if step.outcome else ""
+        took = f" ({step.seconds:.1f} s)" if step.seconds is not None else ""
+        lines = {
+            "reuse": f"{where}: reusing {step.run_dir}{verdict}",
+            "resume": f"{where}: resuming {step.run_dir}",
+            "run": f"{where}: running",
+            "done": f"{where}: done{took}{verdict}",
+            "failed": f"{where}: FAILED{took}: {step.error}",
+        }
+        self.console.print(lines[step.phase], markup=False, highlight=False, soft_wrap=True)
+        if self.progress is not None:
+            finished = step.phase in ("reuse", "done", "failed")
+            self.progress.update(
+                self.task, advance=1 if finished else 0, description="" if finished else step.name
+            )
