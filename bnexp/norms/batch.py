@@ -149,7 +149,8 @@ def batch_renorm(
     relaxes r_max 1 -> 3 and d_max 0 -> 5) drives them without recompiling. "batch" mode is
     plain batch-statistics normalization (r = 1, d = 0), no update. Momentum conventions, axis
     and mask arguments as in ``batch_norm``; the default rate is RENORM_RATE = 0.01, the rate
-    alpha of the moving averages in Ioffe 2017's experiments, not batch norm's 0.1 (the flax convention's default decay 0.99 is the same rate).
+    alpha of the moving averages in Ioffe 2017's experiments, not batch norm's 0.1 (the flax
+    convention's default decay 0.99 is the same rate).
     """
     if r_max < 1.0 or d_max < 0.0:
         raise NormOptionError(f"need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
