@@ -11,7 +11,7 @@ the same number of epochs (as Wu & He, so small batches take more steps), with t
 scaled linearly with the batch size (lr * B / ref_batch). The reference is batch 32 (Wu & He's 32
 images per GPU). Training runs long enough that the reference arms have converged: the
 "Converged?" table gives each reference arm's accuracy change over the last third of training
-(the least-squares trend through the whole-test-set evaluations), an equivalence |change| <
+(the Theil-Sen trend through the whole-test-set evaluations), an equivalence |change| <
 flat_band with its interval, reported beside the verdict. Group norm on 100 features uses
 `groups` = 10 (Wu & He's G=32 assumes many more channels). Batch Renorm follows Ioffe 2017's
 r_max/d_max schedule scaled to the run length, with running-statistics rate renorm_rate = 0.01.
@@ -93,7 +93,7 @@ PRESETS = {
     # kept whole) for 40 epochs (batch 32: 1,248 steps, lr 0.5; batch 2: 20,000 steps, lr
     # 0.03125), long enough that the reference arms are flat over their last third (a pilot at
     # these settings, end minus the 2/3 point: BN +0.3, GN +0.2, BRN -0.3 pts; LN's was decided
-    # by one evaluation's dip, hence the fitted trend); it runs only the two batch sizes the conditions compare (the
+    # by one evaluation's dip, hence a robust fitted trend); it runs only the two batch sizes the conditions compare (the
     # paper preset has the whole curve), leaves out the unnormalized arm (no condition reads it)
     # and evaluates on the linear grid only (no condition reads steps-to-target).
     "quick": BatchSizeConfig(
@@ -228,18 +228,19 @@ def _gap(r: TrialResult) -> float | None:
 
 
 def _last_third(r: TrialResult) -> float | None:
-    """The change of eval-mode test accuracy over the last third of the run: the least-squares
-    slope through the full evaluation points (whole test set) from 2/3 of the run to the end,
-    times that span. A fitted trend, not end minus one point: a single evaluation's dip (LN at
-    lr 0.5 dips and recovers) would otherwise decide it. None for a diverged member."""
+    """The change of eval-mode test accuracy over the last third of the run: the Theil-Sen slope
+    (median of the pairwise slopes) through the full evaluation points (whole test set) from 2/3
+    of the run to the end, times that span. A robust trend, not end minus one point nor a
+    least-squares line: one evaluation's dip (LN at lr 0.5 dips and recovers) would otherwise
+    decide it. None for a diverged member."""
     steps = np.asarray(r.history["step"], np.float64)
     acc = np.asarray(r.history["test_acc"], np.float64)
     keep = full_points(steps.astype(np.int64), r.trial.eval_every) & (steps >= 2 * steps[-1] / 3)
     x, y = steps[keep], acc[keep]
     if r.diverged_at is not None or x.size < 2 or not np.isfinite(y).all():
         return None
-    slope = np.polyfit(x - x.mean(), y, 1)[0]
-    return float(slope * (x[-1] - x[0]))
+    i, j = np.triu_indices(x.size, 1)
+    return float(np.median((y[j] - y[i]) / (x[j] - x[i])) * (x[-1] - x[0]))
 
 
 def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
