@@ -442,7 +442,13 @@ def member_point(
     if cfg.probes:
         root = jax.random.key(hp["seed"])
         probe_key = jax.random.fold_in(jax.random.fold_in(root, PROBE_KEY_TAG), st.step)
-        probe_hp = {**hp, "step": st.step, "norm_call": call, "key": probe_key}
+        probe_hp = {
+            **hp,
+            "step": st.step,
+            "norm_call": call,
+            "key": probe_key,
+            "batch_size": cfg.batch_size,
+        }
 
         def loss_fn(params, norm_state, x, y, *, mode="train", key=None, norm_call=None):
             return train.loss_fn(

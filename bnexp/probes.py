@@ -10,8 +10,9 @@ inside ``jit``) at each evaluation point:
     batch      (x, y): a fixed probe batch from the training set (same examples at every point,
                for every member; Trial.probe_batch_size of them)
     hp         the member's numbers: "lr", "momentum", "init_scale", "seed", "step" (updates done),
-               "norm_call" (this step's per-call norm options, renorm schedule included) and
-               "key" (a PRNG key for the probe, distinct from every training key)
+               "norm_call" (this step's per-call norm options, renorm schedule included),
+               "key" (a PRNG key for the probe, distinct from every training key) and
+               "batch_size" (the trial's training batch size, a static int)
     loss_fn    loss_fn(params, norm_state, x, y, *, mode="train", key=None, norm_call=None)
                -> (mean cross-entropy, (new_norm_state, logits)); differentiable in params;
                key defaults to hp["key"] and norm_call to hp["norm_call"]
@@ -20,7 +21,9 @@ It returns fixed-shape arrays; each output key becomes a history key with a lead
 evaluation points (keys must be unique across the probes of a trial). Probes must not print or
 change the training state; they see the model after the point's training steps.
 
-Built in: "percentiles" (Ioffe & Szegedy 2015, Fig. 1b,c) and "preact_stats", both of the input of
+Built in: "train_eval_gap" (accuracy on the probe batch in train mode, in batches of the
+trial's batch size, and in eval mode; the train/eval gap of SCIENCE.md measured on training
+data), "percentiles" (Ioffe & Szegedy 2015, Fig. 1b,c) and "preact_stats", both of the input of
 one nonlinearity (``PERCENTILE_UNIT`` of hidden layer ``PERCENTILE_LAYER``: unit 0 of the last hidden
 layer) over the probe batch in eval mode (running statistics), plus "_train" variants in train mode
 (batch statistics and, for noisy BN, the noise; the running statistics are not updated).
@@ -135,7 +138,44 @@ def saturation_probe(*, slope: float = SATURATION_SLOPE, mode: str = "eval") -> 
     return probe
 
 
+def train_eval_gap_probe(spec, params, norm_state, batch, hp, loss_fn):
+    """{"train_acc_batch", "train_acc_eval"}: accuracy on the fixed probe batch of training images
+    in train mode and in eval mode, on the same images.
+
+    Train mode is the function training computes: the probe batch split into batches of the
+    trial's batch size B (the first nb * B images, nb = N // B; a partial batch is dropped, its
+    statistics would differ), each normalized with its own statistics (and, for batch renorm,
+    this step's r/d correction; noise for noisy BN from the probe key); the running statistics
+    are not updated. Eval mode: running statistics, image by image, on the same nb * B images.
+    Their difference is the train/eval gap (Ioffe 2017 Sec. 1: at small minibatches the
+    activations of training and of inference differ). On training data, so that the gap is not
+    a generalization gap, and in batches drawn like training batches (the probe rows are a
+    seeded random sample), so that batch statistics mean what they meant in training."""
+    x, y = batch
+    b = int(hp["batch_size"])
+    nb = x.shape[0] // b
+    if nb == 0:
+        nan = jnp.full((), jnp.nan, jnp.float32)
+        return {"train_acc_batch": nan, "train_acc_eval": nan}
+    x, y = x[: nb * b], y[: nb * b]
+    xs, ys = x.reshape((nb, b) + x.shape[1:]), y.reshape((nb, b))
+
+    def correct(logits, labels):
+        return (jnp.argmax(logits, -1) == labels).astype(jnp.float32).mean()
+
+    def train_mode(xb, yb):
+        _, (_, logits) = loss_fn(params, norm_state, xb, yb, mode="train")
+        return correct(logits, yb)
+
+    _, (_, logits) = loss_fn(params, norm_state, x, y, mode="eval")
+    return {
+        "train_acc_batch": jax.vmap(train_mode)(xs, ys).mean(),
+        "train_acc_eval": correct(logits, y),
+    }
+
+
 PROBES: dict[str, ProbeFn] = {
+    "train_eval_gap": train_eval_gap_probe,
     "percentiles": percentiles_probe(),
     "percentiles_train": percentiles_probe(mode="train", name="percentiles_train"),
     "preact_stats": preact_stats_probe(),

@@ -181,8 +181,11 @@ def interval_text(c: Mapping[str, Any]) -> str:
 
 
 def threshold_text(c: Mapping[str, Any]) -> str:
-    """The claimed side of the threshold: "> 1.2x", "< 0.5 pts"."""
+    """The claimed side of the threshold: "> 1.2x", "< 0.5 pts"; an equivalence (direction 0):
+    "|x| < 1 pts"."""
     t = _num(c.get("threshold"))
+    if c.get("direction") == 0:
+        return f"|x| < {number(c, t)}"
     sign = "<" if c.get("direction") == -1 else ">"
     return f"{sign} {number(c, t)}"
 

@@ -568,6 +568,22 @@ def test_mnist_10k_is_a_stratified_subset_identical_across_runs():
     np.testing.assert_array_equal(sub.y_train, full.y_train[idx])
 
 
+def test_n_train_option_takes_a_fixed_stratified_subset_of_the_train_split():
+    sub = data.load("mnist-10k", n_train=1000)
+    whole = data.load("mnist-10k")
+    assert sub.x_train.shape == (1000, 784)
+    np.testing.assert_array_equal(sub.y_test, whole.y_test)  # the test split is kept whole
+    counts = np.bincount(sub.y_train, minlength=10)
+    share = np.bincount(whole.y_train, minlength=10) * 1000 / 8000  # proportional, +-1 rounding
+    assert counts.sum() == 1000 and np.all(np.abs(counts - share) < 1)
+    assert data.load("mnist-10k", n_train=1000) is sub  # same options: the cached dataset
+    data.clear_cache()
+    again = data.load("mnist-10k", n_train=1000)
+    np.testing.assert_array_equal(again.x_train, sub.x_train)
+    with pytest.raises(ValueError, match="n_train"):
+        data.load("mnist-10k", n_train=8001)
+
+
 def test_synthetic_is_deterministic_and_configurable():
     a = data.load("synthetic", n_train=100, n_test=20, dim=8, num_classes=4, seed=3)
     b = data.load("synthetic", seed=3, dim=8, n_test=20, num_classes=4, n_train=100)

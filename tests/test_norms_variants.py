@@ -162,6 +162,16 @@ def test_batch_renorm_matches_numpy():
     assert_close(yb, w * xhat + b)
 
 
+def test_batch_renorm_default_rate_is_the_papers_alpha():
+    """Ioffe 2017 updates the running mean and std with alpha = 0.01 (batch norm's is 0.1)."""
+    assert norms.batch_renorm().options["rate"] == 0.01
+    assert norms.get("renorm").options["rate"] == 0.01
+    assert norms.batch_renorm(convention="flax").options["rate"] == pytest.approx(0.01)
+    assert norms.batch_renorm(momentum=0.1).options["rate"] == 0.1
+    assert norms.batch_renorm(decay=0.9).options["rate"] == pytest.approx(0.1)
+    assert norms.batch_norm().options["rate"] == 0.1
+
+
 def test_batch_renorm_per_call_limits_are_traced():
     rn = norms.batch_renorm(3.0, 5.0)
     params, state = rn.init(2)

@@ -324,3 +324,76 @@ def test_series_summary_and_band_width():
     np.testing.assert_array_equal(metrics.band_width([[1.0, 3.0], [0.5, 0.5]]), [2.0, 0.0])
     with pytest.raises(ValueError):
         metrics.band_width([1.0, 2.0, 3.0])
+
+
+# ---- train/eval gap: per-batch statistics against a NumPy forward ----------------------------
+
+
+def _bn_mlp_numpy(params, state, x, *, batch: int | None, eps: float = 1e-5) -> np.ndarray:
+    """Logits of a one-hidden-layer BN-before-ReLU MLP: batch statistics over consecutive
+    batches of ``batch`` rows (biased variance), or running statistics (batch None)."""
+    (hid,), out = params["hidden"], params["out"]
+    z = x @ f32(hid["w"])
+    if batch is None:
+        mu, var = f32(state["hidden"][0]["mean"]), f32(state["hidden"][0]["var"])
+    else:
+        zb = z.reshape(-1, batch, z.shape[-1])
+        mu = np.repeat(zb.mean(1), batch, 0)
+        var = np.repeat(zb.var(1), batch, 0)
+    y = (z - mu) / np.sqrt(var + eps) * f32(hid["norm"]["scale"]) + f32(hid["norm"]["bias"])
+    return np.maximum(y, 0.0) @ f32(out["w"]) + f32(out["b"])
+
+
+def _gap_inputs(norm: str, b: int, n: int = 25, seed: int = 3):
+    spec = ModelSpec(widths=(5, 6, 3), activation="relu", norm=norm, init_std=0.8)
+    params, state = models.init(jax.random.key(seed), spec, 1.0)
+    rng = np.random.default_rng(seed)
+    if state["hidden"][0]:  # running statistics far from any batch's: a visible gap
+        state = {**state, "hidden": [{**state["hidden"][0], "mean": jnp.full(6, 0.7)}]}
+    x = f32(rng.normal(size=(n, 5)))
+    y = rng.integers(0, 3, n).astype(np.int32)
+    hp = {"batch_size": b, "norm_call": {}, "key": jax.random.key(0)}
+
+    def loss_fn(p, s, xx, yy, *, mode="train", key=None, norm_call=None):
+        return train.loss_fn(p, s, xx, yy, spec, mode=mode, key=key, norm_call=norm_call)
+
+    batch = (jnp.asarray(x, jnp.float32), jnp.asarray(y))
+    return spec, params, state, x, y, hp, batch, loss_fn
+
+
+@pytest.mark.parametrize("b", [2, 4, 25])
+def test_train_eval_gap_probe_matches_per_batch_statistics(b):
+    spec, params, state, x, y, hp, batch, loss_fn = _gap_inputs("batch", b)
+    out = jax.jit(lambda p, s: probes.PROBES["train_eval_gap"](spec, p, s, batch, hp, loss_fn))(
+        params, state
+    )
+    m = (len(y) // b) * b  # a partial last batch is dropped, from both modes
+    want_batch = (_bn_mlp_numpy(params, state, x[:m], batch=b).argmax(-1) == y[:m]).mean()
+    want_eval = (_bn_mlp_numpy(params, state, x[:m], batch=None).argmax(-1) == y[:m]).mean()
+    np.testing.assert_allclose(out["train_acc_batch"], want_batch, rtol=RTOL)
+    np.testing.assert_allclose(out["train_acc_eval"], want_eval, rtol=RTOL)
+    if b == 2:  # the construction makes the two modes differ (not a property of every b)
+        assert want_batch != want_eval
+
+
+def test_train_eval_gap_is_zero_without_batch_statistics():
+    for norm in ("none", "layer"):
+        spec, params, state, _, _, hp, batch, loss_fn = _gap_inputs(norm, 4)
+        out = probes.PROBES["train_eval_gap"](spec, params, state, batch, hp, loss_fn)
+        assert float(out["train_acc_batch"]) == float(out["train_acc_eval"])
+
+
+def test_train_eval_gap_probe_sees_the_trials_batch_size():
+    spec = ModelSpec(widths=(32, 16, 10), norm="batch")
+    base = dict(model=spec, dataset="synthetic", steps=6, eval_every=3, probe_batch_size=40)
+    runs = run_sweep([Trial(batch_size=b, probes=("train_eval_gap",), **base) for b in (2, 40)])
+    for r in runs:
+        h = r.history
+        assert h["train_acc_batch"].shape == h["step"].shape
+        assert np.all(np.isfinite(h["train_acc_batch"])) and np.all(
+            np.isfinite(h["train_acc_eval"])
+        )
+    # one batch of all 40 probe images vs 20 batches of 2: different statistics, different accuracy
+    assert not np.array_equal(
+        runs[0].history["train_acc_batch"], runs[1].history["train_acc_batch"]
+    )

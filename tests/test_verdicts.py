@@ -58,6 +58,8 @@ def _c(**kw):
         (_c(unit="loss", effect=0.12345, ci95=[-math.inf, 0.2], threshold=0.3), "0.123 loss",
          "(-∞, 0.2] loss", "> 0.3 loss"),
         (_c(effect=2.0), "2", "–", "> 0"),
+        (_c(unit="accuracy difference", effect=0.002, ci95=[-0.004, 0.008], threshold=0.01,
+            direction=0), "0.2 pts", "[-0.4, 0.8] pts", "|x| < 1 pts"),
     ],
 )  # fmt: skip
 def test_numbers_in_the_condition_unit(cond, effect, interval, threshold):

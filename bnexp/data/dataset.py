@@ -174,8 +174,10 @@ def load(name: str, *, layout: str = "flat", **options) -> Dataset:
     """Load dataset `name` from the local cache (never from the network).
 
     layout: "flat" gives x of shape (N, D) for MLPs, "nhwc" gives (N, H, W, C) for CNNs.
-    Options: `standardize` ("global" default, "feature", "none"; see `preprocess`) for image
-    datasets; for "synthetic" the keywords of `sources.synthetic` (n_train, n_test, dim,
+    Options: `standardize` ("global" default, "feature", "none"; see `preprocess`) and `n_train`
+    (a class-stratified subset of that many training images, seeded with SUBSET_SEED + 2, so the
+    same images every run; standardized with the subset's own statistics; the test split is
+    kept whole) for image datasets; for "synthetic" the keywords of `sources.synthetic` (n_train, n_test, dim,
     image_shape, num_classes, seed, task, noise). A download dataset that is not in the cache
     raises DatasetError telling the user to run `bnexp download NAME`. Results are cached
     in-process per (dataset, layout, options, cache directory).
@@ -201,12 +203,26 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
         source = f"{info.source} ({', '.join(f'{k}={v}' for k, v in options) or 'defaults'})"
     else:
         standardize = opts.pop("standardize", "global")
+        n_train = opts.pop("n_train", None)
         if opts:
-            raise TypeError(f"{info.name}: unknown option(s) {sorted(opts)}; only 'standardize'")
+            raise TypeError(
+                f"{info.name}: unknown option(s) {sorted(opts)}; only 'standardize', 'n_train'"
+            )
         x_tr8, y_tr, x_te8, y_te = _raw_arrays(info, _cache_key)
+        if n_train is not None:
+            if not isinstance(n_train, (int, np.integer)) or not 0 < n_train <= len(y_tr):
+                raise ValueError(
+                    f"{info.name}: n_train must be an integer in [1, {len(y_tr)}], got {n_train!r}"
+                )
+            rows = sources.stratified_subset(
+                y_tr, int(n_train), num_classes, sources.SUBSET_SEED + 2
+            )
+            x_tr8, y_tr = x_tr8[rows], y_tr[rows]
         x_tr, x_te = preprocess(x_tr8, x_te8, standardize)
         shape = x_tr.shape[1:]
         source = info.source
+        if n_train is not None:
+            source += f" (stratified subset of {n_train} training images)"
     if layout == "flat":
         shape = (int(np.prod(shape)),)
     arrays = [

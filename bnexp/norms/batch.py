@@ -32,6 +32,8 @@ from bnexp.norms._core import (
     update_running,
 )
 
+RENORM_RATE = 0.01  # Ioffe 2017: running mean and std updated with rate alpha = 0.01
+
 
 def batch_stats(
     name: str,
@@ -146,10 +148,14 @@ def batch_renorm(
     ``r_max``/``d_max`` may be passed to ``apply`` per call (traced), so a schedule (the paper
     relaxes r_max 1 -> 3 and d_max 0 -> 5) drives them without recompiling. "batch" mode is
     plain batch-statistics normalization (r = 1, d = 0), no update. Momentum conventions, axis
-    and mask arguments as in ``batch_norm``.
+    and mask arguments as in ``batch_norm``; the default rate is RENORM_RATE = 0.01, the rate
+    alpha of the moving averages in Ioffe 2017's experiments, not batch norm's 0.1 (the flax
+    convention's default decay 0.99 is the same rate).
     """
     if r_max < 1.0 or d_max < 0.0:
         raise NormOptionError(f"need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
+    if momentum is UNSET and convention is None and decay is None:
+        momentum = RENORM_RATE
     rate, conv = resolve_rate(momentum, convention, decay)
     options = momentum_options(rate, conv, "std", eps) | {
         "r_max": r_max,
