@@ -40,7 +40,7 @@ import numpy as np
 from bnexp import data, norms, plots
 from bnexp.norms.batch import RENORM_RATE
 from bnexp.stats import REPRODUCED
-from bnexp.sweep import TrialResult, full_points
+from bnexp.sweep import TrialResult, grid_points
 from experiments import common
 from experiments import conditions as cond
 from experiments.base import (
@@ -235,7 +235,7 @@ def _last_third(r: TrialResult) -> float | None:
     decide it. None for a diverged member."""
     steps = np.asarray(r.history["step"], np.float64)
     acc = np.asarray(r.history["test_acc"], np.float64)
-    keep = full_points(steps.astype(np.int64), r.trial.eval_every) & (steps >= 2 * steps[-1] / 3)
+    keep = grid_points(steps.astype(np.int64), r.trial.eval_every) & (steps >= 2 * steps[-1] / 3)
     x, y = steps[keep], acc[keep]
     if r.diverged_at is not None or x.size < 2 or not np.isfinite(y).all():
         return None
