@@ -22,7 +22,9 @@ change the training state; they see the model after the point's training steps.
 
 Built in: "percentiles" (Ioffe & Szegedy 2015, Fig. 1b,c) and "preact_stats", both of the input of
 one nonlinearity (``PERCENTILE_UNIT`` of hidden layer ``PERCENTILE_LAYER``: unit 0 of the last hidden
-layer) over the probe batch in eval mode (running statistics), plus "_train" variants in train mode
+layer) over the probe batch in eval mode (running statistics); "unit_percentiles", the same
+percentiles of every unit of that layer, (units, 3) per point (a drift measured on one unit of one
+seed is one sample; unit 0 is a different unit in every seed); plus "_train" variants in train mode
 (batch statistics and, for noisy BN, the noise; the running statistics are not updated).
 """
 
@@ -44,6 +46,25 @@ PERCENTILE_UNIT = 0  # unit (channel for conv layers) whose input is measured
 PERCENTILE_QS = (15.0, 50.0, 85.0)
 
 
+def layer_preacts(
+    spec: ModelSpec,
+    params: Any,
+    norm_state: Any,
+    x: Array,
+    hp: Mapping[str, Any],
+    *,
+    layer: int = PERCENTILE_LAYER,
+    mode: str = "eval",
+) -> Array:
+    """Inputs of the nonlinearities of one hidden layer, (N, units) or (N*H*W, channels)."""
+    key = hp["key"] if mode == "train" else None
+    _, _, aux = models.apply(
+        params, norm_state, x, spec, mode=mode, key=key, norm_call=hp["norm_call"], capture=True
+    )
+    z = aux["preacts"][layer]
+    return z.reshape(-1, z.shape[-1])
+
+
 def unit_preacts(
     spec: ModelSpec,
     params: Any,
@@ -56,11 +77,7 @@ def unit_preacts(
     mode: str = "eval",
 ) -> Array:
     """Inputs of the nonlinearity of one unit over the batch, flattened: (N,) or (N*H*W,)."""
-    key = hp["key"] if mode == "train" else None
-    _, _, aux = models.apply(
-        params, norm_state, x, spec, mode=mode, key=key, norm_call=hp["norm_call"], capture=True
-    )
-    return aux["preacts"][layer][..., unit].reshape(-1)
+    return layer_preacts(spec, params, norm_state, x, hp, layer=layer, mode=mode)[:, unit]
 
 
 def percentiles_probe(
@@ -76,6 +93,23 @@ def percentiles_probe(
     def probe(spec, params, norm_state, batch, hp, loss_fn):
         z = unit_preacts(spec, params, norm_state, batch[0], hp, layer=layer, unit=unit, mode=mode)
         return {name: jnp.percentile(z, jnp.asarray(qs, jnp.float32))}
+
+    return probe
+
+
+def unit_percentiles_probe(
+    *,
+    layer: int = PERCENTILE_LAYER,
+    qs: tuple[float, ...] = PERCENTILE_QS,
+    mode: str = "eval",
+    name: str = "unit_percentiles",
+) -> ProbeFn:
+    """{name: (units, len(qs))} percentiles of every unit's pre-activation over the probe batch
+    (one sort of the (N, units) block; the history holds E x units x 3 numbers)."""
+
+    def probe(spec, params, norm_state, batch, hp, loss_fn):
+        z = layer_preacts(spec, params, norm_state, batch[0], hp, layer=layer, mode=mode)
+        return {name: jnp.percentile(z, jnp.asarray(qs, jnp.float32), axis=0).T}
 
     return probe
 
@@ -99,6 +133,8 @@ def preact_stats_probe(
 PROBES: dict[str, ProbeFn] = {
     "percentiles": percentiles_probe(),
     "percentiles_train": percentiles_probe(mode="train", name="percentiles_train"),
+    "unit_percentiles": unit_percentiles_probe(),
+    "unit_percentiles_train": unit_percentiles_probe(mode="train", name="unit_percentiles_train"),
     "preact_stats": preact_stats_probe(),
     "preact_stats_train": preact_stats_probe(mode="train", suffix="_train"),
 }
