@@ -296,19 +296,25 @@ def percentile_drift(percentiles: np.ndarray | Sequence[Sequence[float]]) -> Dri
     )
 
 
-def unit_drifts(percentiles: np.ndarray) -> np.ndarray:
-    """Drift.value of every unit of one run: (E, units, 3) percentiles -> (units,) drifts.
+def unit_drift_parts(percentiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(median_range, spread_range) of every unit of one run (see Drift), each (units,).
 
-    Evaluation points where any unit is non-finite (after divergence) are dropped for all units;
-    all NaN when fewer than 2 points remain.
+    From (E, units, 3) percentiles. Evaluation points where any unit is non-finite (after
+    divergence) are dropped for all units; all NaN when fewer than 2 points remain.
     """
     p = np.asarray(percentiles, dtype=np.float64)
     if p.ndim != 3 or p.shape[2] != 3:
         raise ValueError(f"percentiles must have shape (E, units, 3), got {p.shape}")
     p = p[np.isfinite(p).all(axis=(1, 2))]
     if p.shape[0] < 2:
-        return np.full(p.shape[1], np.nan)
-    return np.ptp(p[..., 1], axis=0) + np.ptp(p[..., 2] - p[..., 0], axis=0)
+        return np.full(p.shape[1], np.nan), np.full(p.shape[1], np.nan)
+    return np.ptp(p[..., 1], axis=0), np.ptp(p[..., 2] - p[..., 0], axis=0)
+
+
+def unit_drifts(percentiles: np.ndarray) -> np.ndarray:
+    """Drift.value of every unit of one run: (E, units, 3) percentiles -> (units,) drifts."""
+    m_range, s_range = unit_drift_parts(percentiles)
+    return m_range + s_range
 
 
 def median_unit_drift(percentiles: np.ndarray) -> float | None:
