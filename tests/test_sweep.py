@@ -195,6 +195,19 @@ def test_probes_and_registry():
         run_sweep([Trial(**{**BASE.__dict__, "probes": ("nope",)})])
 
 
+def test_columns_percentiles_matches_numpy_with_signs_ties_and_nan():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((257, 6)).astype(np.float32) * [1, 10, 1e-3, 1, 1, 1]
+    z[:, 3] = np.round(z[:, 3])  # ties
+    z[:, 4] = -np.abs(z[:, 4])  # all negative, -0.0 among them
+    z[0, 4] = -0.0
+    z[5, 5] = np.nan  # a diverged column
+    out = np.asarray(jax.jit(probes.columns_percentiles)(z))
+    want = np.percentile(z.astype(np.float64), [15, 50, 85], axis=0).T
+    np.testing.assert_allclose(out[:5], want[:5], rtol=1e-6, atol=1e-7)
+    assert np.isnan(out[5]).all()
+
+
 def test_percentiles_probe_matches_numpy():
     spec = ModelSpec(widths=(16, 12, 12, 10), norm="batch", activation="tanh")
     params, state = models.init(jax.random.key(1), spec)
