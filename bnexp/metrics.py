@@ -271,14 +271,12 @@ class Drift:
 def percentile_drift(percentiles: np.ndarray | Sequence[Sequence[float]]) -> Drift:
     """Drift (see Drift) of an (E, 3) array of 15/50/85th percentiles, one row per eval point.
 
-    An (S, E, 3) array (seeds) is averaged over seeds first (finite members only).
-    Rows with a NaN (after divergence) are dropped.
+    One unit of one run: seeds are not averaged first (drifts in different directions would
+    cancel; pair per-seed drifts instead). Rows with a NaN (after divergence) are dropped.
     """
     p = np.asarray(percentiles, dtype=np.float64)
-    if p.ndim == 3:
-        p = np.stack([band(p[..., k])[0] for k in range(p.shape[-1])], axis=-1)
     if p.ndim != 2 or p.shape[1] != 3:
-        raise ValueError(f"percentiles must have shape (E, 3) or (S, E, 3), got {p.shape}")
+        raise ValueError(f"percentiles must have shape (E, 3) (one run, one unit), got {p.shape}")
     p = p[np.isfinite(p).all(axis=1)]
     if p.shape[0] < 2:
         return Drift(None, None, None, None, None, None, int(p.shape[0]))
@@ -296,6 +294,35 @@ def percentile_drift(percentiles: np.ndarray | Sequence[Sequence[float]]) -> Dri
         float(np.abs(np.diff(spread)).mean()),
         int(p.shape[0]),
     )
+
+
+def unit_drift_parts(percentiles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(median_range, spread_range) of every unit of one run (see Drift), each (units,).
+
+    From (E, units, 3) percentiles. Evaluation points where any unit is non-finite (after
+    divergence) are dropped for all units; all NaN when fewer than 2 points remain.
+    """
+    p = np.asarray(percentiles, dtype=np.float64)
+    if p.ndim != 3 or p.shape[2] != 3:
+        raise ValueError(f"percentiles must have shape (E, units, 3), got {p.shape}")
+    p = p[np.isfinite(p).all(axis=(1, 2))]
+    if p.shape[0] < 2:
+        return np.full(p.shape[1], np.nan), np.full(p.shape[1], np.nan)
+    return np.ptp(p[..., 1], axis=0), np.ptp(p[..., 2] - p[..., 0], axis=0)
+
+
+def unit_drifts(percentiles: np.ndarray) -> np.ndarray:
+    """Drift.value of every unit of one run: (E, units, 3) percentiles -> (units,) drifts."""
+    m_range, s_range = unit_drift_parts(percentiles)
+    return m_range + s_range
+
+
+def median_unit_drift(percentiles: np.ndarray) -> float | None:
+    """Median over units of ``unit_drifts``: one run's drift of the layer (None: < 2 points).
+
+    The median, not the mean: a layer's typical unit, not its few saturated or dead ones."""
+    d = unit_drifts(percentiles)
+    return None if not np.isfinite(d).all() else float(np.median(d))
 
 
 # ---- train/eval gap --------------------------------------------------------------------------

@@ -25,7 +25,9 @@ Built in: "train_eval_gap" (accuracy on the probe batch in train mode, in batche
 trial's batch size, and in eval mode; the train/eval gap of SCIENCE.md measured on training
 data), "percentiles" (Ioffe & Szegedy 2015, Fig. 1b,c) and "preact_stats", both of the input of
 one nonlinearity (``PERCENTILE_UNIT`` of hidden layer ``PERCENTILE_LAYER``: unit 0 of the last hidden
-layer) over the probe batch in eval mode (running statistics), plus "_train" variants in train mode
+layer) over the probe batch in eval mode (running statistics); "unit_percentiles", the same
+percentiles of every unit of that layer, (units, 3) per point (a drift measured on one unit of one
+seed is one sample; unit 0 is a different unit in every seed); plus "_train" variants in train mode
 (batch statistics and, for noisy BN, the noise; the running statistics are not updated).
 "weight_norms" is the Frobenius norm ||W_l||_F of every hidden layer's weight (conv blocks first),
 shape (num_hidden,): under BN the init scale a multiplies it and the effective step on the
@@ -42,6 +44,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bnexp import models
 from bnexp.models import ModelSpec
@@ -52,6 +55,25 @@ PERCENTILE_LAYER = -1  # index into the hidden layers: -1 = last hidden layer
 PERCENTILE_UNIT = 0  # unit (channel for conv layers) whose input is measured
 PERCENTILE_QS = (15.0, 50.0, 85.0)
 SATURATION_SLOPE = 0.01  # a unit is saturated where g'(z) < this (sigmoid: |z| > 4.585)
+
+
+def layer_preacts(
+    spec: ModelSpec,
+    params: Any,
+    norm_state: Any,
+    x: Array,
+    hp: Mapping[str, Any],
+    *,
+    layer: int = PERCENTILE_LAYER,
+    mode: str = "eval",
+) -> Array:
+    """Inputs of the nonlinearities of one hidden layer, (N, units) or (N*H*W, channels)."""
+    key = hp["key"] if mode == "train" else None
+    _, _, aux = models.apply(
+        params, norm_state, x, spec, mode=mode, key=key, norm_call=hp["norm_call"], capture=True
+    )
+    z = aux["preacts"][layer]
+    return z.reshape(-1, z.shape[-1])
 
 
 def unit_preacts(
@@ -66,11 +88,7 @@ def unit_preacts(
     mode: str = "eval",
 ) -> Array:
     """Inputs of the nonlinearity of one unit over the batch, flattened: (N,) or (N*H*W,)."""
-    key = hp["key"] if mode == "train" else None
-    _, _, aux = models.apply(
-        params, norm_state, x, spec, mode=mode, key=key, norm_call=hp["norm_call"], capture=True
-    )
-    return aux["preacts"][layer][..., unit].reshape(-1)
+    return layer_preacts(spec, params, norm_state, x, hp, layer=layer, mode=mode)[:, unit]
 
 
 def percentiles_probe(
@@ -86,6 +104,45 @@ def percentiles_probe(
     def probe(spec, params, norm_state, batch, hp, loss_fn):
         z = unit_preacts(spec, params, norm_state, batch[0], hp, layer=layer, unit=unit, mode=mode)
         return {name: jnp.percentile(z, jnp.asarray(qs, jnp.float32))}
+
+    return probe
+
+
+def columns_percentiles(z: Array, qs: tuple[float, ...] = PERCENTILE_QS) -> Array:
+    """(units, len(qs)) percentiles of each column of z (N, units), as np.percentile's default
+    ("linear": pos = (N - 1) q / 100 between the order statistics floor(pos), floor(pos) + 1).
+
+    XLA's CPU float sort (a total-order comparator) is ~4x slower than its int32 sort, so the
+    values are sorted as order-preserving int32 keys (the sign-magnitude bits with the magnitude
+    flipped for negatives: exact, a bijection) and mapped back. A column with a non-finite value
+    (a diverged member) gives NaN."""
+    zf = z.astype(jnp.float32).T  # (units, N): sort along the minor axis
+    bits = jax.lax.bitcast_convert_type(zf, jnp.int32)
+    flip = jnp.int32(0x7FFFFFFF)
+    keys = jnp.sort(jnp.where(bits < 0, bits ^ flip, bits), axis=-1)
+    srt = jax.lax.bitcast_convert_type(jnp.where(keys < 0, keys ^ flip, keys), jnp.float32)
+    n = zf.shape[-1]
+    pos = (n - 1) * np.asarray(qs, np.float64) / 100.0
+    lo = np.floor(pos).astype(np.int32)
+    hi = np.minimum(lo + 1, n - 1)
+    w = jnp.asarray(pos - lo, jnp.float32)[None, :]
+    out = srt[:, lo] + w * (srt[:, hi] - srt[:, lo])
+    return jnp.where(jnp.isfinite(zf).all(axis=-1, keepdims=True), out, jnp.nan)
+
+
+def unit_percentiles_probe(
+    *,
+    layer: int = PERCENTILE_LAYER,
+    qs: tuple[float, ...] = PERCENTILE_QS,
+    mode: str = "eval",
+    name: str = "unit_percentiles",
+) -> ProbeFn:
+    """{name: (units, len(qs))} percentiles of every unit's pre-activation over the probe batch
+    (one sort of the (N, units) block; the history holds E x units x 3 numbers)."""
+
+    def probe(spec, params, norm_state, batch, hp, loss_fn):
+        z = layer_preacts(spec, params, norm_state, batch[0], hp, layer=layer, mode=mode)
+        return {name: columns_percentiles(z, qs)}
 
     return probe
 
@@ -178,6 +235,8 @@ PROBES: dict[str, ProbeFn] = {
     "train_eval_gap": train_eval_gap_probe,
     "percentiles": percentiles_probe(),
     "percentiles_train": percentiles_probe(mode="train", name="percentiles_train"),
+    "unit_percentiles": unit_percentiles_probe(),
+    "unit_percentiles_train": unit_percentiles_probe(mode="train", name="unit_percentiles_train"),
     "preact_stats": preact_stats_probe(),
     "preact_stats_train": preact_stats_probe(mode="train", suffix="_train"),
     "weight_norms": weight_norms_probe,

@@ -129,10 +129,43 @@ def test_percentile_drift_stable_is_zero_and_nan_rows_dropped():
     d = M.percentile_drift(p)
     assert d.points == 3 and d.value == pytest.approx(0.0)
     assert M.percentile_drift(p[:1]).value is None
-    seeds = np.stack([p, p + 1.0])  # (S, E, 3): seeds averaged first
-    assert M.percentile_drift(seeds).value == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="one run"):  # seeds are not averaged away
+        M.percentile_drift(np.stack([p, p + 1.0]))
     with pytest.raises(ValueError):
         M.percentile_drift(np.zeros((4, 2)))
+
+
+def _walk(med, spread):
+    med, spread = np.asarray(med, float), np.asarray(spread, float)
+    return np.stack([med - spread / 2, med, med + spread / 2], axis=-1)
+
+
+def test_unit_drifts_per_unit_and_median():
+    # three units over 4 points: unit 0 median 0 -> 1 -> 3 -> 2 and spread 2 -> 2 -> 4 -> 3
+    # (drift 3 + 2 = 5), unit 1 still (0), unit 2 median falls by 4, spread fixed (4)
+    med = np.array([[0.0, 0.5, 0.0], [1.0, 0.5, -1.0], [3.0, 0.5, -3.0], [2.0, 0.5, -4.0]])
+    spread = np.array([[2.0, 1.0, 1.0], [2.0, 1.0, 1.0], [4.0, 1.0, 1.0], [3.0, 1.0, 1.0]])
+    p = _walk(med, spread)  # (E=4, units=3, 3)
+    np.testing.assert_allclose(M.unit_drifts(p), [5.0, 0.0, 4.0])
+    assert M.median_unit_drift(p) == pytest.approx(4.0)
+    for u in range(3):  # the same as the one-unit drift
+        assert M.unit_drifts(p)[u] == pytest.approx(M.percentile_drift(p[:, u]).value)
+    p[2:, 1] = np.nan  # diverged at the third point: the rows go for every unit
+    np.testing.assert_allclose(M.unit_drifts(p), [1.0, 0.0, 1.0])
+    assert M.median_unit_drift(p[:1]) is None
+    with pytest.raises(ValueError):
+        M.unit_drifts(p[:, 0])
+
+
+def test_opposite_drifts_across_seeds_do_not_cancel():
+    """Two seeds whose units drift by +2 and -2 in the median: each seed's drift is 2; the
+    seed-mean percentiles (the old estimator) would stand still and give 0."""
+    t = np.linspace(0.0, 2.0, 5)[:, None] * np.ones((1, 4))
+    up, down = _walk(t, np.ones_like(t)), _walk(-t, np.ones_like(t))
+    assert M.median_unit_drift(up) == pytest.approx(2.0)
+    assert M.median_unit_drift(down) == pytest.approx(2.0)
+    mean_of_seeds = (up + down) / 2
+    assert M.median_unit_drift(mean_of_seeds) == pytest.approx(0.0)
 
 
 def test_train_eval_gap():

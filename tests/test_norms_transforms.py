@@ -125,10 +125,10 @@ def test_jit_grad_vmap_scan_eval_shape(name):
 # ---------------------------------------------------------------- synchronized BN, vmap axis
 
 
-def sharded_vs_whole(name, sizes, seed=0):
+def sharded_vs_whole(name, sizes, seed=0, opts=None):
     """Shards of `sizes` rows padded to one size, normalized with axis_name under a named vmap,
     against the same norm on the concatenated batch. Returns both (y, state, dx, dparams)."""
-    opts = {"virtual_batch_size": 2} if name == "ghost" else {}
+    opts = opts or ({"virtual_batch_size": 2} if name == "ghost" else {})
     synced = norms.get(name, axis_name="shards", **opts)
     whole = norms.get(name, **opts)
     rng = np.random.default_rng(seed)
@@ -176,8 +176,9 @@ def sharded_vs_whole(name, sizes, seed=0):
 
 
 def test_sync_noisy_over_named_vmap_axis_equals_whole_batch():
-    """(batch, renorm and ghost: the 4-device test below.) One key for all shards: one noise."""
-    sharded, whole, _ = sharded_vs_whole("noisy", [4, 4, 4, 4])
+    """(batch, renorm and ghost: the 4-device test below.) Per-unit noise, one key for all
+    shards: one noise. (Per-sample noise is drawn per device: not the whole batch's draw.)"""
+    sharded, whole, _ = sharded_vs_whole("noisy", [4, 4, 4, 4], opts={"noise_per": "unit"})
     for a, b in zip(sharded, whole, strict=True):
         assert_tree_close(a, b)
 
@@ -289,3 +290,20 @@ def test_sync_batch_norm_on_four_devices():
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert "SYNC-OK" in result.stdout
+
+
+def test_sync_noisy_per_sample_noise_differs_across_shards():
+    """Per-sample noise under axis_name: each device draws its own rows (fold_in of its index),
+    so identical shards get different noise but the same per-step mu_t (shared key)."""
+    synced = norms.get("noisy", axis_name="shards")
+    params, state = synced.init(3)
+    zero = {"scale": jnp.zeros(3), "bias": jnp.zeros(3)}
+    x = np.tile(np.random.default_rng(0).standard_normal((1, 8, 3)).astype(np.float32), (4, 1, 1))
+    m = jax.vmap(
+        lambda x: synced.apply(zero, state, x, mode="train", key=jax.random.key(3))[0],
+        axis_name="shards",
+    )(x)
+    m = np.asarray(m, np.float64)
+    assert not np.allclose(m[0], m[1])
+    centers = (m.max(axis=(1, 2)) + m.min(axis=(1, 2))) / 2
+    assert np.ptp(centers) < 0.05  # mu_t shared: each shard's values lie in mu_t +- 0.1

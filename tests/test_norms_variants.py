@@ -284,9 +284,9 @@ def test_noisy_batch_norm_modes_and_key():
             nb.apply(params, state, x, mode="train", key=k, **c)
             for k, c in zip(keys, consts, strict=True)
         ]
-        # no noise outside training, and no key needed
+        # no noise outside training, and no key needed: the noise's mean scale E[s] instead
         other = [
-            (nb.apply(params, s_bn, x, mode=m)[0], bn.apply(params, s_bn, x, mode=m)[0])
+            (nb.apply(params, s_bn, x, mode=m)[0], 1.125 * bn.apply(params, s_bn, x, mode=m)[0])
             for m in ("eval", "batch")
         ]
         return y_bn, s_bn, noisy, other
@@ -306,10 +306,60 @@ def test_noisy_batch_norm_modes_and_key():
         assert_close(y_noisy, y_clean)
 
 
-def test_noisy_batch_norm_noise_distribution():
-    """With scale = 0 and bias = 0 the BN output is 0, so y = m; with bias = 1, y = s + m."""
-    c = 4096
+def test_noisy_batch_norm_eval_applies_mean_scale():
+    """Eval mode: y = E[s] * BN_eval(x) with E[s] = (sigma_min + sigma_max) / 2, per call too."""
+    nb, bn = norms.noisy_batch_norm(), norms.batch_norm()
+    params, state = nb.init(4)
+    state = {**state, "mean": state["mean"] + 0.5, "var": state["var"] * 2.0}
+    x = data(3, (10, 4), loc=2.0)
+    ref = np.asarray(bn.apply(params, state, x, mode="eval")[0], np.float64)
+    assert_close(nb.apply(params, state, x, mode="eval")[0], 1.125 * ref)
+    y = nb.apply(params, state, x, mode="eval", sigma_min=2.0, sigma_max=3.0)[0]
+    assert_close(y, 2.5 * ref)
+    with pytest.raises(ValueError, match="noise_per"):
+        norms.noisy_batch_norm(noise_per="batch")
+
+
+def test_noisy_batch_norm_per_sample_noise():
+    """Default per-sample noise: i.i.d. over rows and units, fresh per key (step), moments of
+    m ~ U(mu_t +- 0.1) (sd 0.1 / sqrt(3)) and s ~ N(sigma_t, 0.1^2) within one call."""
+    n, c = 512, 64
     nb = norms.noisy_batch_norm()
+    assert nb.options["noise_per"] == "sample"
+    _, state = nb.init(c)
+    x = data(9, (n, c))
+    zero = {"scale": jnp.zeros(c), "bias": jnp.zeros(c)}
+    one = {"scale": jnp.zeros(c), "bias": jnp.ones(c)}
+
+    @jax.jit
+    def draw(key):
+        m = nb.apply(zero, state, x, mode="train", key=key)[0]
+        return m, nb.apply(one, state, x, mode="train", key=key)[0] - m
+
+    draws = [tuple(np.asarray(v, np.float64) for v in draw(jax.random.key(k))) for k in range(4)]
+    for m, s in draws:
+        assert m.shape == (n, c)
+        assert not np.allclose(m[0], m[1]) and not np.allclose(s[0], s[1])  # rows differ
+        mu_t = (m.max() + m.min()) / 2
+        assert 0.199 < np.ptp(m) <= 0.2 + 1e-6  # U(mu_t +- 0.1) over n*c draws
+        assert abs(m.mean() - mu_t) < 0.002  # sd of the mean: 0.058 / sqrt(n c) = 3e-4
+        assert abs(m.std() - 0.1 / np.sqrt(3)) < 0.002
+        assert -0.5 - 1e-6 <= mu_t <= 0.5 + 1e-6
+        assert 1.0 - 0.005 <= s.mean() <= 1.25 + 0.005
+        assert abs(s.std() - 0.1) < 0.003
+        # independent of the row and the unit: per-row and per-unit means agree within noise
+        assert np.std(s.mean(0)) < 0.1 / np.sqrt(n) * 1.5
+        assert np.std(s.mean(1)) < 0.1 / np.sqrt(c) * 1.5
+    (m0, s0), (m1, s1) = draws[:2]
+    assert not np.allclose(m0, m1) and not np.allclose(s0, s1)  # fresh every step (key)
+    np.testing.assert_array_equal(draw(jax.random.key(0))[0], m0)  # seeded
+
+
+def test_noisy_batch_norm_noise_distribution():
+    """Per-unit noise. With scale = 0 and bias = 0 the BN output is 0, so y = m; with bias = 1,
+    y = s + m; every row of the batch gets the same (m, s)."""
+    c = 4096
+    nb = norms.noisy_batch_norm(noise_per="unit")
     _, state = nb.init(c)
     x = data(9, (4, c))
     zero = {"scale": jnp.zeros(c), "bias": jnp.zeros(c)}
@@ -321,6 +371,8 @@ def test_noisy_batch_norm_noise_distribution():
         return m, nb.apply(one, state, x, mode="train", key=key, **consts)[0][0] - m
 
     centers, sigmas = [], []
+    rows = nb.apply(zero, state, x, mode="train", key=jax.random.key(0))[0]
+    np.testing.assert_array_equal(rows[1:], np.broadcast_to(rows[0], rows[1:].shape))
     for seed in range(6):
         m, s = (np.asarray(v, np.float64) for v in draw(jax.random.key(seed), {}))
         mu_t, sigma_t = (m.max() + m.min()) / 2, s.mean()

@@ -163,7 +163,7 @@ def test_probes_and_registry():
                     "model": spec,
                     "lr": lr,
                     "probe_batch_size": 64,
-                    "probes": ("percentiles", "percentiles_train", "test_lr"),
+                    "probes": ("percentiles", "percentiles_train", "unit_percentiles", "test_lr"),
                 }
             )
             for lr in (0.1, 0.3)
@@ -177,6 +177,7 @@ def test_probes_and_registry():
         assert set(h) == KEYS | {
             "percentiles",
             "percentiles_train",
+            "unit_percentiles",
             "probe_lr",
             "probe_step",
             "grad_norm",
@@ -184,6 +185,8 @@ def test_probes_and_registry():
         n = len(POINTS)  # probes run at every point, the off-grid ones included
         assert h["percentiles"].shape == (n, 3) and h["probe_lr"].shape == (n,)
         assert (np.diff(h["percentiles"], axis=1) >= 0).all()
+        assert h["unit_percentiles"].shape == (n, 16, 3)  # (E, units of the last hidden layer, 3)
+        np.testing.assert_allclose(h["unit_percentiles"][:, 0], h["percentiles"], rtol=1e-5)
         np.testing.assert_allclose(h["probe_lr"], r.trial.lr)
         np.testing.assert_array_equal(h["probe_step"], POINTS)
         assert (h["grad_norm"] > 0).all()
@@ -191,6 +194,19 @@ def test_probes_and_registry():
         assert not np.allclose(h["percentiles_train"], h["percentiles"])
     with pytest.raises(ValueError, match="unknown probe"):
         run_sweep([Trial(**{**BASE.__dict__, "probes": ("nope",)})])
+
+
+def test_columns_percentiles_matches_numpy_with_signs_ties_and_nan():
+    rng = np.random.default_rng(3)
+    z = rng.standard_normal((257, 6)).astype(np.float32) * [1, 10, 1e-3, 1, 1, 1]
+    z[:, 3] = np.round(z[:, 3])  # ties
+    z[:, 4] = -np.abs(z[:, 4])  # all negative, -0.0 among them
+    z[0, 4] = -0.0
+    z[5, 5] = np.nan  # a diverged column
+    out = np.asarray(jax.jit(probes.columns_percentiles)(z))
+    want = np.percentile(z.astype(np.float64), [15, 50, 85], axis=0).T
+    np.testing.assert_allclose(out[:5], want[:5], rtol=1e-6, atol=1e-7)
+    assert np.isnan(out[5]).all()
 
 
 def test_percentiles_probe_matches_numpy():
@@ -202,10 +218,16 @@ def test_percentiles_probe_matches_numpy():
         lambda p, s, x: {
             **probes.PROBES["percentiles"](spec, p, s, (x, None), hp, None),
             **probes.PROBES["preact_stats"](spec, p, s, (x, None), hp, None),
+            **probes.PROBES["unit_percentiles"](spec, p, s, (x, None), hp, None),
         }
     )(params, state, x)
     _, _, aux = models.apply(params, state, x, spec, mode="eval", capture=True)
-    z = np.asarray(aux["preacts"][probes.PERCENTILE_LAYER][:, probes.PERCENTILE_UNIT])
+    layer = np.asarray(aux["preacts"][probes.PERCENTILE_LAYER])
+    assert out["unit_percentiles"].shape == (12, 3)  # every unit of the last hidden layer
+    np.testing.assert_allclose(
+        out["unit_percentiles"], np.percentile(layer, [15, 50, 85], axis=0).T, rtol=1e-5, atol=1e-6
+    )
+    z = layer[:, probes.PERCENTILE_UNIT]
     assert probes.PERCENTILE_LAYER == -1 and probes.PERCENTILE_UNIT == 0
     np.testing.assert_allclose(out["percentiles"], np.percentile(z, [15, 50, 85]), rtol=1e-5)
     np.testing.assert_allclose(

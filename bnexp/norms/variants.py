@@ -177,6 +177,9 @@ def ghost_batch_norm(
     return Norm("ghost", lambda c: (affine_init(c), running_init(c)), apply, options=options)
 
 
+NOISE_PER = ("sample", "unit")
+
+
 def noisy_batch_norm(
     momentum: float | None = UNSET,
     eps: float = 1e-5,
@@ -186,6 +189,7 @@ def noisy_batch_norm(
     decay: float | None = None,
     axis_name: AxisName = None,
     axis_index_groups: AxisGroups = None,
+    noise_per: str = "sample",
     mu_max: float = 0.5,
     sigma_min: float = 1.0,
     sigma_max: float = 1.25,
@@ -198,13 +202,28 @@ def noisy_batch_norm(
     In train mode the batch-norm output a (after scale and bias) becomes
         a <- s * a + m,   per call (step) and layer:  mu_t ~ U(-mu_max, mu_max),
                                                      sigma_t ~ U(sigma_min, sigma_max),
-                          per unit (channel):         m ~ U(mu_t - m_spread, mu_t + m_spread),
+                          per activation:             m ~ U(mu_t - m_spread, mu_t + m_spread),
                                                      s ~ N(sigma_t, s_std^2),
     drawn from the PRNG ``key`` passed to ``apply`` (required in train mode; give each layer
-    and step its own key). The defaults are the paper's constants; each may also be passed to
-    ``apply`` per call (traced, for sweeps). Eval and "batch" modes add no noise. Running
-    statistics are those of the clean input, as in ``batch_norm`` (same options).
+    and step its own key). ``noise_per="sample"`` (the default) draws m and s i.i.d. for every
+    activation of every sample (every element of x: for conv inputs also every position), as the
+    paper perturbs "each activation for each sample in the batch using i.i.d. noise";
+    ``noise_per="unit"`` draws one (m, s) per unit (channel), shared by the whole batch (the
+    earlier, weaker reading). With ``axis_name`` per-sample noise is drawn on each device from
+    ``fold_in(key, device index)`` (i.i.d. over the global batch, not the whole batch's draw);
+    mu_t, sigma_t and per-unit noise are the same on every device.
+
+    Eval and "batch" modes are deterministic: they apply the noise's expectation,
+        a <- E[s] a + E[m] = (sigma_min + sigma_max) / 2 * a,
+    (E[m] = E[mu_t] = 0), as inverted dropout keeps each unit's expected train-time output: the
+    layers after a noisy one were trained on inputs of mean scale E[s] (1.125 with the paper's
+    constants), and a test-time net without the factor would feed them inputs 1/E[s] too small.
+    The defaults are the paper's constants; each may also be passed to ``apply`` per call
+    (traced, for sweeps). Running statistics are those of the clean input, as in ``batch_norm``
+    (same options).
     """
+    if noise_per not in NOISE_PER:
+        raise NormOptionError(f"noise_per must be one of {NOISE_PER}, got {noise_per!r}")
     bn = batch_norm(
         momentum,
         eps,
@@ -243,25 +262,36 @@ def noisy_batch_norm(
                 "noisy_batch_norm: train mode needs a PRNG key (apply(..., key=k))"
             )
         y, new_state = bn.apply(params, state, x, mode=mode, mask=mask)
-        if mode != "train":
-            return y, new_state
         k = defaults | noise
-        c = x.shape[-1]
-        # One draw of U(-1, 1) (open at -1) feeds everything: a single PRNG call keeps the
-        # compiled step small. Row 0: mu_t and m; row 1: sigma_t; row 2: s via the inverse CDF.
-        u = jax.random.uniform(key, (3, c + 1), minval=np.nextafter(np.float32(-1), 1), maxval=1.0)
-        mu_t = k["mu_max"] * u[0, 0]
-        sigma_t = k["sigma_min"] + (k["sigma_max"] - k["sigma_min"]) * (u[1, 0] + 1.0) / 2.0
-        m = mu_t + k["m_spread"] * u[0, 1:]
-        s = sigma_t + k["s_std"] * np.sqrt(2.0) * jax.scipy.special.erfinv(u[2, 1:])
-        yf = y.astype(compute_dtype(y)) * per_channel(s, x.ndim) + per_channel(m, x.ndim)
-        return yf.astype(x.dtype), new_state
+        yf = y.astype(compute_dtype(y))
+        if mode != "train":
+            mean_scale = (k["sigma_min"] + k["sigma_max"]) / 2.0
+            return (yf * mean_scale).astype(x.dtype), new_state
+        # U(-1, 1) (open at -1) feeds everything: mu_t and sigma_t from two numbers, m from one
+        # draw and s from another via the inverse normal CDF.
+        lo = np.nextafter(np.float32(-1), 1)
+        t = jax.random.uniform(key, (2,), minval=lo, maxval=1.0)
+        mu_t = k["mu_max"] * t[0]
+        sigma_t = k["sigma_min"] + (k["sigma_max"] - k["sigma_min"]) * (t[1] + 1.0) / 2.0
+        if noise_per == "sample":
+            nkey = jax.random.fold_in(key, 1)
+            if axis_name is not None:
+                nkey = jax.random.fold_in(nkey, jax.lax.axis_index(axis_name))
+            shape = x.shape
+        else:
+            nkey, shape = jax.random.fold_in(key, 1), (x.shape[-1],)
+        u = jax.random.uniform(nkey, (2, *shape), minval=lo, maxval=1.0)
+        m = mu_t + k["m_spread"] * u[0]
+        s = sigma_t + k["s_std"] * np.sqrt(2.0) * jax.scipy.special.erfinv(u[1])
+        if noise_per == "unit":
+            m, s = per_channel(m, x.ndim), per_channel(s, x.ndim)
+        return (yf * s + m).astype(x.dtype), new_state
 
     return Norm(
         "noisy",
         bn.init,
         apply,
         stochastic=True,
-        options=bn.options | defaults,
+        options=bn.options | defaults | {"noise_per": noise_per},
         call_options=tuple(defaults),
     )
