@@ -43,6 +43,7 @@ from rich.text import Text
 
 from bnexp import verdicts
 from bnexp.metrics import Speedup, Summary
+from bnexp.stats import NOT_REACHED, UNRESOLVED, CensoredSpeedup, CensoredSteps
 
 KINDS = ("auto", "text", "acc", "speedup", "steps", "int", "float", "lr")
 DIVERGED_STYLE = "bold red"
@@ -100,6 +101,14 @@ def _is_speedup(v: Any) -> bool:
     return isinstance(v, Speedup) or (isinstance(v, Mapping) and "lower_bound" in v and "text" in v)
 
 
+def _is_censored_steps(v: Any) -> bool:
+    return isinstance(v, Mapping) and set(v) == {"low", "high"}
+
+
+def _is_censored_speedup(v: Any) -> bool:
+    return isinstance(v, Mapping) and set(v) == {"status", "value", "low", "high"}
+
+
 def _is_summary(v: Any) -> bool:
     return isinstance(v, Summary) or (isinstance(v, Mapping) and "n_diverged" in v and "mean" in v)
 
@@ -142,6 +151,14 @@ def format_cell(value: Any, kind: str = "auto", key: str = "") -> Text:
         kind = "acc"
     if kind == "text":
         return Text("" if value is None else str(value))
+    if _is_censored_steps(value):
+        s = CensoredSteps(float(value["low"]), value["high"])
+        if not s.reached:
+            return Text("never", style=DIM)
+        return Text(f"{s.high:g}" if s.low == s.high else f"({s.low:g}, {s.high:g}]")
+    if _is_censored_speedup(value):
+        sp = CensoredSpeedup(value["status"], value["value"], value["low"], value["high"])
+        return Text(sp.text, style=DIM if sp.status in (NOT_REACHED, UNRESOLVED) else "")
     if _is_speedup(value):
         sp = value if isinstance(value, Speedup) else Speedup.from_dict(value)
         return Text(sp.text, style=DIM if sp.value is None else "bold" if sp.lower_bound else "")

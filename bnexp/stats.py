@@ -337,7 +337,7 @@ class CensoredSpeedup:
             return "n/a"
         if self.status == LOWER_BOUND:
             return f">{_ratio(self.low, floor=True)}x"
-        hi = "inf" if self.high is None else _ratio(self.high)
+        hi = "inf" if self.high is None else _ratio(self.high, ceil=True)
         if self.status == UNRESOLVED:
             return f"unresolved at this evaluation spacing ({_ratio(self.low, True)}-{hi}x)"
         return f"{_ratio(self.value)}x"
@@ -346,14 +346,17 @@ class CensoredSpeedup:
         return {"status": self.status, "value": self.value, "low": self.low, "high": self.high}
 
 
-def _ratio(x: float | None, floor: bool = False) -> str:
-    """'3.4' below 10, '12' above; floor=True rounds down so a lower bound stays true."""
+def _ratio(x: float | None, floor: bool = False, ceil: bool = False) -> str:
+    """'3.4' below 10, '12' above; floor=True rounds down so a lower bound stays true, ceil=True
+    up so an upper bound does."""
     if x is None:
         return "?"
     decimals = 1 if x < 10 else 0
     scale = 10**decimals
     if floor:
         x = math.floor(x * scale + 1e-9) / scale
+    if ceil:
+        x = math.ceil(x * scale - 1e-9) / scale
     return f"{x:.{decimals}f}"
 
 

@@ -113,7 +113,8 @@ def curve_table(
     arm_results: dict[str, list[TrialResult]], *, title: str, max_rows: int = 12
 ) -> Table:
     """Eval-mode test accuracy per arm at (a subsample of) step 0 and the linear grid
-    (sweep.grid_points; the test subset of engine.eval_subset except at the last point)."""
+    (sweep.grid_points; the test subset of engine.eval_subset except at the last point). Each
+    cell is the metrics.Summary over seeds (the renderers format it)."""
     first = next(iter(arm_results.values()))[0]
     steps = np.asarray(first.history["step"])
     full = np.flatnonzero(grid_points(steps, first.trial.eval_every))
@@ -124,12 +125,11 @@ def curve_table(
         row: dict[str, Any] = {"step": int(steps[i])}
         for arm, rs in arm_results.items():
             vals = [float(r.history["test_acc"][i]) for r in rs]
-            vals = [v if np.isfinite(v) else None for v in vals]
-            nums, text = summary_cell(vals)
-            row[arm] = text
-            row[f"{arm}_mean"] = nums["mean"]
+            row[f"{arm} acc"] = metrics.summarize(
+                [v if np.isfinite(v) else None for v in vals]
+            ).to_dict()
         rows.append(row)
-    return Table(title, ["step", *arm_results], rows)
+    return Table(title, ["step", *(f"{a} acc" for a in arm_results)], rows)
 
 
 def target_table(
@@ -138,25 +138,22 @@ def target_table(
     *,
     baseline: str,
 ) -> Table:
-    """Steps to each target per arm (the median seed's (previous, first] evaluation interval)
-    and the speedup of each arm over the baseline: "unresolved at this evaluation spacing" when
-    both cross within the same interval, a lower bound when the baseline never gets there."""
+    """Steps to each target per arm (the median seed's (previous, first] evaluation interval,
+    a stats.CensoredSteps dict) and the speedup of each arm over the baseline (a
+    stats.CensoredSpeedup dict: "unresolved at this evaluation spacing" when both cross within the
+    same interval, a lower bound when the baseline never gets there)."""
     rows = []
     others = [a for a in arm_results if a != baseline]
     for t in targets:
-        row: dict[str, Any] = {"target": f"{t:.0%}", "target_accuracy": t}
+        row: dict[str, Any] = {"target acc": t}
         for arm, rs in arm_results.items():
-            s = arm_steps(rs, t)
-            row[f"{arm}_steps"] = steps_dict(s)
-            row[arm] = steps_text(s)
+            row[f"{arm} steps"] = steps_dict(arm_steps(rs, t))
         for arm in others:
-            if baseline not in arm_results:
-                continue
-            sp = arm_speedup(arm_results[baseline], arm_results[arm], t)
-            row[f"speedup_{arm}"] = sp.to_dict()
-            row[f"{arm} speedup"] = sp.text
+            if baseline in arm_results:
+                sp = arm_speedup(arm_results[baseline], arm_results[arm], t)
+                row[f"{arm} speedup"] = sp.to_dict()
         rows.append(row)
-    cols = ["target", *arm_results]
+    cols = ["target acc", *(f"{a} steps" for a in arm_results)]
     if baseline in arm_results:
         cols += [f"{a} speedup" for a in others]
     return Table(
@@ -170,27 +167,22 @@ def target_table(
 def final_table(
     arm_results: dict[str, list[TrialResult]], *, baseline: str | None = None, gap: bool = True
 ) -> Table:
-    """Final eval-mode accuracy per arm (mean and 95% interval over seeds), divergences, gap."""
+    """Final eval-mode accuracy per arm (a metrics.Summary over seeds: mean, 95% interval, the
+    diverged members and where) and the train/eval gap (accuracy with batch statistics minus
+    with running statistics, over the seeds that did not diverge)."""
     rows = []
     for arm, rs in arm_results.items():
-        nums, text = summary_cell(finals(rs))
-        div = [r.diverged_at for r in rs if r.diverged_at is not None]
         row: dict[str, Any] = {
             "arm": arm,
-            "final accuracy": text,
-            "final_accuracy": nums["mean"],
-            "ci95": nums["ci95"],
+            "final accuracy": metrics.summarize_final_accuracy(rs).to_dict(),
             "seeds": len(rs),
-            "diverged": len(div),
         }
-        row["diverged at"] = ", ".join(f"diverged @ {d}" for d in div) if div else "-"
         if gap:
-            g = [train_eval_gap(r) for r in rs]
-            g = [v for v in g if v is not None]
-            row["train_eval_gap"] = float(np.mean(g)) if g else None
-            row["train/eval gap"] = "n/a" if not g else f"{100 * np.mean(g):+.2f} pts"
+            row["train/eval gap (acc)"] = metrics.summarize(
+                [train_eval_gap(r) for r in rs if r.diverged_at is None]
+            ).to_dict()
         rows.append(row)
-    cols = ["arm", "final accuracy", "diverged at"] + (["train/eval gap"] if gap else [])
+    cols = ["arm", "final accuracy", "seeds"] + (["train/eval gap (acc)"] if gap else [])
     return Table("Final test accuracy (eval mode, running statistics)", cols, rows)
 
 

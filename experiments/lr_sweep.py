@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from bnexp import plots, stats
+from bnexp import metrics, plots, stats
 from bnexp.sweep import TrialResult
 from experiments import common
 from experiments import conditions as cond
@@ -218,22 +218,17 @@ def analyze(cfg: LRSweepConfig, results: list[TrialResult]) -> Analysis:
         row: dict[str, Any] = {"lr": lr}
         for tag, _ in ARMS:
             rs = by.get(f"{tag}@{lr:g}", [])
-            nums, text = common.final_cell(rs)
+            summary = metrics.summarize_final_accuracy(rs)
             s = common.arm_steps(rs, cfg.target)
-            steps[tag, lr], final[tag, lr] = s, nums["mean"]
-            row[f"{tag}_final_accuracy"] = nums["mean"]
-            row[f"{tag}_ci95"] = nums["ci95"]
-            row[f"{tag}_diverged_at"] = nums["diverged_at"] or None
-            row[f"{tag}_steps_to_target"] = None if s is None else s.high
-            row[f"{tag}_steps"] = common.steps_dict(s)
-            row[f"{tag} final"] = text
-            row[f"{tag} steps"] = common.steps_text(s)
+            steps[tag, lr], final[tag, lr] = s, summary.mean
+            row[f"{tag} final acc"] = summary.to_dict()
+            row[f"{tag} steps"] = common.steps_dict(s)
         sp = common.arm_speedup(
             by.get(f"baseline@{lr:g}", []), by.get(f"bn@{lr:g}", []), cfg.target
         )
-        row["speedup"], row["bn speedup"] = sp.to_dict(), sp.text
+        row["bn speedup"] = sp.to_dict()
         rows.append(row)
-    cols = ["lr", "baseline final", "bn final", "baseline steps", "bn steps", "bn speedup"]
+    cols = ["lr", "baseline final acc", "bn final acc", "baseline steps", "bn steps", "bn speedup"]
     sweep = Table(f"Final accuracy and steps to {cfg.target:.0%} by learning rate", cols, rows)
 
     best = {
@@ -280,8 +275,10 @@ def plot(cfg: LRSweepConfig, results: list[TrialResult], analysis: Analysis, out
     rows = analysis.tables[0].rows
     lrs = np.array([r["lr"] for r in rows], float)
     tags = [t for t, _ in ARMS]
-    final = {t: common.column(rows, f"{t}_final_accuracy") for t in tags}
-    steps = {t: common.column(rows, f"{t}_steps_to_target") for t in tags}
+    final = {t: common.column([r[f"{t} final acc"] for r in rows], "mean") for t in tags}
+    steps = {
+        t: common.column([r[f"{t} steps"] or {"high": None} for r in rows], "high") for t in tags
+    }
     return [
         plots.lr_sweep(
             lrs, steps, final, out / "lr_sweep.png", target=cfg.target, total_steps=cfg.steps

@@ -220,3 +220,18 @@ def test_progress_rich_bars():
 
 def test_default_progress_console_is_stderr():
     assert report.sweep_progress().console.stderr
+
+
+def test_censored_steps_and_speedup_cells():
+    """Typed cells of the steps-to-target tables: (low, high] intervals and censored speedups,
+    'unresolved at this evaluation spacing' rather than 1.0x."""
+    cell = lambda v: report.format_cell(v, "auto", "x").plain  # noqa: E731
+    assert cell({"low": 150.0, "high": 200.0}) == "(150, 200]"
+    assert cell({"low": 0.0, "high": 0.0}) == "0"
+    assert cell({"low": 3000.0, "high": None}) == "never"
+    sp = stats.censored_speedup(stats.CensoredSteps(150, 200), stats.CensoredSteps(150, 200))
+    assert cell(sp.to_dict()) == "unresolved at this evaluation spacing (0.7-1.4x)"
+    sp = stats.censored_speedup(stats.CensoredSteps(300, 400), stats.CensoredSteps(75, 100))
+    assert cell(sp.to_dict()) == "4.0x"
+    sp = stats.censored_speedup(stats.CensoredSteps(3000, None), stats.CensoredSteps(75, 100))
+    assert cell(sp.to_dict()) == ">30x"
