@@ -94,6 +94,14 @@ def preprocess(
     return apply(x_train), apply(x_test)
 
 
+def binarize(x_u8: np.ndarray) -> np.ndarray:
+    """Binary images: a pixel above 0.5 on the [0, 1] scale (uint8 > 127.5, i.e. >= 128) becomes
+    255, every other pixel 0 (uint8, same shape). Ioffe & Szegedy's MNIST run (Sec. 4.1) used
+    binary images; standardization (`preprocess`) is applied afterwards, with the statistics of
+    the binarized training split."""
+    return np.where(x_u8 >= 128, np.uint8(255), np.uint8(0))
+
+
 def _missing(info: DatasetInfo, path) -> DatasetError:
     return DatasetError(
         f"{info.name} is not available locally ({path} is missing); run `bnexp download {info.name}` "
@@ -174,8 +182,9 @@ def load(name: str, *, layout: str = "flat", **options) -> Dataset:
     """Load dataset `name` from the local cache (never from the network).
 
     layout: "flat" gives x of shape (N, D) for MLPs, "nhwc" gives (N, H, W, C) for CNNs.
-    Options: `standardize` ("global" default, "feature", "none"; see `preprocess`) for image
-    datasets; for "synthetic" the keywords of `sources.synthetic` (n_train, n_test, dim,
+    Options: `standardize` ("global" default, "feature", "none"; see `preprocess`) and
+    `binarize` (False default; True: pixels > 0.5 -> 1, else 0, before standardizing; see
+    `binarize`) for image datasets; for "synthetic" the keywords of `sources.synthetic` (n_train, n_test, dim,
     image_shape, num_classes, seed, task, noise). A download dataset that is not in the cache
     raises DatasetError telling the user to run `bnexp download NAME`. Results are cached
     in-process per (dataset, layout, options, cache directory).
@@ -201,12 +210,17 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
         source = f"{info.source} ({', '.join(f'{k}={v}' for k, v in options) or 'defaults'})"
     else:
         standardize = opts.pop("standardize", "global")
+        binary = bool(opts.pop("binarize", False))
         if opts:
-            raise TypeError(f"{info.name}: unknown option(s) {sorted(opts)}; only 'standardize'")
+            raise TypeError(
+                f"{info.name}: unknown option(s) {sorted(opts)}; only 'standardize', 'binarize'"
+            )
         x_tr8, y_tr, x_te8, y_te = _raw_arrays(info, _cache_key)
+        if binary:  # once, here: every trial of the run sees the same binary images
+            x_tr8, x_te8 = binarize(x_tr8), binarize(x_te8)
         x_tr, x_te = preprocess(x_tr8, x_te8, standardize)
         shape = x_tr.shape[1:]
-        source = info.source
+        source = info.source + (" (binarized: pixels > 0.5 -> 1)" if binary else "")
     if layout == "flat":
         shape = (int(np.prod(shape)),)
     arrays = [
