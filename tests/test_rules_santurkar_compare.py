@@ -1,0 +1,70 @@
+"""Rules of compare, lr-sweep, landscape and ics on constructed results with a known answer, and
+their config options (compare's binary images, ics's deep linear setting)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bnexp.sweep import Trial, TrialResult
+from experiments import compare, lr_sweep
+from experiments.base import ConfigError
+
+STEPS = np.array([0, 1, 2, 3, 4, 6, 8, 10, 13, 18, 24, 32, 42, 56, 75, 100, 200, 300])
+
+
+def _result(seed, acc, tag, diverged_at=None, lr=0.5):
+    acc = np.asarray(acc, np.float64)
+    final = None if diverged_at is not None else float(acc[-1])
+    hist = {"step": STEPS[: acc.size], "test_acc": acc}
+    return TrialResult(Trial(seed=seed, tag=tag, lr=lr), hist, diverged_at, final)
+
+
+def test_compare_binarize_reaches_the_data_pipeline_and_needs_images():
+    cfg = dataclasses.replace(compare.PRESETS["quick"], binarize=True, seeds=2)
+    assert compare.data_options(cfg) == (("binarize", True),)
+    assert compare.data_options(compare.PRESETS["quick"]) == ()
+    smoke = compare.PRESETS["smoke"]
+    ts = compare.trials(dataclasses.replace(smoke, seeds=2))
+    assert {t.data_options for t in ts} == {()}
+    with pytest.raises(ConfigError, match="binarize needs an image dataset"):
+        compare.validate(dataclasses.replace(smoke, binarize=True))
+
+
+def test_compare_quick_targets_sit_below_its_plateau():
+    # the quick run ends at ~95.8-95.9% (full MNIST, 3,000 steps): every target below it
+    assert max(compare.PRESETS["quick"].targets) <= 0.94
+    assert max(compare.PRESETS["paper"].targets) < 0.977  # the reproduction's baseline end
+
+
+def test_compare_final_accuracy_is_a_paired_difference():
+    base = [_result(s, [0.1, 0.5, 0.6, 0.95 + 0.01 * s], "baseline") for s in range(4)]
+    bn = [_result(s, [0.1, 0.5, 0.9, 0.952 + 0.01 * s], "bn") for s in range(4)]
+    cfg = dataclasses.replace(compare.PRESETS["smoke"], targets=(0.8,))
+    speed, final = compare.conditions(cfg, {"baseline": base, "bn": bn})
+    assert final.effect == pytest.approx(0.002, abs=1e-6)
+    assert final.ci95[0] == pytest.approx(0.002, abs=1e-6)  # identical per-seed differences
+    assert final.outcome == "reproduced"
+    # BN crosses 80% in (1, 2], the baseline in (2, 3]: log speedup in [log(2/2), log(3/1)]
+    assert speed.effect == pytest.approx(np.log(3.0) / 2)
+    assert speed.ci95 == (pytest.approx(0.0), pytest.approx(np.log(3.0)))
+
+
+@pytest.mark.parametrize(("gap", "outcome"), [(0.004, "reproduced"), (0.02, "not reproduced")])
+def test_lr_sweep_close_at_the_smallest_lr_is_a_paired_equivalence(gap, outcome):
+    cfg = dataclasses.replace(lr_sweep.PRESETS["smoke"], lrs=(0.01,), target=0.99)
+    by = {
+        "baseline@0.01": [_result(s, [0.1, 0.9 + 0.01 * s], "baseline@0.01") for s in range(4)],
+        "bn@0.01": [_result(s, [0.1, 0.9 + 0.01 * s + gap], "bn@0.01") for s in range(4)],
+    }
+    close = lr_sweep.conditions(cfg, by, {"baseline": None, "bn": None})[-1]
+    assert cfg.close_tol == 0.01 and close.direction == 0 and close.threshold == 0.01
+    assert close.effect == pytest.approx(gap, abs=1e-6)
+    assert close.outcome == outcome
+
+
+def test_lr_sweep_close_tol_must_be_a_positive_band():
+    with pytest.raises(ConfigError, match="close_tol"):
+        lr_sweep.validate(dataclasses.replace(lr_sweep.PRESETS["smoke"], close_tol=0.0))
