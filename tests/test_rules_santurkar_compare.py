@@ -68,3 +68,49 @@ def test_lr_sweep_close_at_the_smallest_lr_is_a_paired_equivalence(gap, outcome)
 def test_lr_sweep_close_tol_must_be_a_positive_band():
     with pytest.raises(ConfigError, match="close_tol"):
         lr_sweep.validate(dataclasses.replace(lr_sweep.PRESETS["smoke"], close_tol=0.0))
+
+
+def _landscape(seed, tag, beta, width=0.5, grad=1.0):
+    """A constructed landscape history: beta over the points, constant bands."""
+    beta = np.asarray(beta, np.float64)
+    e = beta.size
+    hist = {
+        "step": STEPS[:e],
+        "test_acc": np.full(e, 0.9),
+        "beta_smooth": beta,
+        "loss_band": np.stack([np.zeros(e), np.full(e, width)], -1),
+        "grad_pred_band": np.stack([np.zeros(e), np.full(e, grad)], -1),
+    }
+    return TrialResult(Trial(seed=seed, tag=tag), hist, None, 0.9)
+
+
+def test_landscape_judges_peaks_and_the_spread_of_log_beta():
+    from experiments import landscape
+
+    assert landscape.peak(np.array([1.0, 5.0, 2.0])) == 5.0
+    assert landscape.log_spread(np.array([1.0, np.e, np.e**2])) == pytest.approx(1.0)  # sd of 0,1,2
+    assert landscape.log_spread(np.array([3.0])) is None
+    # baseline swings (beta 1 <-> e^2: log sd 1 x k), BN flat at 1.5 with a small wiggle
+    base = [_landscape(s, "baseline", [1, np.e**2, 1, np.e**2], 1.0, 4.0) for s in range(4)]
+    bn = [
+        _landscape(s, "bn", [1.5, 1.5 * (1 + 0.01 * (s + 1)), 1.5, 1.5], 0.5, 1.0) for s in range(4)
+    ]
+    cfg = landscape.PRESETS["smoke"]
+    width, grad, peak, spread = landscape.conditions(cfg, {"baseline": base, "bn": bn})
+    assert width.effect == pytest.approx(np.log(0.5)) and width.outcome == "reproduced"
+    assert grad.effect == pytest.approx(np.log(0.25)) and grad.outcome == "reproduced"
+    want = np.mean([np.log(1.5 * (1 + 0.01 * (s + 1)) / np.e**2) for s in range(4)])
+    assert peak.effect == pytest.approx(want) and peak.outcome == "reproduced"
+    assert spread.direction == -1 and spread.outcome == "reproduced"
+    # a flat baseline and a swinging BN: the spread condition is not reproduced
+    _, _, _, rev = landscape.conditions(cfg, {"baseline": bn, "bn": base})
+    assert rev.outcome == "not reproduced"
+
+
+def test_landscape_step_grid_is_absolute():
+    from experiments import landscape
+
+    q = landscape.PRESETS["quick"]
+    assert (q.step_min, q.step_max) == (0.05, 0.4)  # the paper's range, whatever the lr
+    assert landscape.probe_name(q) == f"landscape:{0.05 / q.lr!r}-{0.4 / q.lr!r}x8"
+    assert landscape.probe_name(landscape.PRESETS["paper"]) == "landscape"  # 0.5..4 x lr 0.1
