@@ -18,7 +18,8 @@ STANDARDIZE = ("global", "feature", "none")
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A loaded dataset: float32 inputs, int32 labels, split into train and test.
+    """A loaded dataset: float32 inputs, int32 labels (float32 (N, K) targets for a regression
+    task, where num_classes is K), split into train and test.
 
     x_*: (N, D) for layout "flat", (N, H, W, C) for "nhwc"; input_shape is one example's shape.
     The arrays are read-only (the same object is shared by every caller of `load`).
@@ -205,6 +206,8 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
         opts = {"n_train": info.n_train, "n_test": info.n_test, "num_classes": num_classes} | opts
         num_classes = int(opts["num_classes"])
         x_tr, y_tr, x_te, y_te, shape = sources.synthetic(**opts)
+        if y_tr.ndim == 2:  # regression targets (task "linear"): one output per target column
+            num_classes = int(y_tr.shape[1])
         if layout == "nhwc" and len(shape) != 3:
             raise ValueError("synthetic data in layout 'nhwc' needs image_shape=(H, W, C)")
         source = f"{info.source} ({', '.join(f'{k}={v}' for k, v in options) or 'defaults'})"
@@ -225,13 +228,18 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
         shape = (int(np.prod(shape)),)
     arrays = [
         np.ascontiguousarray(x_tr.reshape(len(x_tr), *shape), dtype=np.float32),
-        np.ascontiguousarray(y_tr, dtype=np.int32),
+        np.ascontiguousarray(y_tr, dtype=_label_dtype(y_tr)),
         np.ascontiguousarray(x_te.reshape(len(x_te), *shape), dtype=np.float32),
-        np.ascontiguousarray(y_te, dtype=np.int32),
+        np.ascontiguousarray(y_te, dtype=_label_dtype(y_te)),
     ]
     for a in arrays:
         a.flags.writeable = False
     return Dataset(info.name, *arrays, num_classes, tuple(int(s) for s in shape), source)
+
+
+def _label_dtype(y: np.ndarray) -> type:
+    """int32 class labels, or float32 regression targets (synthetic task "linear")."""
+    return np.float32 if y.dtype.kind == "f" else np.int32
 
 
 def clear_cache() -> None:
