@@ -114,3 +114,58 @@ def test_landscape_step_grid_is_absolute():
     assert (q.step_min, q.step_max) == (0.05, 0.4)  # the paper's range, whatever the lr
     assert landscape.probe_name(q) == f"landscape:{0.05 / q.lr!r}-{0.4 / q.lr!r}x8"
     assert landscape.probe_name(landscape.PRESETS["paper"]) == "landscape"  # 0.5..4 x lr 0.1
+
+
+def test_squared_error_loss_and_evaluation_of_a_linear_model_without_bias():
+    import jax
+    import jax.numpy as jnp
+
+    from bnexp import models, train
+
+    spec = models.ModelSpec(kind="linear", widths=(3, 3, 3), norm="none", bias=False, loss="mse")
+    params, state = models.init(jax.random.key(0), spec)
+    assert "b" not in params["out"] and all("b" not in p for p in params["hidden"])
+    params = {**params, "hidden": [{**params["hidden"][0], "w": 2 * jnp.eye(3)}]}
+    params["out"] = {"w": jnp.eye(3)}
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 3)).astype(np.float32)
+    y = rng.standard_normal((7, 3)).astype(np.float32)
+    want = np.mean(np.sum((2 * x - y) ** 2, axis=1))
+    loss, _ = train.loss_fn(params, state, jnp.asarray(x), jnp.asarray(y), spec)
+    np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+    acc, test_loss = train.evaluate(params, state, jnp.asarray(x), jnp.asarray(y), spec)
+    assert np.isnan(float(acc))  # a regression has no accuracy
+    np.testing.assert_allclose(float(test_loss), want, rtol=1e-5)
+    _, batch_loss = train.evaluate(
+        params, state, jnp.asarray(x), jnp.asarray(y), spec, mode="batch", batch_size=3
+    )
+    np.testing.assert_allclose(float(batch_loss), np.mean(np.sum((2 * x - y) ** 2, 1)[:6]), 1e-5)
+    with pytest.raises(ValueError, match="loss"):
+        models.ModelSpec(loss="hinge")
+
+
+def test_synthetic_linear_regression_targets_are_a_x():
+    from bnexp import data
+
+    d = data.load("synthetic", task="linear", dim=10, n_train=50, n_test=20, noise=0.0, seed=3)
+    assert d.y_train.dtype == np.float32 and d.y_train.shape == (50, 10) and d.num_classes == 10
+    a, *_ = np.linalg.lstsq(d.x_train.astype(np.float64), d.y_train.astype(np.float64), rcond=None)
+    np.testing.assert_allclose(d.x_test @ a, d.y_test, rtol=1e-4, atol=1e-4)  # one A for both
+
+
+def test_ics_deep_linear_setting_builds_santurkars_network():
+    from experiments import ics
+
+    cfg = dataclasses.replace(ics.PRESETS["smoke"], setting="deep-linear", seeds=2)
+    ics.validate(cfg)
+    ts = ics.trials(cfg)
+    assert len(ts) == 4 and {t.tag for t in ts} == {"baseline", "bn"}
+    t = ts[0]
+    assert t.model.kind == "linear" and t.model.widths == (10,) * 26  # 25 weight layers
+    assert not t.model.bias and t.model.loss == "mse"
+    assert t.batch_size == cfg.n_examples and t.lr == 1e-7 and t.optimizer == "sgd"
+    assert dict(t.data_options)["task"] == "linear"
+    assert ics.trials(dataclasses.replace(cfg, deep_lr=1e-6))[0].lr == pytest.approx(1e-6)
+    assert ics._layer_names(25, cfg)[-1] == "layer 25 (output)"
+    with pytest.raises(ConfigError, match="setting"):
+        ics.validate(dataclasses.replace(cfg, setting="vgg"))
