@@ -211,6 +211,7 @@ def write_index(rep: Reproduction) -> Path:
         experiments.append(
             {
                 "name": i.experiment.name,
+                "identity": i.experiment.identity,  # an identity check, not a claim
                 "run_dir": rel(i.run_dir),
                 "action": i.action,
                 "error": i.error,
