@@ -799,8 +799,8 @@ def write(
 
 
 def write_forests(views: Sequence[RunView], out_dir: Path) -> Forests:
-    """Draw forest.png (every condition of every run) and forest-<experiment>.png (one per run
-    with conditions) into out_dir. Runs without conditions (old verdicts) draw nothing; when no
+    """Draw forest.png (every condition of every claim; identity checks left out) and
+    forest-<experiment>.png (one per run with conditions) into out_dir. Runs without conditions (old verdicts) draw nothing; when no
     run has any, no file is written and the report shows no forest plot."""
     from bnexp import plots
 
@@ -810,12 +810,12 @@ def write_forests(views: Sequence[RunView], out_dir: Path) -> Forests:
         p = plots.forest(groups, out_dir / name, title=title)
         return None if p is None else Plot(name, Path(p).read_bytes())
 
-    overall = draw(
-        [(v.entry.name, v.verdicts) for v in views],
+    overall = draw(  # the claims only: identity checks have their own sections' plots
+        [(v.entry.name, v.verdicts) for v in claims_of(views)],
         FOREST_FILE,
         "Every condition of every claim: effect and 95% interval vs the threshold",
     )
-    if overall is None:
+    if overall is None and not any(v.verdicts for v in checks_of(views)):
         return Forests()
     sections: list[Plot | None] = []
     used: set[str] = {FOREST_FILE}

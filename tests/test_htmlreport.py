@@ -370,3 +370,22 @@ def test_identity_checks_are_listed_apart_from_the_tally_of_claims(tmp_path):
     assert "| scale | claim of scale | reproduced | max output change 3e-07 |" in md
     assert f"#{root.find('.//h2').text}" if False else True
     assert len(root.findall(".//section//h2")) >= 4  # every run keeps its own section
+
+
+def test_the_overall_forest_plot_leaves_identity_checks_out(condition_runs, monkeypatch):
+    from bnexp import plots
+
+    out, entries, _ = condition_runs
+    drawn = {}
+
+    def fake_forest(groups, path, title=""):
+        drawn[Path(path).name] = [name for name, _ in groups]
+        return None
+
+    monkeypatch.setattr(plots, "forest", fake_forest)
+    gamma = entries[2]
+    check = htmlreport.Entry(gamma.run_dir, "gamma", gamma.claim, identity=True)
+    views = [htmlreport.load(e, out) for e in [entries[0], entries[1], check]]
+    htmlreport.write_forests(views, out)
+    assert drawn["forest.png"] == ["alpha", "beta"]  # the claims; gamma is an identity check
+    assert drawn["forest-gamma.png"] == ["gamma"]  # which keeps its own section's plot
