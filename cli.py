@@ -561,6 +561,7 @@ def reproduce_cmd(
             "experiments": [
                 {
                     "name": i.experiment.name,
+                    "identity": i.experiment.identity,
                     "action": i.action,
                     "run_dir": str(i.run_dir) if i.run_dir else None,
                     "verdict": verdicts[i.experiment.name],
@@ -575,20 +576,23 @@ def reproduce_cmd(
         }
         typer.echo(json.dumps(results.to_jsonable(doc), allow_nan=False))
     else:
-        rows = [
-            {
+
+        def row(i: rp.Item) -> dict[str, str]:
+            return {
                 "experiment": i.experiment.name,
                 "verdict": results.verdict_text(verdicts[i.experiment.name])
                 or f"no result ({i.action})",
                 "measured": (verdicts[i.experiment.name] or {}).get("evidence") or i.error or "",
                 "run": i.action,
             }
-            for i in rep.items
-        ]
+
         con = report.make_console()
-        report.render_table(
-            f"Claims ({preset} preset)", ["experiment", "verdict", "measured", "run"], rows, con
-        )
+        cols = ["experiment", "verdict", "measured", "run"]
+        claims = [row(i) for i in rep.items if not i.experiment.identity]
+        checks = [row(i) for i in rep.items if i.experiment.identity]
+        report.render_table(f"Claims ({preset} preset)", cols, claims, con)
+        if checks:  # identities of a correct implementation, apart from the claims
+            report.render_table(f"Identity checks ({preset} preset)", cols, checks, con)
         for kind, p in rep.reports.items():
             con.print(f"report ({kind}): {p}", markup=False, highlight=False)
         con.print(

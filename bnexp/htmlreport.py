@@ -50,6 +50,7 @@ class Entry:
     source: str = ""
     paper: str = ""  # the paper's own number(s); "" when none exists
     command: str = ""  # the exact command that re-runs it
+    identity: bool = False  # an identity check of the implementation, not an empirical claim
 
 
 @dataclass(frozen=True)
@@ -220,20 +221,48 @@ def claim_cells(v: RunView) -> dict[str, str]:
     }
 
 
-def tally(views: Sequence[RunView]) -> str:
+def claims_of(views: Sequence[RunView]) -> list[RunView]:
+    """The runs that test an empirical claim (the tally and the claims table count only these)."""
+    return [v for v in views if not v.entry.identity]
+
+
+def checks_of(views: Sequence[RunView]) -> list[RunView]:
+    """The identity checks of a correct implementation, reported apart from the claims."""
+    return [v for v in views if v.entry.identity]
+
+
+def _counts(views: Sequence[RunView]) -> list[str]:
     counts = {
         k: sum(v.outcome == k for v in views) for k in (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE)
     }
     other = len(views) - sum(counts.values())
-    parts = [f"{n} {k}" for k, n in counts.items()] + (
+    return [f"{n} {k}" for k, n in counts.items()] + (
         [f"{other} without a result"] if other else []
     )
+
+
+def tally(views: Sequence[RunView]) -> str:
+    """'N claims tested: ...' over the claims only; identity checks are counted in a sentence of
+    their own (SCIENCE.md: identities are checks, apart from the tally of empirical claims)."""
+    claims, checks = claims_of(views), checks_of(views)
+    text = f"{len(claims)} claim{'s' if len(claims) != 1 else ''} tested: "
+    text += f"{', '.join(_counts(claims)) or 'none'}. "
+    if checks:
+        text += (
+            f"{len(checks)} identity check{'s' if len(checks) != 1 else ''} of the "
+            f"implementation, not counted among the claims: {', '.join(_counts(checks))}. "
+        )
     presets = sorted({claim_cells(v)["preset"] for v in views})
     total = sum(v.wall_time or 0.0 for v in views)
-    return (
-        f"{len(views)} claim{'s' if len(views) != 1 else ''} tested: {', '.join(parts)}. "
-        f"Preset: {', '.join(presets) or '?'}. Wall time of the runs: {duration(total)}."
-    )
+    return f"{text}Preset: {', '.join(presets) or '?'}. Wall time of the runs: {duration(total)}."
+
+
+CHECK_COLUMNS = ("experiment", "identity", "verdict", "bnexp measured", "preset", "wall time")
+
+
+def check_cells(v: RunView) -> dict[str, str]:
+    c = claim_cells(v)
+    return {k: c["claim" if k == "identity" else k] for k in CHECK_COLUMNS}
 
 
 def run_line(v: RunView) -> str:
@@ -361,7 +390,14 @@ def render_markdown(
     if forests.overall is not None:
         lines += [f"![forest plot of every condition]({forests.overall.name})", ""]
         lines += [FOREST_NOTE, ""]
-    lines += _md_table(CLAIM_COLUMNS, [list(claim_cells(v).values()) for v in views])
+    lines += _md_table(CLAIM_COLUMNS, [list(claim_cells(v).values()) for v in claims_of(views)])
+    if checks_of(views):
+        lines += [
+            "Identity checks (of a correct implementation, not empirical claims; not in the "
+            "tally):",
+            "",
+        ]
+        lines += _md_table(CHECK_COLUMNS, [list(check_cells(v).values()) for v in checks_of(views)])
     lines += [
         "Verdicts are computed from the measured numbers by each experiment's rule "
         "(`bnexp describe NAME`); a smoke preset proves the machinery and claims no science.",
@@ -562,6 +598,31 @@ def _claims_table(views: Sequence[RunView]) -> list[str]:
     return out + ["</tbody></table></div>"]
 
 
+def _checks_table(views: Sequence[RunView]) -> list[str]:
+    out = [
+        '<div class="scroll"><table class="claims" id="checks-table">',
+        "<thead><tr>" + "".join(f"<th>{_e(c)}</th>" for c in CHECK_COLUMNS) + "</tr></thead>",
+        "<tbody>",
+    ]
+    for v in views:
+        tds = []
+        for k, text in check_cells(v).items():
+            inner = (
+                f'<a href="#{v.anchor}">{_e(text)}</a>'
+                if k == "experiment"
+                else _badge(text)
+                if k == "verdict"
+                else _e(text)
+            )
+            tds.append(f'<td data-label="{_e(k)}">{inner}</td>')
+        out.append(
+            f'<tr data-experiment="{_e(v.entry.name)}" data-verdict="{_e(v.outcome)}">'
+            + "".join(tds)
+            + "</tr>"
+        )
+    return out + ["</tbody></table></div>"]
+
+
 def _figure(data: bytes, alt: str, caption: str) -> str:
     uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
     return (
@@ -676,7 +737,14 @@ def render_html(
             "</section>",
         ]
     out += ['<section id="claims">', "<h2>Claims</h2>"]
-    out += _claims_table(views)
+    out += _claims_table(claims_of(views))
+    if checks_of(views):
+        out += [
+            "<h3>Identity checks</h3>",
+            '<p class="note">Identities of a correct implementation, not empirical claims: '
+            "listed apart and not counted in the tally.</p>",
+        ]
+        out += _checks_table(checks_of(views))
     out += [
         '<p class="note">Verdicts are computed from the measured numbers by each experiment\'s '
         "rule (<code>bnexp describe NAME</code>). The paper column quotes the source; "
@@ -728,8 +796,8 @@ def write(
 
 
 def write_forests(views: Sequence[RunView], out_dir: Path) -> Forests:
-    """Draw forest.png (every condition of every run) and forest-<experiment>.png (one per run
-    with conditions) into out_dir. Runs without conditions (old verdicts) draw nothing; when no
+    """Draw forest.png (every condition of every claim; identity checks left out) and
+    forest-<experiment>.png (one per run with conditions) into out_dir. Runs without conditions (old verdicts) draw nothing; when no
     run has any, no file is written and the report shows no forest plot."""
     from bnexp import plots
 
@@ -739,12 +807,12 @@ def write_forests(views: Sequence[RunView], out_dir: Path) -> Forests:
         p = plots.forest(groups, out_dir / name, title=title)
         return None if p is None else Plot(name, Path(p).read_bytes())
 
-    overall = draw(
-        [(v.entry.name, v.verdicts) for v in views],
+    overall = draw(  # the claims only: identity checks have their own sections' plots
+        [(v.entry.name, v.verdicts) for v in claims_of(views)],
         FOREST_FILE,
         "Every condition of every claim: effect and 95% interval vs the threshold",
     )
-    if overall is None:
+    if overall is None and not any(v.verdicts for v in checks_of(views)):
         return Forests()
     sections: list[Plot | None] = []
     used: set[str] = {FOREST_FILE}

@@ -51,6 +51,7 @@ ACTIVATIONS = {
     "identity": lambda z: z,
 }
 KINDS = ("mlp", "cnn", "linear")
+LOSSES = ("xent", "mse")
 INITS = ("gaussian", "glorot", "he")
 
 
@@ -74,6 +75,8 @@ class ModelSpec:
     scale_output_layer: bool = True  # init_scale also multiplies the final layer's weights
     dense_norm: str | None = None  # cnn dense layers' norm; None: norm ("none" for "instance")
     conv_impl: str = "auto"  # "im2col" | "xla" (lax.conv) | "auto": im2col on CPU, else xla
+    bias: bool = True  # False: no bias in any layer (Santurkar et al.'s deep linear network)
+    loss: str = "xent"  # "xent": softmax cross-entropy on int labels | "mse": ||out - y||^2
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -90,6 +93,8 @@ class ModelSpec:
             raise ValueError(f"conv_impl must be 'auto', 'im2col' or 'xla', got {self.conv_impl!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.kind != "cnn" and len(self.widths) < 2:
             raise ValueError("widths needs at least an input and an output width")
 
@@ -114,8 +119,9 @@ class ModelSpec:
         return "none" if self.norm == "instance" else self.norm
 
     def has_bias(self, conv: bool = False) -> bool:
-        """Hidden layers keep a bias unless a norm directly follows the affine map."""
-        return self.norm_name(conv) == "none" or self.placement == "after"
+        """Hidden layers keep a bias unless a norm directly follows the affine map (or the spec
+        has no biases at all)."""
+        return self.bias and (self.norm_name(conv) == "none" or self.placement == "after")
 
 
 @cache
@@ -191,7 +197,9 @@ def init(key: Array, spec: ModelSpec, init_scale: Array | float = 1.0) -> tuple[
             params[group].append(layer)
             state[group].append(s)
     out_scale = init_scale if spec.scale_output_layer else 1.0
-    params["out"] = {"w": weights[-1] * out_scale, "b": jnp.zeros((out[1],), jnp.float32)}
+    params["out"] = {"w": weights[-1] * out_scale}
+    if spec.bias:
+        params["out"]["b"] = jnp.zeros((out[1],), jnp.float32)
     return params, state
 
 
@@ -349,6 +357,8 @@ def apply(
         norm_inputs.append(u)
         new_state["hidden"].append(s)
         layer += 1
-    logits = dense(h, params["out"]["w"]) + params["out"]["b"][None, :]
+    logits = dense(h, params["out"]["w"])
+    if "b" in params["out"]:
+        logits = logits + params["out"]["b"][None, :]
     aux = {"preacts": preacts, "norm_inputs": norm_inputs} if capture else {}
     return logits, new_state, aux

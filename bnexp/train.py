@@ -118,12 +118,20 @@ def loss_fn(
     norm_call: Mapping[str, Any] | None = None,
     dense: Any = None,
 ) -> tuple[Array, tuple[Any, Array]]:
-    """Mean softmax cross-entropy; returns (loss, (new_norm_state, logits)) for value_and_grad."""
+    """Mean per-example loss (spec.loss: softmax cross-entropy on int labels, or the squared error
+    ||out - y||^2 on float targets); returns (loss, (new_norm_state, logits)) for value_and_grad."""
     logits, new_state, _ = models.apply(
         params, norm_state, x, spec, mode=mode, key=key, norm_call=norm_call, dense=dense
     )
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, (new_state, logits)
+    return per_example_loss(logits, y, spec).mean(), (new_state, logits)
+
+
+def per_example_loss(out: Array, y: Array, spec: ModelSpec) -> Array:
+    """(N,) losses: cross-entropy of logits vs int labels, or ||out - y||^2 (spec.loss "mse";
+    Santurkar et al.'s deep linear network: ||W_L ... W_1 x - A x||^2, summed over outputs)."""
+    if spec.loss == "mse":
+        return jnp.square(out - y).sum(-1)
+    return optax.softmax_cross_entropy_with_integer_labels(out, y)
 
 
 def init_carry(cfg: StepConfig, hp: Mapping[str, Any]) -> Carry:
@@ -307,7 +315,9 @@ def evaluate(
 
     def score(xb: Array, yb: Array) -> tuple[Array, Array]:
         logits, _, _ = models.apply(params, norm_state, xb, spec, mode=mode, norm_call=norm_call)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, yb)
+        losses = per_example_loss(logits, yb, spec)
+        if spec.loss == "mse":  # regression: no accuracy (NaN), the loss is the measure
+            return jnp.full(losses.shape, jnp.nan, jnp.float32), losses
         return (jnp.argmax(logits, -1) == yb).astype(jnp.float32), losses
 
     n = x.shape[0]
@@ -316,14 +326,14 @@ def evaluate(
             return jnp.full((), jnp.nan), jnp.full((), jnp.nan)
         nb = n // batch_size
         xs = x[: nb * batch_size].reshape((nb, batch_size) + x.shape[1:])
-        ys = y[: nb * batch_size].reshape((nb, batch_size))
+        ys = y[: nb * batch_size].reshape((nb, batch_size) + y.shape[1:])
         k, per = _chunks(nb, max(1, EVAL_CHUNK // batch_size))  # k chunks of `per` batches
         fill = k * per - nb  # filler batches (copies of batch 0), weighted 0
         xs = jnp.concatenate([xs, jnp.broadcast_to(xs[:1], (fill,) + xs.shape[1:])])
-        ys = jnp.concatenate([ys, jnp.broadcast_to(ys[:1], (fill, batch_size))])
+        ys = jnp.concatenate([ys, jnp.broadcast_to(ys[:1], (fill,) + ys.shape[1:])])
         correct, losses = _map(
             lambda a: jax.vmap(score)(*a),
-            (xs.reshape((k, per) + xs.shape[1:]), ys.reshape((k, per, batch_size))),
+            (xs.reshape((k, per) + xs.shape[1:]), ys.reshape((k, per) + ys.shape[1:])),
             unrolled,
         )
         w = (jnp.arange(k * per) < nb).astype(jnp.float32).reshape((k, per, 1))
@@ -332,7 +342,7 @@ def evaluate(
     k, size = _chunks(n, EVAL_CHUNK)
     pad = k * size - n
     xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape((k, size) + x.shape[1:])
-    ys = jnp.pad(y, (0, pad)).reshape((k, size))
+    ys = jnp.pad(y, ((0, pad),) + ((0, 0),) * (y.ndim - 1)).reshape((k, size) + y.shape[1:])
     mask = (jnp.arange(k * size) < n).reshape((k, size)).astype(jnp.float32)
     correct, losses = _map(lambda a: score(*a), (xs, ys), unrolled)
     return (correct * mask).sum() / n, (losses * mask).sum() / n

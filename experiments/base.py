@@ -87,6 +87,9 @@ class Experiment:
     validate: Callable[[Any], None] | None = None
     # The paper's own number(s) for the claim, for the report's claims table ("" when none exists)
     paper: str = ""
+    # An identity of a correct implementation (e.g. BN's scale invariance at eps = 0), not an
+    # empirical claim: reports list it as a check, apart from the tally of claims (SCIENCE.md)
+    identity: bool = False
 
     def preset(self, name: str) -> Config:
         if name not in self.presets:

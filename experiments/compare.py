@@ -5,7 +5,22 @@ Setup: the paper's MLP 784-100-100-100-10 with sigmoid units, BN before each sig
 dropped), batch 60. The paper states neither optimizer nor learning rate; we use plain SGD at
 lr 0.5 and Gaussian init with std 0.1, the values of a third-party reproduction that got 0.980 with
 BN vs 0.977 without on full MNIST. Arms are paired: every arm of seed s starts from the same weight
-matrices and sees the same batches in the same order.
+matrices and sees the same batches in the same order. The paper trained on binary images: `--set
+binarize=true` thresholds every pixel at 0.5 (> 0.5 -> 1, else 0) once, in the data pipeline
+(`bnexp.data.binarize`), for both splits and every arm; the default keeps MNIST's grey levels, as
+the third-party reproduction did.
+
+Targets sit below the plateau, where both arms get within the budget (a target at the plateau
+turns the speedup into the race to the last digit, or into a lower bound only): the quick preset
+(3,000 steps, full MNIST) ends at about 95.8-95.9% in both arms, so its targets are 80%, 90% and
+94% (early, middle and late training, the last ~2 points below the end); the paper preset's
+(50,000 steps, 98.0% vs 97.7% in the reproduction) are 95%, 96% and 97%. Evaluation starts at
+step 0 and is dense in early training (geometric + linear schedule), where BN is ahead.
+
+Rule (fixed before the runs that judge it; SCIENCE.md): one log-speedup condition per target
+(censored steps-to-target, paired by seed: reproduced when the interval lies above 0, i.e. > 1x;
+within 10% either way is negligible) and the final accuracy as a paired difference BN - baseline
+(reproduced when its interval lies above 0; within +-0.1 pt is negligible).
 """
 
 from __future__ import annotations
@@ -24,8 +39,10 @@ CLAIM = "BN reaches a given test accuracy in fewer steps and ends higher"
 @dataclass(frozen=True)
 class CompareConfig(Config):
     arms: tuple[str, ...] = ("batch", "none")  # norms by name; "none" is the baseline
-    targets: tuple[float, ...] = (0.85, 0.90, 0.92)
+    # below the quick plateau (~95.8-95.9% at 3,000 steps on full MNIST; see the module doc)
+    targets: tuple[float, ...] = (0.80, 0.90, 0.94)
     norm_groups: int = 10  # for group norm arms (must divide every hidden width)
+    binarize: bool = False  # the paper's binary images: pixels > 0.5 -> 1, else 0 (data pipeline)
 
     def accuracy_targets(self) -> tuple[float, ...]:
         return tuple(self.targets)
@@ -42,7 +59,7 @@ PRESETS = {
         steps=50_000,
         eval_every=1000,
         seeds=5,
-        targets=(0.95, 0.97, 0.98),
+        targets=(0.95, 0.96, 0.97),  # below the 97.7% / 98.0% the reproduction ended at
     ),
 }
 
@@ -56,8 +73,16 @@ def trials(cfg: CompareConfig):
     for norm in cfg.arms:
         opts = (("groups", cfg.norm_groups),) if norm == "group" else ()
         model = mlp(cfg, norm, norm_options=opts)
-        out += [make_trial(cfg, model, seed=s, tag=arm_label(norm)) for s in range(cfg.seeds)]
+        out += [
+            make_trial(cfg, model, seed=s, tag=arm_label(norm), data_options=data_options(cfg))
+            for s in range(cfg.seeds)
+        ]
     return out
+
+
+def data_options(cfg: CompareConfig) -> tuple[tuple[str, bool], ...]:
+    """The data pipeline's options: ("binarize", True) for the paper's binary images."""
+    return (("binarize", True),) if cfg.binarize else ()
 
 
 def validate(cfg: CompareConfig) -> None:
@@ -67,6 +92,8 @@ def validate(cfg: CompareConfig) -> None:
         raise ConfigError(
             f"norm_groups={cfg.norm_groups} must divide every hidden width {cfg.hidden}"
         )
+    if cfg.binarize and cfg.dataset == "synthetic":
+        raise ConfigError("binarize needs an image dataset (mnist, ...), not synthetic features")
     if any(not 0 < t <= 1 for t in cfg.targets):
         raise ConfigError(f"targets must be accuracies in (0, 1], got {cfg.targets}")
 

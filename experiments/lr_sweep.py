@@ -12,6 +12,13 @@ diverge at a high learning rate but saturates and stalls at chance (10%), which 
 of SCIENCE.md (non-finite loss or 1e3 x the initial loss) does not count; `--set
 activation=sigmoid` runs that variant (the `activations` experiment covers it). A setting "trains"
 when its median seed reaches `target` eval-mode accuracy within the budget.
+
+Rule (fixed before the runs that judge it; SCIENCE.md): the share of seeds in which the baseline
+diverges above its best learning rate exceeds 0.5 (Wilson interval); the highest learning rate at
+which BN trains over the baseline's best exceeds `high_lr_factor` (5x; per-seed log ratio); BN at
+its best learning rate is faster than the baseline at its own (censored log speedup > 0); and at
+the smallest learning rate the paired final-accuracy difference BN - baseline lies wholly inside
+(-close_tol, +close_tol) with close_tol = 1 point (an equivalence claim; see CLOSE_REASON).
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ class LRSweepConfig(Config):
     lrs: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
     target: float = 0.90  # eval-mode test accuracy that counts as "trains"
     high_lr_factor: float = 5.0  # BN must train at >= this x the baseline's best LR
-    close_tol: float = 0.05  # at the smallest LR, final accuracies within this are "close"
+    close_tol: float = 0.01  # at the smallest LR, |BN - baseline| below this is "close" (1 pt)
 
     def accuracy_targets(self) -> tuple[float, ...]:
         return (self.target,)
@@ -87,6 +94,10 @@ def validate(cfg: LRSweepConfig) -> None:
         raise ConfigError(f"lrs must be positive learning rates, got {cfg.lrs}")
     if not 0 < cfg.target <= 1:
         raise ConfigError(f"target must be an accuracy in (0, 1], got {cfg.target}")
+    if not 0 < cfg.close_tol < 1:
+        raise ConfigError(
+            f"close_tol must be an accuracy difference in (0, 1), got {cfg.close_tol}"
+        )
 
 
 def _best(steps: dict[float, Any], final: dict[float, float | None]) -> float | None:
@@ -114,8 +125,12 @@ FAST_REASON = (
     "speedup of BN at its best learning rate over the baseline at its own (> 1x)"
 )
 CLOSE_REASON = (
-    "Bjorck et al. 2018: at a tiny learning rate BN gives no advantage; the final accuracies at "
-    "the smallest learning rate must agree within close_tol (an equivalence claim)"
+    "Bjorck et al. 2018: at a tiny learning rate BN gives no advantage (an equivalence claim): "
+    "the paired final-accuracy difference at the smallest learning rate must lie wholly inside "
+    "+-close_tol (default 1 point: 100 of MNIST's 10,000 test images), small against what BN changes "
+    "elsewhere in this sweep (tens of points where the baseline diverges), and not tighter, "
+    "because at the smallest learning rate both arms are still climbing at the end of the "
+    "budget, where a few tenths of a point measure only how far an unfinished run has got"
 )
 
 

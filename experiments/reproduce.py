@@ -163,7 +163,13 @@ def entry(exp: Experiment | None, run_dir: Path, name: str | None = None) -> htm
         return htmlreport.Entry(run_dir, name or run_dir.name)
     config = results.read_json(run_dir / "config.json")
     return htmlreport.Entry(
-        run_dir, exp.name, exp.claim, exp.source, exp.paper, rerun_command(exp, config)
+        run_dir,
+        exp.name,
+        exp.claim,
+        exp.source,
+        exp.paper,
+        rerun_command(exp, config),
+        identity=exp.identity,
     )
 
 
@@ -205,6 +211,7 @@ def write_index(rep: Reproduction) -> Path:
         experiments.append(
             {
                 "name": i.experiment.name,
+                "identity": i.experiment.identity,  # an identity check, not a claim
                 "run_dir": rel(i.run_dir),
                 "action": i.action,
                 "error": i.error,

@@ -18,6 +18,10 @@ the change there, or it proves nothing).
 Reproduced when, for "bn" at every scale, layer, point and seed, the output change is at most
 `out_tol` (float32 noise: about 100 ulp) and |a * ratio - 1| at most `grad_tol`, while the
 baseline's output change exceeds `out_tol` (otherwise: inconclusive).
+
+This is an identity of a correct BN, not an empirical claim of the literature: the registry marks
+it `identity=True`, and `bnexp reproduce`'s report lists it among the identity checks, apart from
+the tally of claims (SCIENCE.md, "Verdicts").
 """
 
 from __future__ import annotations
@@ -238,6 +242,7 @@ EXPERIMENT = Experiment(
     plot=plot,
     validate=validate,
     paper="no number: an identity, BN(aWu) = BN(Wu) and dBN/d(aW) = (1/a) dBN/dW (ignoring eps)",
+    identity=True,
     shows="per arm and scale a: worst relative output change, gradient ratio vs 1/a, and the "
     "gradient error",
 )

@@ -420,6 +420,31 @@ def test_files_placed_by_hand_are_verified_without_network(cache, server, refuse
     assert data.load("fake-idx").x_train.shape == (12, 16)
 
 
+def test_binarize_thresholds_at_half_and_load_applies_it_once(
+    cache, server, refused_url, monkeypatch
+):
+    edges = np.array([0, 1, 127, 128, 200, 255], dtype=np.uint8)
+    np.testing.assert_array_equal(data.binarize(edges), [0, 0, 0, 255, 255, 255])  # > 0.5 of 255
+    serve_idx(server)
+    register_fake_idx(monkeypatch, [refused_url])
+    target = cache / "fake-idx"
+    target.mkdir(parents=True)
+    for name in FAKE_IDX_NAMES:
+        (target / name).write_bytes(server.routes["/good/" + name][1])
+    content = fake_idx_content()
+    raw_tr, raw_te = data.parse_idx(content["tr-img.gz"]), data.parse_idx(content["te-img.gz"])
+    ds = data.load("fake-idx", layout="nhwc", standardize="none", binarize=True)
+    np.testing.assert_array_equal(ds.x_train[..., 0], (raw_tr / 255.0 > 0.5).astype(np.float32))
+    np.testing.assert_array_equal(ds.x_test[..., 0], (raw_te / 255.0 > 0.5).astype(np.float32))
+    assert "binarized" in ds.source
+    # standardized afterwards with the binary training split's statistics
+    g = data.load("fake-idx", binarize=True)
+    b = (raw_tr / 255.0 > 0.5).astype(np.float64)
+    np.testing.assert_allclose(g.x_train, ((b - b.mean()) / b.std()).reshape(12, 16), rtol=1e-5)
+    with pytest.raises(TypeError, match="binarize"):
+        data.load("fake-idx", binarise=True)
+
+
 def test_corrupt_file_in_cache_is_refused_by_load_and_replaced_by_download(
     cache, server, monkeypatch
 ):

@@ -344,3 +344,48 @@ def test_forest_plots_are_deterministic(condition_runs):
     png = (out / "forest.png").read_bytes()
     second = {k: p.read_bytes() for k, p in htmlreport.write(entries, out).items()}
     assert first == second and (out / "forest.png").read_bytes() == png
+
+
+def test_identity_checks_are_listed_apart_from_the_tally_of_claims(tmp_path):
+    out = tmp_path / "out"
+    a = make_run(out, "alpha", reproduced=True)
+    b = make_run(out, "beta", reproduced=False)
+    s = make_run(out, "scale", reproduced=True, evidence="max output change 3e-07")
+    check = htmlreport.Entry(s, "scale", "an identity", "Sec. 3.3", "", "cmd", identity=True)
+    paths = htmlreport.write([entry(a, "alpha"), entry(b, "beta"), check], out)
+    root = parse(paths["html"].read_text())
+    claims = root.findall(".//table[@id='claims-table']/tbody/tr")
+    assert [r.get("data-experiment") for r in claims] == ["alpha", "beta"]
+    [row] = root.findall(".//table[@id='checks-table']/tbody/tr")
+    cells = {td.get("data-label"): "".join(td.itertext()) for td in row.findall("td")}
+    assert cells["experiment"] == "scale" and cells["verdict"] == "reproduced"
+    assert cells["bnexp measured"] == "max output change 3e-07"
+    lede = root.find(".//p[@class='lede']").text
+    assert lede.startswith("2 claims tested: 1 reproduced, 1 not reproduced, 0 inconclusive. ")
+    assert "1 identity check of the implementation, not counted among the claims: 1 reproduced" in (
+        lede
+    )
+    md = paths["md"].read_text()
+    assert md.splitlines()[2] == lede
+    assert "| scale | claim of scale | reproduced | max output change 3e-07 |" in md
+    assert f"#{root.find('.//h2').text}" if False else True
+    assert len(root.findall(".//section//h2")) >= 4  # every run keeps its own section
+
+
+def test_the_overall_forest_plot_leaves_identity_checks_out(condition_runs, monkeypatch):
+    from bnexp import plots
+
+    out, entries, _ = condition_runs
+    drawn = {}
+
+    def fake_forest(groups, path, title=""):
+        drawn[Path(path).name] = [name for name, _ in groups]
+        return None
+
+    monkeypatch.setattr(plots, "forest", fake_forest)
+    gamma = entries[2]
+    check = htmlreport.Entry(gamma.run_dir, "gamma", gamma.claim, identity=True)
+    views = [htmlreport.load(e, out) for e in [entries[0], entries[1], check]]
+    htmlreport.write_forests(views, out)
+    assert drawn["forest.png"] == ["alpha", "beta"]  # the claims; gamma is an identity check
+    assert drawn["forest-gamma.png"] == ["gamma"]  # which keeps its own section's plot

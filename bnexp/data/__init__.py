@@ -14,7 +14,7 @@ nothing is unpickled.
 """
 
 from .batching import batch_indices, epoch_permutation
-from .dataset import LAYOUTS, STANDARDIZE, Dataset, clear_cache, load, preprocess
+from .dataset import LAYOUTS, STANDARDIZE, Dataset, binarize, clear_cache, load, preprocess
 from .fetch import ProgressFn, VerificationError, download, local_status, mirrors_for
 from .formats import parse_cifar_records, parse_idx
 from .registry import (
@@ -43,6 +43,7 @@ __all__ = [
     "UnknownDatasetError",
     "VerificationError",
     "batch_indices",
+    "binarize",
     "cache_dir",
     "clear_cache",
     "dataset_dir",

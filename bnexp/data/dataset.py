@@ -18,7 +18,8 @@ STANDARDIZE = ("global", "feature", "none")
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A loaded dataset: float32 inputs, int32 labels, split into train and test.
+    """A loaded dataset: float32 inputs, int32 labels (float32 (N, K) targets for a regression
+    task, where num_classes is K), split into train and test.
 
     x_*: (N, D) for layout "flat", (N, H, W, C) for "nhwc"; input_shape is one example's shape.
     The arrays are read-only (the same object is shared by every caller of `load`).
@@ -92,6 +93,14 @@ def preprocess(
         return out
 
     return apply(x_train), apply(x_test)
+
+
+def binarize(x_u8: np.ndarray) -> np.ndarray:
+    """Binary images: a pixel above 0.5 on the [0, 1] scale (uint8 > 127.5, i.e. >= 128) becomes
+    255, every other pixel 0 (uint8, same shape). Ioffe & Szegedy's MNIST run (Sec. 4.1) used
+    binary images; standardization (`preprocess`) is applied afterwards, with the statistics of
+    the binarized training split."""
+    return np.where(x_u8 >= 128, np.uint8(255), np.uint8(0))
 
 
 def _missing(info: DatasetInfo, path) -> DatasetError:
@@ -174,10 +183,12 @@ def load(name: str, *, layout: str = "flat", **options) -> Dataset:
     """Load dataset `name` from the local cache (never from the network).
 
     layout: "flat" gives x of shape (N, D) for MLPs, "nhwc" gives (N, H, W, C) for CNNs.
-    Options: `standardize` ("global" default, "feature", "none"; see `preprocess`) and `n_train`
+    Options: `standardize` ("global" default, "feature", "none"; see `preprocess`), `n_train`
     (a class-stratified subset of that many training images, seeded with SUBSET_SEED + 2, so the
     same images every run; standardized with the subset's own statistics; the test split is
-    kept whole) for image datasets; for "synthetic" the keywords of `sources.synthetic` (n_train, n_test, dim,
+    kept whole) and `binarize` (False default; True: pixels > 0.5 -> 1, else 0, before
+    standardizing; see `binarize`) for image datasets; for "synthetic" the keywords of
+    `sources.synthetic` (n_train, n_test, dim,
     image_shape, num_classes, seed, task, noise). A download dataset that is not in the cache
     raises DatasetError telling the user to run `bnexp download NAME`. Results are cached
     in-process per (dataset, layout, options, cache directory).
@@ -198,15 +209,19 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
         opts = {"n_train": info.n_train, "n_test": info.n_test, "num_classes": num_classes} | opts
         num_classes = int(opts["num_classes"])
         x_tr, y_tr, x_te, y_te, shape = sources.synthetic(**opts)
+        if y_tr.ndim == 2:  # regression targets (task "linear"): one output per target column
+            num_classes = int(y_tr.shape[1])
         if layout == "nhwc" and len(shape) != 3:
             raise ValueError("synthetic data in layout 'nhwc' needs image_shape=(H, W, C)")
         source = f"{info.source} ({', '.join(f'{k}={v}' for k, v in options) or 'defaults'})"
     else:
         standardize = opts.pop("standardize", "global")
         n_train = opts.pop("n_train", None)
+        binary = bool(opts.pop("binarize", False))
         if opts:
             raise TypeError(
-                f"{info.name}: unknown option(s) {sorted(opts)}; only 'standardize', 'n_train'"
+                f"{info.name}: unknown option(s) {sorted(opts)}; only 'standardize', 'n_train', "
+                "'binarize'"
             )
         x_tr8, y_tr, x_te8, y_te = _raw_arrays(info, _cache_key)
         if n_train is not None:
@@ -218,22 +233,31 @@ def _load(info: DatasetInfo, layout: str, options: tuple, _cache_key: str) -> Da
                 y_tr, int(n_train), num_classes, sources.SUBSET_SEED + 2
             )
             x_tr8, y_tr = x_tr8[rows], y_tr[rows]
+        if binary:  # once, here: every trial of the run sees the same binary images
+            x_tr8, x_te8 = binarize(x_tr8), binarize(x_te8)
         x_tr, x_te = preprocess(x_tr8, x_te8, standardize)
         shape = x_tr.shape[1:]
         source = info.source
         if n_train is not None:
             source += f" (stratified subset of {n_train} training images)"
+        if binary:
+            source += " (binarized: pixels > 0.5 -> 1)"
     if layout == "flat":
         shape = (int(np.prod(shape)),)
     arrays = [
         np.ascontiguousarray(x_tr.reshape(len(x_tr), *shape), dtype=np.float32),
-        np.ascontiguousarray(y_tr, dtype=np.int32),
+        np.ascontiguousarray(y_tr, dtype=_label_dtype(y_tr)),
         np.ascontiguousarray(x_te.reshape(len(x_te), *shape), dtype=np.float32),
-        np.ascontiguousarray(y_te, dtype=np.int32),
+        np.ascontiguousarray(y_te, dtype=_label_dtype(y_te)),
     ]
     for a in arrays:
         a.flags.writeable = False
     return Dataset(info.name, *arrays, num_classes, tuple(int(s) for s in shape), source)
+
+
+def _label_dtype(y: np.ndarray) -> type:
+    """int32 class labels, or float32 regression targets (synthetic task "linear")."""
+    return np.float32 if y.dtype.kind == "f" else np.int32
 
 
 def clear_cache() -> None:

@@ -118,6 +118,9 @@ def synthetic(
     balanced (label = index mod K, then shuffled).
     task "teacher": x ~ N(0, I_d) and y = argmax(tanh(x W1 / sqrt(d)) W2) for a random two-layer
     teacher with 4K hidden units; classes need not be balanced.
+    task "linear": regression, x ~ N(0, I_d) and float32 targets y = A x (shape (N, d)) for one
+    random A with N(0, 1) entries (d x d; Santurkar et al.'s deep linear network task, loss
+    ||W_L ... W_1 x - A x||^2); num_classes is ignored, `noise` adds noise * N(0, 1) to y.
     Train and test are drawn from the same distribution with one generator seeded by `seed`.
     The features are already centred with unit scale, so no standardization is applied.
     `image_shape` (H, W, C) overrides `dim` with H*W*C and shapes examples as images.
@@ -140,9 +143,13 @@ def synthetic(
         w1 = rng.standard_normal((dim, 4 * num_classes)) / np.sqrt(dim)
         w2 = rng.standard_normal((4 * num_classes, num_classes))
         y = np.argmax(np.tanh(x @ w1) @ w2, axis=1)
+    elif task == "linear":
+        x = rng.standard_normal((n, dim))
+        a = rng.standard_normal((dim, dim))
+        y = (x @ a.T + noise * rng.standard_normal((n, dim))).astype(np.float32)
     else:
-        raise ValueError(f"synthetic task must be 'clusters' or 'teacher', got {task!r}")
+        raise ValueError(f"synthetic task must be 'clusters', 'teacher' or 'linear', got {task!r}")
     x = x.astype(np.float32)
-    y = y.astype(np.int32)
+    y = y.astype(np.float32 if task == "linear" else np.int32)
     shape = image_shape if image_shape is not None else (dim,)
     return x[:n_train], y[:n_train], x[n_train:], y[n_train:], shape
