@@ -258,7 +258,7 @@ def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_
         return outcome
     _render(
         outcome.analysis.tables,
-        runner.verdict_dict(outcome.analysis),
+        outcome.analysis.verdict.to_json(),
         header=f"{exp.name} ({outcome.config.preset} preset)",
     )
     con = report.make_console()

@@ -57,9 +57,14 @@ class Config:
 
 @dataclass
 class Table:
+    """One table of an analysis: rows of typed values (one value per cell), shown by column."""
+
     title: str
     columns: list[str]
     rows: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows}
 
 
 @dataclass

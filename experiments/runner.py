@@ -183,8 +183,8 @@ def run(
                     plot_dir = run_dir / "plots"
                     plot_dir.mkdir(exist_ok=True)
                     analysis.plots = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
-                    vd = verdict_dict(analysis)  # and the verdict's forest plot, when it has one
-                    if isinstance(vd, dict) and vd.get("conditions"):
+                    vd = analysis.verdict.to_json()  # and the verdict's forest plot, if any
+                    if vd["conditions"]:
                         analysis.plots.append(
                             plots.forest([(exp.name, vd)], plot_dir / "verdict.png")
                         )
@@ -199,11 +199,11 @@ def run(
                 results.write_summary(
                     run_dir,
                     summary_rows(analysis),
-                    verdict_dict(analysis),
+                    analysis.verdict.to_json(),
                     timing,
                     experiment=exp.name,
                     preset=cfg.preset,
-                    tables=tables_dict(analysis),
+                    tables=[t.to_json() for t in analysis.tables],
                     plots=[p.name for p in analysis.plots],
                 )
         except KeyboardInterrupt:
@@ -213,15 +213,6 @@ def run(
 
 def summary_rows(analysis: Analysis) -> list[dict[str, Any]]:
     return [dict(r, table=t.title) for t in analysis.tables for r in t.rows]
-
-
-def tables_dict(analysis: Analysis) -> list[dict[str, Any]]:
-    return [{"title": t.title, "columns": t.columns, "rows": t.rows} for t in analysis.tables]
-
-
-def verdict_dict(analysis: Analysis) -> dict[str, Any]:
-    """The verdict as stored in summary.json and printed by --json (stats.Verdict.to_json)."""
-    return analysis.verdict.to_json()
 
 
 def trial_json(t: Trial, r: TrialResult, tgts: Sequence[float]) -> dict[str, Any]:
@@ -253,8 +244,8 @@ def outcome_json(o: Outcome) -> dict[str, Any]:
         "run_dir": str(o.run_dir),
         "config": config_dict(o.config),
         "rows": summary_rows(o.analysis),
-        "tables": tables_dict(o.analysis),
-        "verdict": verdict_dict(o.analysis),
+        "tables": [t.to_json() for t in o.analysis.tables],
+        "verdict": o.analysis.verdict.to_json(),
         "trials": [trial_json(t, r, tgts) for t, r in zip(o.trials, o.results, strict=True)],
         "plots": [str(p) for p in o.analysis.plots],
         **o.timing,

@@ -1,7 +1,7 @@
 """The runner draws plots/verdict.png, the forest plot of the run's verdict, when it has conditions.
 
-No training: the experiment has no trials, its analysis and plots are stubs, and verdict_dict is
-replaced by one returning a stats.Verdict's JSON (as the converted experiments will produce).
+No training: the experiment has no trials, its analysis and plots are stubs, its verdict a
+stats.Verdict with or without conditions.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 
 from bnexp import results, stats
 from experiments import runner
-from experiments.base import Analysis, Config, Experiment, Verdict
+from experiments.base import Analysis, Config, Experiment
 
 
-def _experiment() -> Experiment:
+def _experiment(verdict: stats.Verdict) -> Experiment:
     return Experiment(
         name="stub",
         claim="c",
@@ -23,7 +23,7 @@ def _experiment() -> Experiment:
         config_type=Config,
         presets={"smoke": Config(preset="smoke")},
         trials=lambda cfg: [],
-        analyze=lambda cfg, rs: Analysis([], Verdict("c", None, "e")),
+        analyze=lambda cfg, rs: Analysis([], verdict),
         plot=lambda cfg, rs, analysis, d: [],
     )
 
@@ -32,10 +32,9 @@ def _experiment() -> Experiment:
 def test_runner_writes_verdict_png(tmp_path, monkeypatch, with_conditions):
     cond = stats.Condition("speedup", math.log(2), (math.log(1.5), math.log(2.5)), math.log(1.2),
                            n=3, unit="log speedup", log=True)  # fmt: skip
-    vd = stats.Verdict("c", (cond,) if with_conditions else (), "e").to_json()
+    verdict = stats.Verdict("c", (cond,) if with_conditions else (), "e")
     monkeypatch.setattr(runner, "prepare", lambda exp, cfg: [])
-    monkeypatch.setattr(runner, "verdict_dict", lambda analysis: vd)
-    o = runner.run(_experiment(), Config(preset="smoke"), out=tmp_path)
+    o = runner.run(_experiment(verdict), Config(preset="smoke"), out=tmp_path)
     png = o.run_dir / "plots" / "verdict.png"
     summary = results.read_json(o.run_dir / "summary.json")
     if with_conditions:
