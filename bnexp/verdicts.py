@@ -116,16 +116,22 @@ def _num(x: Any) -> float | None:
 
 
 def is_points(c: Mapping[str, Any]) -> bool:
-    """A fraction shown as percentage points (its unit names an accuracy or an error)."""
+    """A difference of fractions shown as percentage points (unit "accuracy difference", "error
+    difference")."""
     unit = str(c.get("unit") or "").lower()
-    return not c.get("log") and ("accuracy" in unit or "error" in unit)
+    return not c.get("log") and unit in ("accuracy difference", "error difference")
+
+
+def is_percent(c: Mapping[str, Any]) -> bool:
+    """A fraction shown as a percentage (unit "accuracy" or "error": a level, not a difference)."""
+    return not c.get("log") and str(c.get("unit") or "").lower() in ("accuracy", "error")
 
 
 def display(c: Mapping[str, Any], x: float) -> float:
     """A value of the condition (effect, interval end, threshold) in the unit it is shown in."""
     if c.get("log"):
         return math.exp(x) if x < 700 else math.inf
-    return 100.0 * x if is_points(c) else x
+    return 100.0 * x if is_points(c) or is_percent(c) else x
 
 
 def suffix(c: Mapping[str, Any]) -> str:
@@ -133,6 +139,8 @@ def suffix(c: Mapping[str, Any]) -> str:
         return "x"
     if is_points(c):
         return " pts"
+    if is_percent(c):
+        return "%"
     unit = str(c.get("unit") or "")
     return f" {unit}" if unit else ""
 
@@ -146,7 +154,7 @@ def number(c: Mapping[str, Any], x: float | None, *, unit: bool = True) -> str:
         text = INF if d > 0 else "-" + INF
     elif c.get("log"):
         text = f"{d:.3g}"
-    elif is_points(c):
+    elif is_points(c) or is_percent(c):
         text = f"{round(d, 2) + 0.0:g}"
     else:
         text = f"{d:.3g}"

@@ -58,6 +58,11 @@ def _c(**kw):
         (_c(unit="loss", effect=0.12345, ci95=[-math.inf, 0.2], threshold=0.3), "0.123 loss",
          "(-∞, 0.2] loss", "> 0.3 loss"),
         (_c(effect=2.0), "2", "–", "> 0"),
+        # an accuracy level is a percentage; a relative error is not an accuracy
+        (_c(unit="accuracy", effect=0.9262, ci95=[0.915, 0.9373], threshold=0.9), "92.62%",
+         "[91.5, 93.73]%", "> 90%"),
+        (_c(unit="relative error", effect=2e-7, ci95=[2e-7, 2e-7], threshold=1e-4, direction=-1),
+         "2e-07 relative error", "[2e-07, 2e-07] relative error", "< 0.0001 relative error"),
         (_c(unit="accuracy difference", effect=0.002, ci95=[-0.004, 0.008], threshold=0.01,
             direction=0), "0.2 pts", "[-0.4, 0.8] pts", "|x| < 1 pts"),
     ],
