@@ -150,6 +150,9 @@ def _layer_names(n: int, cfg: ICSConfig) -> list[str]:
     return [f"layer {i + 1} ({k})" for i, k in enumerate(kinds[:n])]
 
 
+RATIO = "||G-G'|| bn/baseline"  # the ICS table's column of BN's ||G-G'|| over the baseline's
+
+
 def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
     by = common.arms(results)
     h = {
@@ -160,7 +163,7 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
     names = _layer_names(n, cfg)
     rows, verdicts = [], []
     for i in range(n):
-        row: dict[str, Any] = {"layer": names[i], "index": i + 1}
+        row: dict[str, Any] = {"layer": names[i]}
         s = {}
         for tag, _ in ARMS:
             norm = metrics.series_summary(h[tag]["ics_norm"][..., i])
@@ -169,15 +172,9 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
                 h[tag]["ics_norm"][..., i] / np.maximum(h[tag]["ics_grad_norm"][..., i], 1e-30)
             )
             s[tag] = (norm.mean, cos.mean)
-            row[f"{tag}_norm"], row[f"{tag}_norm_max"] = norm.mean, norm.max
-            row[f"{tag}_cos"], row[f"{tag}_cos_min"], row[f"{tag}_rel"] = (
-                cos.mean,
-                cos.min,
-                rel.mean,
-            )
-            row[f"{tag} ||G-G'||"] = santurkar.num(norm.mean)
-            row[f"{tag} cos"] = santurkar.num(cos.mean, ".4f")
-            row[f"{tag} rel."] = santurkar.num(rel.mean)
+            row[f"{tag} ||G-G'||"], row[f"{tag} ||G-G'|| max"] = norm.mean, norm.max
+            row[f"{tag} cos"], row[f"{tag} cos min"] = cos.mean, cos.min
+            row[f"{tag} rel."] = rel.mean
         (bn_n, bn_c), (b_n, b_c) = s["bn"], s["baseline"]
         if i == 0:
             row["BN's ICS"] = "0 by definition"
@@ -185,8 +182,7 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
             row["BN's ICS"] = "n/a"
         else:
             ok = bool(bn_n >= (1 - cfg.norm_tol) * b_n and bn_c <= b_c + cfg.cos_tol)
-            row["ratio"] = bn_n / b_n if b_n > 0 else None
-            row["not_smaller"] = ok
+            row[RATIO] = bn_n / b_n if b_n > 0 else None
             row["BN's ICS"] = "not smaller" if ok else "smaller"
             verdicts.append(ok)
         rows.append(row)
@@ -194,6 +190,7 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
         "layer",
         "baseline ||G-G'||",
         "bn ||G-G'||",
+        RATIO,
         "baseline cos",
         "bn cos",
         "baseline rel.",
@@ -205,10 +202,10 @@ def analyze(cfg: ICSConfig, results: list[TrialResult]) -> Analysis:
         final_loss_table(by) if cfg.setting == "deep-linear" else common.final_table(by, gap=False)
     )
     detail = "; ".join(
-        f"{r['layer']}: ||G-G'|| BN/baseline {santurkar.num(r.get('ratio'), '.2f')}x, cos BN "
-        f"{santurkar.num(r['bn_cos'], '.3f')} vs {santurkar.num(r['baseline_cos'], '.3f')}"
+        f"{r['layer']}: ||G-G'|| BN/baseline {santurkar.num(r.get(RATIO), '.2f')}x, cos BN "
+        f"{santurkar.num(r['bn cos'], '.3f')} vs {santurkar.num(r['baseline cos'], '.3f')}"
         for r in rows[1:]
-        if "not_smaller" in r
+        if r["BN's ICS"] in ("not smaller", "smaller")
     )
     ev = (
         f"BN's ICS is not smaller (seed means) in {sum(verdicts)} of {len(verdicts)} layers "
@@ -225,17 +222,11 @@ def final_loss_table(by: dict[str, list[TrialResult]]) -> Table:
         last = [float(r.history["test_loss"][-1]) for r in rs if r.diverged_at is None]
         div = sum(r.diverged_at is not None for r in rs)
         mean = float(np.mean(last)) if last else None
-        rows.append(
-            {
-                "arm": arm,
-                "final_test_loss": mean,
-                "final test loss": santurkar.num(mean),
-                "diverged": div,
-                "seeds": len(rs),
-            }
-        )
+        rows.append({"arm": arm, "final test loss": mean, "diverged": div, "seeds": len(rs)})
     return Table(
-        "Final test loss ||W x - A x||^2 (eval mode)", ["arm", "final test loss", "diverged"], rows
+        "Final test loss ||W x - A x||^2 (eval mode)",
+        ["arm", "final test loss", "diverged", "seeds"],
+        rows,
     )
 
 

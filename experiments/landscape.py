@@ -145,15 +145,11 @@ def analyze(cfg: LandscapeConfig, results: list[TrialResult]) -> Analysis:
         for tag, _ in ARMS:
             per = _per_seed(by.get(tag, []), key, per_point, stat)
             v = [x for x in per.values() if x is not None]
-            vals[tag] = float(np.mean(v)) if v else None
-            row[f"{tag}_value"] = vals[tag]
-            row[tag] = santurkar.num(vals[tag])
+            vals[tag] = row[tag] = float(np.mean(v)) if v else None
             mean = metrics.series_summary(per_point(santurkar.history(by[tag], key))).mean
-            row[f"{tag}_mean"] = mean
+            row[f"{tag} mean over training"] = mean
         b, n = vals["baseline"], vals["bn"]
-        ok = None if b is None or n is None else bool(n < b)
-        row["bn_lower"] = ok
-        row["BN lower"] = {True: "yes", False: "no", None: "n/a"}[ok]
+        row["BN lower"] = None if b is None or n is None else bool(n < b)
         rows.append(row)
     table = Table(
         f"Loss landscape along the gradient (steps {cfg.step_min:g}..{cfg.step_max:g}, "
@@ -163,8 +159,11 @@ def analyze(cfg: LandscapeConfig, results: list[TrialResult]) -> Analysis:
         rows,
     )
     final = common.final_table(by, gap=False)
-    ev = "; ".join(f"{r['measure']}: BN {r['bn']} vs baseline {r['baseline']}" for r in rows)
-    k = sum(bool(r["bn_lower"]) for r in rows)
+    ev = "; ".join(
+        f"{r['measure']}: BN {santurkar.num(r['bn'])} vs baseline {santurkar.num(r['baseline'])}"
+        for r in rows
+    )
+    k = sum(bool(r["BN lower"]) for r in rows)
     ev = f"BN lower (seed means) on {k} of {len(rows)}: " + ev
     return Analysis([table, final], Verdict(CLAIM, conditions(cfg, by), ev))
 

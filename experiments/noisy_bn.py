@@ -42,7 +42,7 @@ from bnexp.sweep import TrialResult
 from experiments import common, santurkar
 from experiments import conditions as cond
 from experiments.base import Analysis, ConfigError, Experiment, Verdict
-from experiments.distributions import drift_table, seed_drifts
+from experiments.distributions import drift_mean, drift_table, seed_drifts
 
 CLAIM = (
     "BN helps even with a deliberately unstable distribution: noisy BN trains about as well "
@@ -116,7 +116,7 @@ def analyze(cfg: NoisyBNConfig, results: list[TrialResult]) -> Analysis:
         "units of (median range + 15-85 spread range), mean over seeds; 15/50/85 of unit 0 of "
         "seed 0",
     )
-    drift = {r["arm"]: r["drift_mean"] for r in table.rows}
+    drift = {r["arm"]: drift_mean(r) for r in table.rows}
     ev = (
         f"final accuracy: noisy BN {common.pct(acc['noisy'])}, BN {common.pct(acc['bn'])}, "
         f"baseline {common.pct(acc['baseline'])}; drift (median over units, mean over seeds): "

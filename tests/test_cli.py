@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -77,11 +78,27 @@ def check_document(doc: dict, name: str) -> None:
     assert len(list((run_dir / "trials").glob("*.npz"))) == len(doc["trials"])
 
 
+# experiments whose tables hold one typed value per cell (report.format_cell renders it)
+ONE_VALUE_PER_CELL = {"distributions", "noisy-bn", "ics", "landscape"}
+NUMBER_TEXT = re.compile(r"^[+-]?\d[\d.,]*(e[+-]?\d+)?\s*(%|x|pts)?(\s*±.*)?$")
+
+
+def check_one_value_per_cell(doc: dict) -> None:
+    """No cell is the text of a number (the number itself is the cell, formatted by the
+    renderers), and no hidden key repeats a displayed one as `<col>_mean` / `<col>_value`."""
+    for r in doc["rows"]:
+        for k, v in r.items():
+            assert not (isinstance(v, str) and NUMBER_TEXT.match(v.strip())), (k, v)
+            assert not k.endswith(("_mean", "_value", "_norm", "_cos")), k
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REGISTRY))  # every registered experiment
 def test_every_experiment_smoke_through_cli(tmp_path, name):
     doc = run_json(tmp_path, "run", name)
     check_document(doc, name)
+    if name in ONE_VALUE_PER_CELL:
+        check_one_value_per_cell(doc)
     plots = list((Path(doc["run_dir"]) / "plots").glob("*.png"))
     assert plots and all(p.stat().st_size > 5000 for p in plots)
 
