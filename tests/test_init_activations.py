@@ -158,8 +158,12 @@ def test_activations_rule_is_the_baseline_best_lr_and_bn_at_5x():
     assert trains.outcome == S.NOT_REPRODUCED
     assert an.verdict.outcome == S.NOT_REPRODUCED
     row = an.tables[0].rows[0]
-    assert row["baseline_saturated_init"] == 0.0
-    assert row["baseline_saturated_end"] == pytest.approx(0.25)
+    assert row["baseline saturated init"] == 0.0
+    assert row["baseline saturated end"] == pytest.approx(0.25)
+    assert row["lr"] == pytest.approx(CFG_A.lr * CFG_A.lr_multipliers[0])
+    assert row["baseline final acc"]["mean"] == pytest.approx(0.11)
+    # one typed value per cell (issue 13): every key is a displayed column
+    assert all(set(r) == set(A.COLUMNS) for r in an.tables[0].rows)
 
 
 def test_activations_baseline_training_at_one_lr_breaks_the_stall():
