@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from bnexp import metrics
 from bnexp.sweep import TrialResult
 from experiments import common
 from experiments import conditions as cond
@@ -118,7 +119,7 @@ def validate(cfg: ActivationsConfig) -> None:
         raise ConfigError(f"stall and target must be in (0, 1], got {cfg.stall}, {cfg.target}")
 
 
-def _saturation(rs: list[TrialResult]) -> tuple[float | None, float | None, str]:
+def _saturation(rs: list[TrialResult]) -> tuple[float | None, float | None]:
     """Seed-mean fraction of saturated units (mean over hidden layers) at init and at the end
     (a diverged member's last finite point)."""
     first, last = [], []
@@ -131,13 +132,27 @@ def _saturation(rs: list[TrialResult]) -> tuple[float | None, float | None, str]
             first.append(sat[0])
             last.append(sat[ok[-1]])
     if not first:
-        return None, None, "n/a"
-    s0, s1 = float(np.mean(first)), float(np.mean(last))
-    return s0, s1, f"{100 * s0:.1f}% -> {100 * s1:.1f}%"
+        return None, None
+    return float(np.mean(first)), float(np.mean(last))
 
 
 def _or(x: float | None, default: float) -> float:
     return default if x is None else x
+
+
+COLUMNS = [
+    "activation",
+    "lr",
+    "x base lr",
+    "baseline final acc",
+    "bn final acc",
+    "baseline steps",
+    "bn steps",
+    "baseline saturated init",
+    "baseline saturated end",
+    "bn saturated init",
+    "bn saturated end",
+]
 
 
 def analyze(cfg: ActivationsConfig, results: list[TrialResult]) -> Analysis:
@@ -145,56 +160,36 @@ def analyze(cfg: ActivationsConfig, results: list[TrialResult]) -> Analysis:
     rows = []
     for act in cfg.activations:
         for m in cfg.lr_multipliers:
-            row: dict[str, Any] = {
-                "activation": act,
-                "lr": cfg.lr * m,
-                "lr (x base)": f"{cfg.lr * m:g} ({m:g}x)",
-            }
+            # one typed value per cell (issue 13): the renderers format each
+            row: dict[str, Any] = {"activation": act, "lr": cfg.lr * m, "x base lr": m}
             for tag, _ in ARMS:
                 rs = by.get(f"{act}/{tag}@{m:g}", [])
-                nums, text = common.final_cell(rs)
-                s = common.arm_steps(rs, cfg.target)
-                reached = s is not None and s.reached
-                row[f"{tag}_final_accuracy"] = nums["mean"]
-                row[f"{tag}_ci95"] = nums["ci95"]
-                row[f"{tag}_steps_to_target"] = s.high if reached else None
-                row[tag] = text
-                row[f"{tag} steps"] = common.steps_text(s)
-                s0, s1, stext = _saturation(rs)
-                row[f"{tag}_saturated_init"], row[f"{tag}_saturated_end"] = s0, s1
-                row[f"{tag} saturated"] = stext
+                row[f"{tag} final acc"] = metrics.summarize_final_accuracy(rs).to_dict()
+                row[f"{tag} steps"] = common.steps_dict(common.arm_steps(rs, cfg.target))
+                row[f"{tag} saturated init"], row[f"{tag} saturated end"] = _saturation(rs)
             rows.append(row)
     depth = f"{len(cfg.hidden)} hidden layers of {', '.join(map(str, sorted(set(cfg.hidden))))}"
     table = Table(
-        f"Final accuracy, steps to {cfg.target:.0%} and saturated units (sigmoid'(z) < 0.01; "
-        f"init -> end) by activation and LR ({depth})",
-        [
-            "activation",
-            "lr (x base)",
-            "baseline",
-            "bn",
-            "baseline steps",
-            "bn steps",
-            "baseline saturated",
-            "bn saturated",
-        ],
+        f"Final accuracy, steps to {cfg.target:.0%} and the fraction of saturated units "
+        f"(sigmoid'(z) < 0.01) at init and at the end by activation and LR ({depth})",
+        COLUMNS,
         rows,
     )
     if "sigmoid" not in cfg.activations:
         return Analysis([table], Verdict(CLAIM, (), "needs the sigmoid activation"))
     sig = [r for r in rows if r["activation"] == "sigmoid"]
-    best = max(sig, key=lambda r: _or(r["baseline_final_accuracy"], -1.0))
+    best = max(sig, key=lambda r: _or(r["baseline final acc"]["mean"], -1.0))
     judged = next(r for r in sig if r["lr"] == cfg.lr * cfg.bn_multiplier)
     lrs = ", ".join(f"{r['lr']:g}" for r in sig)
 
     def sat(tag: str) -> str:
-        return ", ".join(common.pct(r[f"{tag}_saturated_end"]) for r in sig)
+        return ", ".join(common.pct(r[f"{tag} saturated end"]) for r in sig)
 
     ev = (
         f"deep sigmoid MLP ({depth}): the baseline's best seed-mean final accuracy over lr "
-        f"{lrs} is {common.pct(best['baseline_final_accuracy'])} at lr {best['lr']:g} (stalls "
+        f"{lrs} is {common.pct(best['baseline final acc']['mean'])} at lr {best['lr']:g} (stalls "
         f"if < {cfg.stall:.0%}); BN at lr {judged['lr']:g} ({cfg.bn_multiplier:g}x) "
-        f"{common.pct(judged['bn_final_accuracy'])} (trains if > {cfg.target:.0%}); saturated "
+        f"{common.pct(judged['bn final acc']['mean'])} (trains if > {cfg.target:.0%}); saturated "
         f"units at the end by lr: baseline {sat('baseline')}, BN {sat('bn')}"
     )
     return Analysis([table], Verdict(CLAIM, conditions(cfg, by), ev))

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from bnexp import data, norms, plots
+from bnexp import data, metrics, norms, plots
 from bnexp.norms.batch import RENORM_RATE
 from bnexp.stats import REPRODUCED
 from bnexp.sweep import TrialResult, grid_points
@@ -253,36 +253,25 @@ def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
             "lr": cfg.lr * b / cfg.ref_batch,
             "steps": _steps(cfg, b, n)[0],
         }
+        # one typed value per cell (issue 13): metrics.Summary dicts the renderers format
         for norm in cfg.norms:
             rs = by.get(f"{norm}@{b}", [])
-            nums, _ = common.summary_cell(common.finals(rs))
-            e = None if nums["mean"] is None else 1 - nums["mean"]
             lab = LABEL.get(norm, norm)
-            row[f"{norm}_error"] = e
-            row[f"{norm}_ci95"] = (
-                None if nums["ci95"] is None else [1 - v for v in nums["ci95"]][::-1]
-            )
-            div = [r.diverged_at for r in rs if r.diverged_at is not None]
-            row[lab] = (
-                f"diverged @ {int(np.median(div))}"
-                if e is None and div
-                else "n/a"
-                if e is None
-                else f"{100 * e:.2f}%"
-            )
+            row[f"{lab} error (1-acc)"] = metrics.summarize(
+                [None if v is None else 1 - v for v in common.finals(rs)],
+                [r.diverged_at for r in rs],
+            ).to_dict()
             if _has_batch_stats(norm):
                 g = [v for v in map(_gap, rs) if v is not None]
-                gm = float(np.mean(g)) if g else None
-                row[f"{norm}_train_eval_gap"] = gm
-                row[f"{lab} gap"] = "n/a" if gm is None else f"{100 * gm:+.2f}"
+                row[f"{lab} train/eval gap (acc)"] = metrics.summarize(g).to_dict()
         rows.append(row)
     gap_norms = [n for n in cfg.norms if _has_batch_stats(n)]
-    cols = ["batch", "steps", *[LABEL.get(n, n) for n in cfg.norms]]
-    cols += [f"{LABEL.get(n, n)} gap" for n in gap_norms]
+    cols = ["batch", "lr", "steps", *[f"{LABEL.get(n, n)} error (1-acc)" for n in cfg.norms]]
+    cols += [f"{LABEL.get(n, n)} train/eval gap (acc)" for n in gap_norms]
     table = Table(
-        f"Test error (eval mode, mean of {cfg.seeds} seeds) by batch size, {cfg.epochs:g} epochs of "
+        f"Test error (eval mode, over {cfg.seeds} seeds) by batch size, {cfg.epochs:g} epochs of "
         f"{n} training images; gap: train-mode minus eval-mode accuracy on {cfg.gap_sample} "
-        "training images, in points",
+        "training images",
         cols,
         rows,
     )
@@ -291,16 +280,13 @@ def analyze(cfg: BatchSizeConfig, results: list[TrialResult]) -> Analysis:
         f"Converged? Reference arms (batch {cfg.ref_batch}): eval-mode test accuracy change over "
         f"the last third of training, paired over seeds (flat: |change| < {100 * cfg.flat_band:g} "
         "pts)",
-        ["arm", "change", "95% interval", "flat"],
+        ["arm", "change (acc)", "95% low (acc)", "95% high (acc)", "flat"],
         [
             {
                 "arm": c.name,
-                "change_mean": c.effect,
-                "change_ci95": list(c.ci95),
-                "change": "n/a" if c.effect is None else f"{100 * c.effect:+.2f} pts",
-                "95% interval": "n/a"
-                if None in c.ci95
-                else f"[{100 * c.ci95[0]:+.2f}, {100 * c.ci95[1]:+.2f}]",
+                "change (acc)": c.effect,
+                "95% low (acc)": c.ci95[0],
+                "95% high (acc)": c.ci95[1],
                 "flat": c.outcome,
             }
             for c in conv
@@ -438,7 +424,10 @@ def conditions(cfg: BatchSizeConfig, by: dict[str, list[TrialResult]]) -> tuple:
 def plot(cfg: BatchSizeConfig, results: list[TrialResult], analysis: Analysis, out: Path):
     rows = [r for r in analysis.tables[0].rows if isinstance(r.get("batch"), int)]
     bs = np.array([r["batch"] for r in rows], float)
-    err = {LABEL.get(n, n): common.column(rows, f"{n}_error") for n in cfg.norms}
+    err = {
+        lab: common.column([r[f"{lab} error (1-acc)"] for r in rows], "mean")
+        for lab in (LABEL.get(n, n) for n in cfg.norms)
+    }
     return [plots.error_vs_batch_size(bs, err, out / "batch_size.png")]
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bnexp import plots
+from bnexp import metrics, plots
 from bnexp.sweep import TrialResult
 from experiments import common
 from experiments import conditions as cond
@@ -105,7 +105,7 @@ def validate(cfg: InitConfig) -> None:
         raise ConfigError(f"max_spread_ratio must be positive, got {cfg.max_spread_ratio}")
 
 
-def _norm_cell(rs: list[TrialResult]) -> tuple[float | None, float | None, str]:
+def _norm_cell(rs: list[TrialResult]) -> tuple[float | None, float | None]:
     """Seed-mean ||W_1||_F of the first hidden layer at init and at the last finite point."""
     first, last = [], []
     for r in rs:
@@ -115,28 +115,23 @@ def _norm_cell(rs: list[TrialResult]) -> tuple[float | None, float | None, str]:
             first.append(w[0])
             last.append(w[ok[-1]])
     if not first:
-        return None, None, "n/a"
-    w0, w1 = float(np.mean(first)), float(np.mean(last))
-    return w0, w1, f"{w0:.3g} -> {w1:.3g}"
+        return None, None
+    return float(np.mean(first)), float(np.mean(last))
 
 
 def _scale_row(cfg: InitConfig, by: dict[str, list[TrialResult]], a: float) -> dict[str, Any]:
+    """One typed value per cell (issue 13): the scale, the weight std and BN's effective step as
+    floats, each arm's final accuracy as a metrics.Summary dict, the weight norms as floats."""
     row: dict[str, Any] = {
-        "init_scale": a,
+        "init scale": a,
         "judged": a in cfg.init_scales,
-        "init scale": f"{a:g}x",
-        "weight std": f"{a * cfg.init_std:g}",
-        "bn effective lr": f"{cfg.lr / a**2:.3g}",
+        "weight std": a * cfg.init_std,
+        "bn effective lr": cfg.lr / a**2,
     }
     for tag, _ in ARMS:
         rs = by.get(f"{tag}@{a:g}", [])
-        nums, text = common.final_cell(rs)
-        row[f"{tag}_final_accuracy"] = nums["mean"]
-        row[f"{tag}_ci95"] = nums["ci95"]
-        row[tag] = text
-        w0, w1, wtext = _norm_cell(rs)
-        row[f"{tag}_weight_norm_init"], row[f"{tag}_weight_norm_end"] = w0, w1
-        row[f"{tag} ||W1||"] = wtext
+        row[f"{tag} final acc"] = metrics.summarize_final_accuracy(rs).to_dict()
+        row[f"{tag} ||W1|| init"], row[f"{tag} ||W1|| end"] = _norm_cell(rs)
     return row
 
 
@@ -144,7 +139,18 @@ def _pts(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f} pts"
 
 
-COLUMNS = ["init scale", "weight std", "baseline", "bn", "baseline ||W1||", "bn ||W1||"]
+COLUMNS = [
+    "init scale",
+    "weight std",
+    "baseline final acc",
+    "bn final acc",
+    "baseline ||W1|| init",
+    "baseline ||W1|| end",
+    "bn ||W1|| init",
+    "bn ||W1|| end",
+    "bn effective lr",
+]
+SPREAD_LABEL = "spread (max-min over scales, per seed)"
 
 
 def analyze(cfg: InitConfig, results: list[TrialResult]) -> Analysis:
@@ -152,23 +158,17 @@ def analyze(cfg: InitConfig, results: list[TrialResult]) -> Analysis:
     judged = [_scale_row(cfg, by, a) for a in cfg.all_scales() if a in cfg.init_scales]
     diag = [_scale_row(cfg, by, a) for a in cfg.all_scales() if a not in cfg.init_scales]
     bn, base = _spreads(cfg, by, "bn"), _spreads(cfg, by, "baseline")
-    mean = {
-        t: float(np.mean(list(v.values()))) if v else None
-        for t, v in (("bn", bn), ("baseline", base))
-    }
+    spread = {t: metrics.summarize(list(v.values())) for t, v in (("bn", bn), ("baseline", base))}
+    mean = {t: s.mean for t, s in spread.items()}
+    # the spread row: each arm's per-seed spread (an accuracy difference) over the seeds
     judged.append(
-        {
-            "init scale": "spread (max-min, seed mean)",
-            **{t: _pts(mean[t]) for t in mean},
-            "bn_spread": mean["bn"],
-            "baseline_spread": mean["baseline"],
-        }
+        {"init scale": SPREAD_LABEL, **{f"{t} final acc": s.to_dict() for t, s in spread.items()}}
     )
     tables = [
         Table(
             "Final test accuracy by init scale, judged scales (hidden-layer weights scaled; "
-            "||W1||: first hidden layer's weight norm, init -> end)",
-            [*COLUMNS, "bn effective lr"],
+            "||W1||: first hidden layer's weight norm at init and at the end)",
+            COLUMNS,
             judged,
         )
     ]
@@ -177,7 +177,7 @@ def analyze(cfg: InitConfig, results: list[TrialResult]) -> Analysis:
             Table(
                 "Diagnostics, not judged: init scales outside the judged range (BN's effective "
                 "step lr/a^2 is orders of magnitude off there, Sec. 3.3)",
-                [*COLUMNS, "bn effective lr"],
+                COLUMNS,
                 diag,
             )
         )
@@ -240,11 +240,11 @@ def conditions(cfg: InitConfig, by: dict[str, list[TrialResult]]) -> tuple:
 
 def plot(cfg: InitConfig, results: list[TrialResult], analysis: Analysis, out: Path):
     rows = sorted(
-        (r for t in analysis.tables for r in t.rows if "init_scale" in r),
-        key=lambda r: r["init_scale"],
+        (r for t in analysis.tables for r in t.rows if "judged" in r),  # not the spread row
+        key=lambda r: r["init scale"],
     )
-    scales = np.array([r["init_scale"] for r in rows], float)
-    acc = {t: common.column(rows, f"{t}_final_accuracy") for t, _ in ARMS}
+    scales = np.array([r["init scale"] for r in rows], float)
+    acc = {t: common.column([r[f"{t} final acc"] for r in rows], "mean") for t, _ in ARMS}
     return [plots.accuracy_vs_init_scale(scales, acc, out / "init_sensitivity.png")]
 
 

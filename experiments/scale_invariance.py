@@ -119,16 +119,16 @@ def analyze(cfg: ScaleInvarianceConfig, results: list[TrialResult]) -> Analysis:
         for k, a in enumerate(cfg.scales):
             ratio = m["grad_ratio"][..., k]
             ratio = ratio[np.isfinite(ratio)]
-            row: dict[str, Any] = {"arm": tag, "scale": a, "a": f"{a:g}"}
-            row["out_diff_max"] = _max(m["out_diff"][..., k])
-            row["grad_ratio_mean"] = float(ratio.mean()) if ratio.size else None
-            row["ratio_dev_max"] = _max(m["ratio_dev"][..., k])
-            row["grad_err_max"] = _max(m["grad_err"][..., k])
-            row["max output change"] = santurkar.num(row["out_diff_max"], ".2e")
-            row["grad ratio"] = santurkar.num(row["grad_ratio_mean"], ".6g")
-            row["1/a"] = f"{1 / a:.6g}"
-            row["max |a·ratio - 1|"] = santurkar.num(row["ratio_dev_max"], ".2e")
-            row["max grad error"] = santurkar.num(row["grad_err_max"], ".2e")
+            # one typed float per cell (issue 13); the renderers format each (.4g: 1.2e-07)
+            row: dict[str, Any] = {
+                "arm": tag,
+                "a": a,
+                "max output change": _max(m["out_diff"][..., k]),
+                "grad ratio": float(ratio.mean()) if ratio.size else None,
+                "1/a": 1 / a,
+                "max |a·ratio - 1|": _max(m["ratio_dev"][..., k]),
+                "max grad error": _max(m["grad_err"][..., k]),
+            }
             rows.append(row)
         worst[tag] = (_max(m["out_diff"]), _max(m["ratio_dev"]))
     table = Table(

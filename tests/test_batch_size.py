@@ -10,6 +10,7 @@ import pytest
 from bnexp.stats import NOT_REPRODUCED, REPRODUCED
 from bnexp.sweep import Trial, TrialResult
 from experiments import batch_size as B
+from experiments import common
 from experiments.base import ConfigError
 
 T975_DF2 = 4.302652729911275  # Student-t 97.5% quantile, 2 degrees of freedom
@@ -109,10 +110,16 @@ def test_analysis_tables_and_verdict():
     a = B.analyze(CFG, _results())
     table, conv = a.tables
     rows = {r["batch"]: r for r in table.rows}
-    np.testing.assert_allclose(rows[2]["batch_error"], 1 - np.mean([0.90, 0.90, 0.90]))
-    np.testing.assert_allclose(rows[2]["batch_train_eval_gap"], 0.05)
-    assert "group_train_eval_gap" not in rows[2]  # no batch statistics, no gap
+    np.testing.assert_allclose(rows[2]["BN error (1-acc)"]["mean"], 1 - np.mean([0.9, 0.9, 0.9]))
+    np.testing.assert_allclose(rows[2]["BN train/eval gap (acc)"]["mean"], 0.05)
+    assert "GN train/eval gap (acc)" not in rows[2]  # no batch statistics, no gap
     assert [r["arm"] for r in conv.rows] == ["BN @ 32", "GN @ 32", "LN @ 32", "BRN @ 32"]
+    # one typed value per cell (issue 13): every key is a displayed column, no text twin
+    for t in a.tables:
+        assert all(set(r) == set(t.columns) for r in t.rows)
+    for c, r in zip(B.converged(CFG, common.arms(_results())), conv.rows, strict=True):
+        assert r["change (acc)"] == c.effect
+        assert [r["95% low (acc)"], r["95% high (acc)"]] == list(c.ci95)
     assert a.verdict.outcome == NOT_REPRODUCED  # LN is not flat
     assert len(a.verdict.conditions) == 5  # the converged diagnostic is not counted
 

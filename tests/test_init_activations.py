@@ -67,14 +67,22 @@ def test_init_rule_on_the_judged_scales_only():
         c.to_json() for c in an.verdict.conditions
     ]
     judged, diag = an.tables
-    assert [r["init_scale"] for r in judged.rows if "init_scale" in r] == list(CFG_I.init_scales)
-    assert [r["init_scale"] for r in diag.rows] == [0.01, 100.0]
+    assert [r["init scale"] for r in judged.rows if "judged" in r] == list(CFG_I.init_scales)
+    assert [r["init scale"] for r in diag.rows] == [0.01, 100.0]
     assert all(not r["judged"] for r in diag.rows)
     r100 = diag.rows[1]
-    assert r100["bn_weight_norm_init"] == pytest.approx(500.0)
-    assert r100["bn_weight_norm_end"] == pytest.approx(600.0)
+    assert r100["bn ||W1|| init"] == pytest.approx(500.0)
+    assert r100["bn ||W1|| end"] == pytest.approx(600.0)
+    assert r100["weight std"] == pytest.approx(100.0 * CFG_I.init_std)
+    assert r100["bn effective lr"] == pytest.approx(CFG_I.lr / 100.0**2)
     spread_row = judged.rows[-1]
-    assert spread_row["baseline_spread"] == pytest.approx(base_spread.mean())
+    assert spread_row["baseline final acc"]["mean"] == pytest.approx(base_spread.mean())
+    # one typed value per cell (issue 13): every key is a displayed column, bar the judged flag
+    for t in an.tables:
+        assert t.columns == I.COLUMNS
+        for r in t.rows:
+            assert set(r) - {"judged"} <= set(I.COLUMNS), set(r) - set(I.COLUMNS)
+            assert not any(isinstance(v, str) for k, v in r.items() if k != "init scale")
 
 
 def test_init_diverged_member_counts_as_chance():
@@ -150,8 +158,12 @@ def test_activations_rule_is_the_baseline_best_lr_and_bn_at_5x():
     assert trains.outcome == S.NOT_REPRODUCED
     assert an.verdict.outcome == S.NOT_REPRODUCED
     row = an.tables[0].rows[0]
-    assert row["baseline_saturated_init"] == 0.0
-    assert row["baseline_saturated_end"] == pytest.approx(0.25)
+    assert row["baseline saturated init"] == 0.0
+    assert row["baseline saturated end"] == pytest.approx(0.25)
+    assert row["lr"] == pytest.approx(CFG_A.lr * CFG_A.lr_multipliers[0])
+    assert row["baseline final acc"]["mean"] == pytest.approx(0.11)
+    # one typed value per cell (issue 13): every key is a displayed column
+    assert all(set(r) == set(A.COLUMNS) for r in an.tables[0].rows)
 
 
 def test_activations_baseline_training_at_one_lr_breaks_the_stall():
