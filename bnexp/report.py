@@ -172,6 +172,8 @@ def format_cell(value: Any, kind: str = "auto", key: str = "") -> Text:
         return Text("not reached" if kind == "steps" else "–", style=DIM)
     if isinstance(value, bool):
         return Text("yes" if value else "no")
+    if isinstance(value, int) and kind in ("auto", "int", "steps"):
+        return Text(str(value))  # a count or a step: exact, never 1.999e+04
     if isinstance(value, int | float) or hasattr(value, "dtype"):
         x = float(value)
         if not math.isfinite(x):

@@ -235,3 +235,9 @@ def test_censored_steps_and_speedup_cells():
     assert cell(sp.to_dict()) == "4.0x"
     sp = stats.censored_speedup(stats.CensoredSteps(3000, None), stats.CensoredSteps(75, 100))
     assert cell(sp.to_dict()) == ">30x"
+
+
+def test_integers_print_exactly():
+    assert report.format_cell(19990, "auto", "steps").plain == "19990"
+    assert report.format_cell(19990.0, "auto", "x").plain == "1.999e+04"  # a float keeps 4 digits
+    assert report.format_cell(True, "auto", "x").plain == "yes"
