@@ -137,7 +137,7 @@ class ProgramConfig:
 
     step: StepConfig
     batch_size: int
-    probes: tuple[str, ...] = ()
+    probes: tuple[tuple[str, tuple], ...] = ()  # probes.specs: (name, options) per probe
     shared_batch: bool = True
     unrolled: bool = False  # True: loop-free blocks of block_steps steps; else a rolled scan
     block_steps: int = 0  # unrolled mode: steps per call (0: the chunk length)

@@ -1,7 +1,7 @@
 """Probes: extra measurements taken at every evaluation point, inside the compiled program.
 
-REGISTRY INTERFACE. ``PROBES[name]`` is a function called once per member (inside ``jax.vmap``,
-inside ``jit``) at each evaluation point:
+REGISTRY INTERFACE. ``PROBES[name]`` is a factory; ``PROBES[name](**options)`` (``get``) is a
+function called once per member (inside ``jax.vmap``, inside ``jit``) at each evaluation point:
 
     probe(spec, params, norm_state, batch, hp, loss_fn) -> dict[str, Array]
 
@@ -39,6 +39,7 @@ i.e. |z| > 2 arccosh(5) = 4.585): units that pass almost no gradient back.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnexp import models
+from bnexp import models, santurkar_probes
 from bnexp.models import ModelSpec
 
 Array = jax.Array
@@ -231,35 +232,71 @@ def train_eval_gap_probe(spec, params, norm_state, batch, hp, loss_fn):
     }
 
 
-PROBES: dict[str, ProbeFn] = {
-    "train_eval_gap": train_eval_gap_probe,
-    "percentiles": percentiles_probe(),
-    "percentiles_train": percentiles_probe(mode="train", name="percentiles_train"),
-    "unit_percentiles": unit_percentiles_probe(),
-    "unit_percentiles_train": unit_percentiles_probe(mode="train", name="unit_percentiles_train"),
-    "preact_stats": preact_stats_probe(),
-    "preact_stats_train": preact_stats_probe(mode="train", suffix="_train"),
-    "weight_norms": weight_norms_probe,
-    "saturation": saturation_probe(),
+# The registry: name -> factory(**options) -> ProbeFn, one explicit dict (as bnexp.norms keeps its
+# factories). A trial names its probes (Trial.probes) and carries their options like norm_options
+# (Trial.probe_options: (name, ((key, value), ...)) pairs); the factory is called with them when
+# the program is traced. Nothing registers at run time.
+PROBES: dict[str, Callable[..., ProbeFn]] = {
+    "train_eval_gap": lambda: train_eval_gap_probe,
+    "percentiles": percentiles_probe,
+    "percentiles_train": functools.partial(
+        percentiles_probe, mode="train", name="percentiles_train"
+    ),
+    "unit_percentiles": unit_percentiles_probe,
+    "unit_percentiles_train": functools.partial(
+        unit_percentiles_probe, mode="train", name="unit_percentiles_train"
+    ),
+    "preact_stats": preact_stats_probe,
+    "preact_stats_train": functools.partial(preact_stats_probe, mode="train", suffix="_train"),
+    "weight_norms": lambda: weight_norms_probe,
+    "saturation": saturation_probe,
+    # Santurkar et al. 2018 (bnexp.santurkar_probes)
+    "ics": santurkar_probes.ics_probe,
+    "landscape": santurkar_probes.landscape_probe,  # options lo, hi, num (the step-size grid)
+    "scale_invariance": santurkar_probes.scale_invariance_probe,  # option scales
 }
 
+ProbeSpec = tuple[str, tuple[tuple[str, Any], ...]]  # (name, options): static, hashable
 
-def register(name: str, fn: ProbeFn) -> ProbeFn:
-    """Add a probe to the registry; a duplicate name is an error."""
+
+def register(name: str, factory: Callable[..., ProbeFn]) -> Callable[..., ProbeFn]:
+    """Add a probe factory to the registry (for code outside bnexp, at import time); a duplicate
+    name is an error."""
     if name in PROBES:
         raise ValueError(f"probe {name!r} is already registered")
-    PROBES[name] = fn
-    return fn
+    PROBES[name] = factory
+    return factory
 
 
-def check(names: tuple[str, ...]) -> None:
-    unknown = [n for n in names if n not in PROBES]
-    if unknown:
-        raise ValueError(f"unknown probe(s) {unknown}; choose from {sorted(PROBES)}")
+def specs(
+    names: tuple[str, ...], options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
+) -> tuple[ProbeSpec, ...]:
+    """(name, options) for each probe of a trial; options of a probe the trial does not use, or
+    given twice, are errors."""
+    opts = dict(options)
+    if len(opts) != len(options) or set(opts) - set(names):
+        raise ValueError(f"probe_options {options} must name each probe of {names} at most once")
+    return tuple((n, tuple(opts.get(n, ()))) for n in names)
+
+
+def get(name: str, options: tuple[tuple[str, Any], ...] = ()) -> ProbeFn:
+    """The probe function ``name`` with ``options`` (a bad option raises here, before tracing)."""
+    if name not in PROBES:
+        raise ValueError(f"unknown probe {name!r}; choose from {sorted(PROBES)}")
+    try:
+        return PROBES[name](**dict(options))
+    except TypeError as e:
+        raise ValueError(f"probe {name!r}: bad options {dict(options)} ({e})") from None
+
+
+def check(names: tuple[str, ...], options: tuple = ()) -> None:
+    """Every probe known and its options accepted (called before anything trains)."""
+    for name, opts in specs(names, options):
+        get(name, opts)
 
 
 def run(
-    names: tuple[str, ...],
+    probe_specs: tuple[ProbeSpec, ...],
     spec: ModelSpec,
     params: Any,
     norm_state: Any,
@@ -269,8 +306,8 @@ def run(
 ) -> dict[str, Array]:
     """All requested probes' outputs merged into one dict (an output key clash is an error)."""
     out: dict[str, Array] = {}
-    for name in names:
-        result = PROBES[name](spec, params, norm_state, batch, hp, loss_fn)
+    for name, opts in probe_specs:
+        result = get(name, opts)(spec, params, norm_state, batch, hp, loss_fn)
         clash = set(result) & (
             set(out)
             | {"step", "train_loss", "test_acc", "test_loss", "test_acc_batch", "diverged_at"}
@@ -279,8 +316,3 @@ def run(
             raise ValueError(f"probe {name!r} output keys {sorted(clash)} clash with other keys")
         out.update(result)
     return out
-
-
-# The Santurkar et al. probes ("ics", "landscape", "scale_invariance") live in their own module and
-# register themselves here; importing it at the end makes them available wherever probes is.
-from bnexp import santurkar  # noqa: E402, F401

@@ -98,6 +98,8 @@ class Trial:
     data_seed: int = 0  # batch order seed
     norm_call: tuple[tuple[str, float], ...] = ()  # traced per-call norm options (noise, r_max...)
     probes: tuple[str, ...] = ()
+    # options per probe, like norm_options: ((probe name, ((key, value), ...)), ...)
+    probe_options: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
     divergence_factor: float = 1e3
     tag: str = ""  # free label (arm name); not part of the signature
     data_options: tuple[tuple[str, Any], ...] = ()  # static options for data.load (synthetic sizes)
@@ -145,6 +147,7 @@ def signature(trial: Trial) -> tuple:
         trial.eval_per_decade,
         trial.optimizer,
         trial.probes,
+        trial.probe_options,
         trial.probe_batch_size,
         tuple(name for name, _ in trial.norm_call),
         trial.divergence_factor,
@@ -257,7 +260,7 @@ def _check(t: Trial, ds: Any) -> None:
         raise ValueError(
             f"norm {spec.norm!r} takes no per-call option(s) {bad}; it takes {allowed}"
         )
-    probes.check(t.probes)
+    probes.check(t.probes, t.probe_options)
 
 
 def run_sweep(
@@ -279,7 +282,7 @@ def run_sweep(
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from bnexp import data, engine, train
+    from bnexp import data, engine, probes, train
 
     trials = list(trials)
     if max_members < 1:
@@ -340,7 +343,7 @@ def run_sweep(
         cfg = engine.ProgramConfig(
             step_cfg,
             t0.batch_size,
-            t0.probes,
+            probes.specs(t0.probes, t0.probe_options),
             shared_batch=len(set(data_seeds)) == 1,
             unrolled=unroll,
             block_steps=block,

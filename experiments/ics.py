@@ -2,7 +2,7 @@
 
 ICS of layer i at step t (Def. 2.1): G = grad of the loss w.r.t. W_i; G' = the same gradient on
 the same batch after layers 1..i-1 took their step-t update. The engine's "ics" probe
-(bnexp.santurkar) measures ||G - G'||_2 and cos(G, G') for every weight layer at each evaluation
+(bnexp.santurkar_probes) measures ||G - G'||_2 and cos(G, G') for every weight layer at each evaluation
 point, in train mode on a fixed probe batch of `batch_size` training examples (one training
 batch), with the earlier layers moved by the plain SGD step lr * G, as in the paper (which trains
 with SGD). Layer 1 has no earlier layer, so its ICS is 0 (cosine 1) by definition and is left out

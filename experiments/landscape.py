@@ -12,7 +12,7 @@ the baseline's stability, where the baseline's landscape is rough; the step size
 At each evaluation point t, with g = grad L(theta_t) on a fixed probe batch of `batch_size`
 training examples (train mode) and absolute step sizes eta = linspace(step_min, step_max,
 num_etas) (0.05..0.4, the paper's range; the probe takes them as factors of the learning rate),
-the engine's "landscape" probe (bnexp.santurkar) measures
+the engine's "landscape" probe (bnexp.santurkar_probes) measures
 - loss band: [min, max] over eta of L(theta_t - eta g) (Fig. 4a);
 - gradient predictiveness band: [min, max] over eta of ||g - grad L(theta_t - eta g)||_2 (4b);
 - effective beta-smoothness: max over eta of ||g - grad L(theta_t - eta g)|| / ||eta g|| (4c).
@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 
 from bnexp import metrics, plots
-from bnexp import santurkar as probes_s
 from bnexp.sweep import TrialResult
 from experiments import common, santurkar
 from experiments import conditions as cond
@@ -78,15 +77,16 @@ PRESETS = {
 ARMS = common.ARMS
 
 
-def probe_name(cfg: LandscapeConfig) -> str:
-    """The probe's grid as factors of the learning rate (every arm trains at cfg.lr)."""
-    return probes_s.landscape_probe_name(cfg.step_min / cfg.lr, cfg.step_max / cfg.lr, cfg.num_etas)
+def probe_options(cfg: LandscapeConfig) -> tuple[tuple[str, float | int], ...]:
+    """The landscape probe's step-size grid as factors of the learning rate (every arm trains at
+    cfg.lr), carried on the trial (Trial.probe_options)."""
+    return (("lo", cfg.step_min / cfg.lr), ("hi", cfg.step_max / cfg.lr), ("num", cfg.num_etas))
 
 
 def trials(cfg: LandscapeConfig):
-    name = probe_name(cfg)
+    opts = (("landscape", probe_options(cfg)),)
     return [
-        santurkar.trial(cfg, norm, tag=tag, seed=s, probes=(name,))
+        santurkar.trial(cfg, norm, tag=tag, seed=s, probes=("landscape",), probe_options=opts)
         for tag, norm in ARMS
         for s in range(cfg.seeds)
     ]

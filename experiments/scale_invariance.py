@@ -2,7 +2,7 @@
 gradient w.r.t. a*W is (1/a) times the gradient w.r.t. W (Ioffe & Szegedy 2015, Sec. 3.3; used
 by Santurkar et al. 2018, Sec. 3).
 
-The engine's "scale_invariance" probe (bnexp.santurkar) scales the weight of one hidden layer at a
+The engine's "scale_invariance" probe (bnexp.santurkar_probes) scales the weight of one hidden layer at a
 time by each a in `scales` and measures, in train mode on a fixed probe batch, that layer's norm
 output change ||out(aW) - out(W)|| / ||out(W)||, the gradient ratio ||grad(aW)|| / ||grad(W)|| of
 the training loss (1/a when invariant) and ||a grad(aW) - grad(W)|| / ||grad(W)||, at every
@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 
 from bnexp import plots, stats
-from bnexp import santurkar as probes_s
 from bnexp.sweep import TrialResult
 from experiments import common, santurkar
 from experiments import conditions as cond
@@ -82,9 +81,17 @@ def label(cfg: ScaleInvarianceConfig, tag: str) -> str:
 
 
 def trials(cfg: ScaleInvarianceConfig):
-    name = probes_s.scale_invariance_probe_name(cfg.scales)
+    scales = (("scale_invariance", (("scales", tuple(float(a) for a in cfg.scales)),)),)
     return [
-        santurkar.trial(cfg, norm, tag=tag, seed=s, probes=(name,), norm_options=opts)
+        santurkar.trial(
+            cfg,
+            norm,
+            tag=tag,
+            seed=s,
+            probes=("scale_invariance",),
+            probe_options=scales,
+            norm_options=opts,
+        )
         for tag, norm, opts in arms(cfg)
         for s in range(cfg.seeds)
     ]

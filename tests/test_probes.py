@@ -1,4 +1,4 @@
-"""Santurkar et al. probes (bnexp.santurkar) against closed forms, and their contract with the engine:
+"""Santurkar et al. probes (bnexp.santurkar_probes) against closed forms, and their contract with the engine:
 fixed shapes, run inside the sweep, training untouched."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnexp import metrics, models, norms, probes, santurkar, train
+from bnexp import metrics, models, norms, probes, train
+from bnexp import santurkar_probes as santurkar
 from bnexp.models import ModelSpec
 from bnexp.sweep import Trial, run_sweep
 
@@ -141,7 +142,7 @@ def _hp(lr: float = 0.3) -> dict:
     }
 
 
-def _probe(name: str, spec: ModelSpec = SPEC, **kw) -> dict[str, np.ndarray]:
+def _probe(name: str, spec: ModelSpec = SPEC, options=(), **kw) -> dict[str, np.ndarray]:
     params, state, batch = _model(spec)
     hp = _hp(**kw)
 
@@ -157,7 +158,9 @@ def _probe(name: str, spec: ModelSpec = SPEC, **kw) -> dict[str, np.ndarray]:
             norm_call=hp["norm_call"] if norm_call is None else norm_call,
         )
 
-    out = jax.jit(lambda p, s: probes.PROBES[name](spec, p, s, batch, hp, loss_fn))(params, state)
+    out = jax.jit(lambda p, s: probes.get(name, options)(spec, p, s, batch, hp, loss_fn))(
+        params, state
+    )
     return jax.tree.map(np.asarray, out)
 
 
@@ -251,11 +254,13 @@ def test_scale_invariance_adapter_on_a_bn_mlp():
     np.testing.assert_allclose(out["si_grad_ratio"] * np.asarray(santurkar.SCALES), 1.0, atol=1e-4)
 
 
-def test_configured_landscape_grid_registers_once():
-    name = santurkar.landscape_probe_name(0.5, 2.0, 3)
-    assert name == santurkar.landscape_probe_name(0.5, 2.0, 3) and name in probes.PROBES
-    assert santurkar.landscape_probe_name() == "landscape"
-    out = _probe(name, lr=0.2)
+def test_configured_landscape_grid_is_an_option_of_the_trial():
+    """The step-size grid travels as probe options (like norm_options); nothing registers."""
+    before = dict(probes.PROBES)
+    grid = (("lo", 0.5), ("hi", 2.0), ("num", 3))
+    assert probes.specs(("landscape",), (("landscape", grid),)) == (("landscape", grid),)
+    out = _probe("landscape", options=grid, lr=0.2)
+    assert probes.PROBES == before
     assert out["landscape_loss"].shape == (3,) and out["loss_band"].shape == (2,)
     np.testing.assert_allclose(
         out["loss_band"], [out["landscape_loss"].min(), out["landscape_loss"].max()]
@@ -265,7 +270,11 @@ def test_configured_landscape_grid_registers_once():
     )
     np.testing.assert_allclose(out["beta_smooth"], beta.max(), rtol=RTOL)
     with pytest.raises(ValueError):
-        probes.register(name, probes.PROBES[name])
+        probes.register("landscape", probes.PROBES["landscape"])  # a duplicate name
+    with pytest.raises(ValueError, match="bad options"):
+        probes.check(("landscape",), (("landscape", (("width", 3),)),))
+    with pytest.raises(ValueError, match="at most once"):  # options for a probe not requested
+        probes.specs(("ics",), (("landscape", grid),))
 
 
 # ---- in the engine: shapes, and training untouched -----------------------------------------
@@ -364,7 +373,7 @@ def _gap_inputs(norm: str, b: int, n: int = 25, seed: int = 3):
 @pytest.mark.parametrize("b", [2, 4, 25])
 def test_train_eval_gap_probe_matches_per_batch_statistics(b):
     spec, params, state, x, y, hp, batch, loss_fn = _gap_inputs("batch", b)
-    out = jax.jit(lambda p, s: probes.PROBES["train_eval_gap"](spec, p, s, batch, hp, loss_fn))(
+    out = jax.jit(lambda p, s: probes.get("train_eval_gap")(spec, p, s, batch, hp, loss_fn))(
         params, state
     )
     m = (len(y) // b) * b  # a partial last batch is dropped, from both modes
@@ -379,7 +388,7 @@ def test_train_eval_gap_probe_matches_per_batch_statistics(b):
 def test_train_eval_gap_is_zero_without_batch_statistics():
     for norm in ("none", "layer"):
         spec, params, state, _, _, hp, batch, loss_fn = _gap_inputs(norm, 4)
-        out = probes.PROBES["train_eval_gap"](spec, params, state, batch, hp, loss_fn)
+        out = probes.get("train_eval_gap")(spec, params, state, batch, hp, loss_fn)
         assert float(out["train_acc_batch"]) == float(out["train_acc_eval"])
 
 

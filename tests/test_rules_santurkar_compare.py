@@ -112,8 +112,9 @@ def test_landscape_step_grid_is_absolute():
 
     q = landscape.PRESETS["quick"]
     assert (q.step_min, q.step_max) == (0.05, 0.4)  # the paper's range, whatever the lr
-    assert landscape.probe_name(q) == f"landscape:{0.05 / q.lr!r}-{0.4 / q.lr!r}x8"
-    assert landscape.probe_name(landscape.PRESETS["paper"]) == "landscape"  # 0.5..4 x lr 0.1
+    assert landscape.probe_options(q) == (("lo", 0.05 / q.lr), ("hi", 0.4 / q.lr), ("num", 8))
+    paper = landscape.probe_options(landscape.PRESETS["paper"])  # 0.5..4 x lr 0.1
+    assert paper == (("lo", pytest.approx(0.5)), ("hi", pytest.approx(4.0)), ("num", 8))
 
 
 def test_squared_error_loss_and_evaluation_of_a_linear_model_without_bias():

@@ -151,10 +151,10 @@ def test_probes_and_registry():
             "grad_norm": jnp.sqrt(sum(jnp.sum(v * v) for v in jax.tree.leaves(g))),
         }
 
-    probes.register("test_lr", lr_probe)
+    probes.register("test_lr", lambda: lr_probe)
     try:
         with pytest.raises(ValueError, match="already"):
-            probes.register("test_lr", lr_probe)
+            probes.register("test_lr", lambda: lr_probe)
         spec = ModelSpec(widths=(16, 16, 10), norm="noisy")
         trials = [
             Trial(
@@ -216,9 +216,9 @@ def test_percentiles_probe_matches_numpy():
     hp = {"norm_call": {}, "key": jax.random.key(2)}
     out = jax.jit(
         lambda p, s, x: {
-            **probes.PROBES["percentiles"](spec, p, s, (x, None), hp, None),
-            **probes.PROBES["preact_stats"](spec, p, s, (x, None), hp, None),
-            **probes.PROBES["unit_percentiles"](spec, p, s, (x, None), hp, None),
+            **probes.get("percentiles")(spec, p, s, (x, None), hp, None),
+            **probes.get("preact_stats")(spec, p, s, (x, None), hp, None),
+            **probes.get("unit_percentiles")(spec, p, s, (x, None), hp, None),
         }
     )(params, state, x)
     _, _, aux = models.apply(params, state, x, spec, mode="eval", capture=True)

@@ -28,7 +28,7 @@ measurements, in two layers:
 
 2. Registry adapters (bnexp.probes interface) that apply them to the member's model at each
    evaluation point, inside the engine's vmap and jit: "ics", "landscape", "scale_invariance"
-   (and configured variants from ``landscape_probe_name`` / ``scale_invariance_probe_name``).
+   (factories: a configured grid comes as the trial's probe options, Trial.probe_options).
    Every adapter evaluates the loss in train mode (batch statistics; for noisy BN the noise of the
    probe key, the same draw in every evaluation of one point) on the probe batch, with the member's
    ``hp["norm_call"]``; the returned running statistics are discarded, so the running statistics,
@@ -63,8 +63,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bnexp import models, probes
+from bnexp import models
 from bnexp.models import ModelSpec
+
+ProbeFn = Callable[..., dict[str, jax.Array]]  # bnexp.probes.ProbeFn (no import: no cycle)
 
 Array = jax.Array
 Tree = Any
@@ -230,7 +232,7 @@ def _train_loss(loss_fn: Callable, norm_state: Any, x: Array, y: Array) -> Calla
 # ---- registry adapters -------------------------------------------------------------------------
 
 
-def ics_probe() -> probes.ProbeFn:
+def ics_probe() -> ProbeFn:
     """{"ics_norm", "ics_cos", "ics_grad_norm"}: (L,) per weight layer (conv, hidden, output)."""
 
     def probe(spec, params, norm_state, batch, hp, loss_fn):
@@ -247,7 +249,7 @@ def ics_probe() -> probes.ProbeFn:
 
 def landscape_probe(
     lo: float = ETA_FACTORS[0], hi: float = ETA_FACTORS[1], num: int = ETA_FACTORS[2]
-) -> probes.ProbeFn:
+) -> ProbeFn:
     """Fig. 4 measures with etas = linspace(lo, hi, num) x hp["lr"] (see module doc)."""
     if not (0 < lo <= hi and num >= 1):
         raise ValueError(f"step-size grid needs 0 < lo <= hi and num >= 1, got {lo}, {hi}, {num}")
@@ -276,7 +278,7 @@ def _with_weight(params: dict, group: str, i: int, w: Array) -> dict:
     return {**params, group: layers}
 
 
-def scale_invariance_probe(scales: Sequence[float] = SCALES) -> probes.ProbeFn:
+def scale_invariance_probe(scales: Sequence[float] = SCALES) -> ProbeFn:
     """{"si_out_diff", "si_grad_ratio", "si_grad_err"}: (H, K) per hidden layer and scale."""
     if not scales or any(a <= 0 for a in scales):
         raise ValueError(f"scales must be positive, got {scales}")
@@ -309,39 +311,3 @@ def scale_invariance_probe(scales: Sequence[float] = SCALES) -> probes.ProbeFn:
         }
 
     return probe
-
-
-# ---- registration ------------------------------------------------------------------------------
-
-
-def landscape_probe_name(
-    lo: float = ETA_FACTORS[0], hi: float = ETA_FACTORS[1], num: int = ETA_FACTORS[2]
-) -> str:
-    """Registry name of the landscape probe with this step-size grid, registered on first use
-    ("landscape" for the default grid)."""
-    if (lo, hi, num) == ETA_FACTORS:
-        return "landscape"
-    name = f"landscape:{float(lo)!r}-{float(hi)!r}x{int(num)}"
-    if name not in probes.PROBES:
-        probes.register(name, landscape_probe(lo, hi, num))
-    return name
-
-
-def scale_invariance_probe_name(scales: Sequence[float] = SCALES) -> str:
-    """Registry name of the scale-invariance probe for this grid, registered on first use."""
-    scales = tuple(float(a) for a in scales)
-    if scales == SCALES:
-        return "scale_invariance"
-    name = "scale_invariance:" + ",".join(repr(a) for a in scales)
-    if name not in probes.PROBES:
-        probes.register(name, scale_invariance_probe(scales))
-    return name
-
-
-for _name, _fn in (
-    ("ics", ics_probe()),
-    ("landscape", landscape_probe()),
-    ("scale_invariance", scale_invariance_probe()),
-):
-    if _name not in probes.PROBES:
-        probes.register(_name, _fn)
