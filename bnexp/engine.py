@@ -59,13 +59,15 @@ DENSE_CPU_OPTIONS: XLA CPU's dots take row-major operands only, so every other l
 full copy of the weights per step. On CPU each device trains its members in blocks sized to the
 cache (member_block, blocked_steps: a lax.scan over the device's blocks inside jax.shard_map),
 and a single member (one-trial runs, blocks of one) trains without a member axis. Compiled
-programs are kept per (config, member count, devices, data shapes), so a second sweep of the
+programs are kept per (config, member count, devices, data shapes) in PROGRAMS (a bounded LRU
+ProgramCache), so a second sweep of the
 same group shape in the same process compiles nothing; ``sweep.enable_compilation_cache`` adds
 JAX's on-disk cache.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -479,7 +481,39 @@ def member_point(
     return metrics
 
 
-_PROGRAMS: dict[tuple, Any] = {}
+class ProgramCache:
+    """Compiled programs of this process, by (name, static config, devices, argument shapes),
+    least recently used first out beyond ``capacity`` entries (a long-lived process sweeping
+    many shapes does not keep every executable it ever compiled)."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._items: collections.OrderedDict[tuple, Any] = collections.OrderedDict()
+
+    def get(self, key: tuple) -> Any | None:
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)
+        return self._items[key]
+
+    def put(self, key: tuple, value: Any) -> Any:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def keys(self) -> list[tuple]:
+        return list(self._items)
+
+
+PROGRAMS = ProgramCache()
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
@@ -507,8 +541,9 @@ def _program(
     spent by this call)."""
     shapes = tuple((leaf.shape, str(leaf.dtype)) for leaf in jax.tree.leaves(args))
     key = (name, cfg, tuple(d.id for d in mesh.devices.flat), jax.tree.structure(args), shapes)
-    if key in _PROGRAMS:
-        return _PROGRAMS[key], 0.0
+    cached = PROGRAMS.get(key)
+    if cached is not None:
+        return cached, 0.0
     if before is not None:
         before()
     t0 = time.perf_counter()
@@ -516,7 +551,7 @@ def _program(
         fn, in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=donate
     ).lower(*args)
     compiled = compile_with(lowered, options)
-    _PROGRAMS[key] = compiled
+    PROGRAMS.put(key, compiled)
     return compiled, time.perf_counter() - t0
 
 
@@ -566,8 +601,9 @@ def build(
         (length, idx_shape(length)),
         lite,
     )
-    if memo in _PROGRAMS:
-        return dataclasses.replace(_PROGRAMS[memo], compile_seconds=0.0)
+    cached = PROGRAMS.get(memo)
+    if cached is not None:
+        return dataclasses.replace(cached, compile_seconds=0.0)
     called = []
 
     def before() -> None:
@@ -633,8 +669,7 @@ def build(
         )
         points[0 if full else 1] = prog
         spent += s
-    _PROGRAMS[memo] = Programs(init, steps, points[0], points[1], length, spent)
-    return _PROGRAMS[memo]
+    return PROGRAMS.put(memo, Programs(init, steps, points[0], points[1], length, spent))
 
 
 def pieces(n: int, max_members: int, n_devices: int) -> tuple[int, int]:

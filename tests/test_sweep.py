@@ -48,7 +48,7 @@ def _same(a: sweep.TrialResult, b: sweep.TrialResult, exact: bool = True) -> Non
 @pytest.fixture(scope="module")
 def lr_sweep():
     """6 learning rates in pieces of at most 4 members (2 pieces of 3): one program."""
-    engine._PROGRAMS.clear()
+    engine.PROGRAMS.clear()
     before = dict(train.TRACE_COUNTS)
     events, done = [], []
     results = run_sweep(
@@ -653,12 +653,12 @@ def test_one_steps_program_for_a_schedule_of_many_chunk_lengths():
     steps to run a traced argument), point and point_lite."""
     lengths = engine.chunk_lengths(300, 100, 8)
     assert len(set(lengths)) >= 10
-    engine._PROGRAMS.clear()
+    engine.PROGRAMS.clear()
     before = dict(train.TRACE_COUNTS)
     results = run_sweep(_trials((0.1, 0.5), steps=300, eval_every=100))
     names = ("train_step", "eval_point", "eval_point_lite")
     assert {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in names} == dict.fromkeys(names, 1)
-    compiled = sorted(k[0] for k in engine._PROGRAMS if k[0] != "build")
+    compiled = sorted(k[0] for k in engine.PROGRAMS.keys() if k[0] != "build")
     assert compiled == ["init", "point", "point_lite", "steps"]
     np.testing.assert_array_equal(results[0].history["step"], engine.eval_schedule(300, 100))
     assert results[0].extra["eval_seconds"] > 0
@@ -743,3 +743,15 @@ def test_points_before_the_last_evaluate_a_fixed_random_test_subset():
     assert float(acc_sub) != float(acc_all)  # the two differ, so the check below means something
     np.testing.assert_allclose(r.history["test_acc"][0], acc_sub, atol=1e-6)
     assert np.isfinite(r.history["test_acc_batch"][-1]) and r.final_test_accuracy is not None
+
+
+def test_program_cache_is_bounded_least_recently_used_first():
+    cache = engine.ProgramCache(capacity=2)
+    cache.put(("a",), 1)
+    cache.put(("b",), 2)
+    assert cache.get(("a",)) == 1  # a is now the most recently used
+    cache.put(("c",), 3)
+    assert cache.get(("b",)) is None and cache.get(("a",)) == 1 and cache.get(("c",)) == 3
+    assert len(cache) == 2
+    cache.clear()
+    assert len(cache) == 0 and cache.get(("a",)) is None
