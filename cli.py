@@ -233,13 +233,11 @@ def _check_out(out: Path) -> None:
 
 
 def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_plots: bool):  # noqa: UP045
-    from bnexp import report, sweep
+    from bnexp import report
     from experiments import runner
 
     if resume is None:
         _check_out(out)
-    sweep.configure_host_devices()
-    sweep.enable_compilation_cache()
     err = report.make_console(stderr=True)
     with report.sweep_progress(err) as progress:  # an interrupt: runner.RunInterrupted (exit 130)
         outcome = runner.run(
@@ -509,7 +507,7 @@ def reproduce_cmd(
     json_out: Json = False,
 ) -> None:
     """Every claim in one command: run each experiment (reusing finished runs), write one report."""
-    from bnexp import report, results, sweep
+    from bnexp import report, results
     from experiments import reproduce as rp
     from experiments.base import PRESETS
 
@@ -525,8 +523,6 @@ def reproduce_cmd(
     _check_out(out)
     names = [e.name for e in exps] if only else None
     again = rp.reproduce_command(preset, names, seeds, out)
-    sweep.configure_host_devices()
-    sweep.enable_compilation_cache()
     err = report.make_console(stderr=True)
     try:
         with report.OverallProgress(err, len(exps)) as overall:

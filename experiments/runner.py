@@ -119,6 +119,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, previous)
 
 
+def setup_process() -> None:
+    """The process-wide settings a run needs, before JAX starts its backends: one host device
+    per core (sweep.configure_host_devices) and JAX's on-disk compilation cache. Idempotent; once
+    JAX has started, the device count it has stays."""
+    from bnexp import sweep
+
+    sweep.configure_host_devices()
+    sweep.enable_compilation_cache()
+
+
 def run(
     exp: Experiment,
     cfg: Config,
@@ -130,6 +140,7 @@ def run(
     argv: Sequence[str] | None = None,
 ) -> Outcome:
     """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary."""
+    setup_process()
     t0 = time.perf_counter()
     if resume is not None:
         cfg = load_config(exp, resume)
