@@ -741,7 +741,7 @@ def run_group(
     per_decade: int = 8,
     max_members: int = 64,
     report: Callable[[int, int, str], None] | None = None,
-    block: int | None = None,
+    members_per_block: int | None = None,
 ) -> GroupRun:
     """Train all members of one group; report(step_done, total, phase) as it goes.
 
@@ -751,7 +751,7 @@ def run_group(
     last takes ``point``, the others ``point_lite`` (see the module doc). Members run
     in pieces of at most max_members (each padded to a multiple of the device count by repeating
     its last member; a group with fewer members than devices runs on that many devices); progress
-    counts steps over all pieces (total = steps x pieces). block: members per block on a device
+    counts steps over all pieces (total = steps x pieces). members_per_block: members per block on a device
     (None: member_block's choice; 0: no blocks; each device's members are padded to whole
     blocks).
     """
@@ -763,12 +763,13 @@ def run_group(
     member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
     data = jax.device_put(data, repl)
     local = size // mesh.devices.size
-    if block is None:
+    if members_per_block is None:
         cores = max(1, (os.cpu_count() or 1) // mesh.devices.size)
-        block = member_block(cfg, local, mesh.devices.flat[0].platform, cores)
-    if 0 < block < local:  # whole blocks on every device: pad (as for devices) where needed
-        size = -(-local // block) * block * mesh.devices.size
-    cfg = dataclasses.replace(cfg, member_block=block if 0 < block < local else 0)
+        members_per_block = member_block(cfg, local, mesh.devices.flat[0].platform, cores)
+    mb = members_per_block
+    if 0 < mb < local:  # whole blocks on every device: pad (as for devices) where needed
+        size = -(-local // mb) * mb * mesh.devices.size
+    cfg = dataclasses.replace(cfg, member_block=mb if 0 < mb < local else 0)
     schedule = eval_schedule(steps, eval_every, per_decade)
     full = schedule == schedule[-1]  # the whole test set, both modes: the last point only
     lengths = np.diff(schedule).astype(int).tolist()

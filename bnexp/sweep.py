@@ -382,7 +382,7 @@ def run_sweep(
             mesh=mesh,
             max_members=max_members,
             report=report,
-            block=member_block,
+            members_per_block=member_block,
         )
         extra = {
             "compile_seconds": run.compile_seconds,
