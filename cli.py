@@ -390,16 +390,16 @@ def describe_cmd(name: Annotated[str, typer.Argument(help="Experiment name.")]) 
 @app.command("runs")
 def runs_cmd(out: Out = Path("runs")) -> None:
     """Earlier runs: name, experiment, preset, date, status, verdict."""
-    from bnexp import report, results
+    from bnexp import report, runs
 
-    report.render_runs(results.list_runs(out), report.make_console())
+    report.render_runs(runs.list_runs(out), report.make_console())
 
 
 def _run_dir(ref: Path, out: Path) -> Path:
-    from bnexp import results
+    from bnexp import runs
 
     try:
-        return results.resolve_run(out, str(ref))
+        return runs.resolve_run(out, str(ref))
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(str(e)) from None
 
@@ -507,7 +507,7 @@ def reproduce_cmd(
     json_out: Json = False,
 ) -> None:
     """Every claim in one command: run each experiment (reusing finished runs), write one report."""
-    from bnexp import report, results
+    from bnexp import report, results, runs
     from experiments import reproduce as rp
     from experiments.base import PRESETS
 
@@ -576,7 +576,7 @@ def reproduce_cmd(
         def row(i: rp.Item) -> dict[str, str]:
             return {
                 "experiment": i.experiment.name,
-                "verdict": results.verdict_text(verdicts[i.experiment.name])
+                "verdict": runs.verdict_text(verdicts[i.experiment.name])
                 or f"no result ({i.action})",
                 "measured": (verdicts[i.experiment.name] or {}).get("evidence") or i.error or "",
                 "run": i.action,

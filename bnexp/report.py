@@ -321,7 +321,7 @@ def render_table(
 
 
 def render_runs(runs: Iterable[Any], console: Console | None = None) -> Table:
-    """The `bnexp runs` listing from results.list_runs()."""
+    """The `bnexp runs` listing from bnexp.runs.list_runs()."""
     rows = [
         {
             "name": r.name,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnexp import htmlreport, results
+from bnexp import htmlreport, results, runs
 from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent
 from experiments import REGISTRY, runner
@@ -136,7 +136,7 @@ def find_run(out: Path, exp: Experiment, cfg: Config) -> tuple[str, Path] | None
     is neither."""
     want = results.canonical_json(config_dict(cfg))
     resumable = None
-    for info in results.list_runs(out):  # newest first
+    for info in runs.list_runs(out):  # newest first
         if info.experiment != exp.name:
             continue
         try:
@@ -331,7 +331,7 @@ def _newest(out: Path, exp: Experiment, cfg: Config) -> Path | None:
 
 def _outcome(run_dir: Path) -> str | None:
     try:
-        return results.verdict_text(results.read_json(run_dir / "summary.json").get("verdict"))
+        return runs.verdict_text(results.read_json(run_dir / "summary.json").get("verdict"))
     except (OSError, ValueError, AttributeError):
         return None
 

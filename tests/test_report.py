@@ -9,7 +9,8 @@ from rich.console import Console
 
 from bnexp import metrics as M
 from bnexp import report, stats
-from bnexp.results import RunInfo, to_jsonable
+from bnexp.results import to_jsonable
+from bnexp.runs import RunInfo
 from bnexp.sweep import ProgressEvent
 
 ROWS = [

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bnexp import results as R
+from bnexp import runs as L
 from bnexp.atomic import write_atomic
 from bnexp.metrics import Summary
 from bnexp.models import ModelSpec
@@ -176,7 +177,7 @@ def test_dead_running_run_reads_interrupted(tmp_path):
     info = json.loads((run / "status.json").read_text())
     info["pid"] = int(proc.stdout)
     R.write_json_atomic(run / "status.json", info)
-    assert R.list_runs(tmp_path)[0].status == "interrupted"
+    assert L.list_runs(tmp_path)[0].status == "interrupted"
 
 
 def test_list_runs_tolerates_partial_and_broken(tmp_path):
@@ -191,22 +192,22 @@ def test_list_runs_tolerates_partial_and_broken(tmp_path):
     (tmp_path / "notes").mkdir()  # not a run
     (tmp_path / "stray.txt").write_text("x")
 
-    runs = R.list_runs(tmp_path)
+    runs = L.list_runs(tmp_path)
     assert [r.experiment for r in runs] == ["compare", "lr-sweep", "distributions"]
     assert runs[0].status == "complete" and runs[0].preset == "quick"
     assert runs[0].verdict == "1 REPRODUCED, 1 inconclusive"
     assert runs[1].status == "unknown" and runs[1].verdict is None
     assert runs[2].date == datetime(2023, 1, 1) and runs[2].trials == 0
-    assert R.list_runs(tmp_path / "missing") == []
+    assert L.list_runs(tmp_path / "missing") == []
 
-    assert R.resolve_run(tmp_path, "latest") == good
-    assert R.resolve_run(tmp_path, good.name[:20]) == good
-    assert R.resolve_run(tmp_path, "lr-sweep") == older
-    assert R.resolve_run(tmp_path, str(good)) == good
+    assert L.resolve_run(tmp_path, "latest") == good
+    assert L.resolve_run(tmp_path, good.name[:20]) == good
+    assert L.resolve_run(tmp_path, "lr-sweep") == older
+    assert L.resolve_run(tmp_path, str(good)) == good
     with pytest.raises(FileNotFoundError):
-        R.resolve_run(tmp_path, "nope")
+        L.resolve_run(tmp_path, "nope")
     with pytest.raises(ValueError, match="matches"):
-        R.resolve_run(tmp_path, "0")
+        L.resolve_run(tmp_path, "0")
 
 
 def test_load_run_reports_broken_trial(tmp_path):
@@ -220,9 +221,9 @@ def test_load_run_reports_broken_trial(tmp_path):
 
 
 def test_verdict_text():
-    assert R.verdict_text(None) is None
-    assert R.verdict_text({"outcome": "NOT REPRODUCED"}) == "NOT REPRODUCED"
-    assert R.verdict_text([{"outcome": "REPRODUCED"}] * 2) == "REPRODUCED"
+    assert L.verdict_text(None) is None
+    assert L.verdict_text({"outcome": "NOT REPRODUCED"}) == "NOT REPRODUCED"
+    assert L.verdict_text([{"outcome": "REPRODUCED"}] * 2) == "REPRODUCED"
 
 
 def test_record_saved_before_eval_per_decade_loads_with_the_default(tmp_path):
