@@ -35,6 +35,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -477,8 +478,8 @@ def load_run(run_dir: Path) -> Run:
     for p in sorted((run_dir / "trials").glob("*.json")):
         try:
             trials.append(_load_record(p))
-        except (OSError, ValueError, KeyError, TypeError):
-            broken.append(f"trials/{p.name}")
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            broken.append(f"trials/{p.name}")  # a damaged trial: trained again on resume
     return Run(
         run_dir,
         config,

@@ -242,3 +242,20 @@ def test_record_saved_before_eval_per_decade_loads_with_the_default(tmp_path):
     assert not loaded.broken and loaded.trials[0].trial.eval_per_decade == 8
     assert loaded.trials[0].trial_id == "0123456789ab"
     assert loaded.results_for([t]) == [None]
+
+
+def test_damaged_trial_files_are_listed_and_trained_again_on_resume(tmp_path):
+    """A truncated .npz (a disk that filled up, a copy cut short) or a garbled .json of one trial
+    is listed in Run.broken, and that trial counts as not saved: resume trains it again instead
+    of failing on the whole run."""
+    run = _run(tmp_path)
+    trials = [_trial(seed=s) for s in range(3)]
+    for t in trials:
+        R.save_trial(run, _result(t))
+    ids = [R.trial_id(t) for t in trials]
+    npz = run / "trials" / f"{ids[0]}.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    (run / "trials" / f"{ids[1]}.json").write_text("{bad")
+    loaded = R.load_run(run)
+    assert sorted(loaded.broken) == sorted([f"trials/{ids[0]}.json", f"trials/{ids[1]}.json"])
+    assert [r is None for r in loaded.results_for(trials)] == [True, True, False]
