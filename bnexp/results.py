@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import fcntl
 import hashlib
 import json
 import math
@@ -46,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from bnexp.atomic import write_atomic, write_text_atomic
+from bnexp.errors import RuntimeFailure
 
 STATUSES = ("running", "interrupted", "complete", "failed")
 _NAME_RE = re.compile(r"^(\d{8})-(\d{6})-(.+)-([0-9a-f]{8})(?:-\d+)?$")
@@ -489,6 +491,36 @@ def load_run(run_dir: Path) -> Run:
         summary if isinstance(summary, dict) else None,
         broken,
     )
+
+
+class RunLocked(RuntimeFailure):
+    """Another process is training into this run directory."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on run_dir/.lock (flock) while a process trains into it: a second
+    `--resume` of a run that is still running fails at once with RunLocked (one line, exit 1)
+    instead of two processes writing the same trials. The kernel drops the lock when the holder
+    exits, however it exits (SIGKILL included), so a stale .lock file never blocks anyone."""
+    path = Path(run_dir) / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunLocked(
+            f"run directory {run_dir} is in use by another bnexp process (pid {holder}); "
+            "wait for it to finish or stop it first"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield Path(run_dir)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 # ---- status of a run directory -----------------------------------------------------------------

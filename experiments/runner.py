@@ -145,8 +145,10 @@ def run(
     if resume is not None:
         cfg = load_config(exp, resume)
     trials = prepare(exp, cfg)
+    lock = contextlib.ExitStack()  # one process at a time trains into a run directory
     if resume is not None:
         run_dir = Path(resume)
+        lock.enter_context(results.run_lock(run_dir))
         results.set_status(run_dir, "running")
     else:
         run_dir = results.new_run_dir(
@@ -156,6 +158,21 @@ def run(
             preset=cfg.preset,
             argv=list(argv) if argv is not None else None,
         )
+        lock.enter_context(results.run_lock(run_dir))
+    with lock:
+        return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+
+
+def _run_locked(
+    exp: Experiment,
+    cfg: Config,
+    run_dir: Path,
+    trials: list[Trial],
+    t0: float,
+    progress: Callable[[ProgressEvent], None] | None,
+    make_plots: bool,
+) -> Outcome:
+    """The body of run() once the run directory is created (or resumed) and locked."""
     saved = {
         tid: r
         for tid, r in (

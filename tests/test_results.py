@@ -1,6 +1,7 @@
 """Run directories: atomic writes, round-trips, resume bookkeeping, tolerant listing."""
 
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -259,3 +260,40 @@ def test_damaged_trial_files_are_listed_and_trained_again_on_resume(tmp_path):
     loaded = R.load_run(run)
     assert sorted(loaded.broken) == sorted([f"trials/{ids[0]}.json", f"trials/{ids[1]}.json"])
     assert [r is None for r in loaded.results_for(trials)] == [True, True, False]
+
+
+def test_run_lock_lets_one_process_train_into_a_run_directory(tmp_path):
+    run = _run(tmp_path)
+    with R.run_lock(run):
+        assert (run / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(
+            R.RunLocked, match=f"in use by another bnexp process \\(pid {os.getpid()}\\)"
+        ):
+            with R.run_lock(run):
+                pass
+    with R.run_lock(run):  # released on exit; the .lock file left behind blocks no one
+        pass
+    assert R.RunLocked.exit_code == 1
+
+
+def test_resume_of_a_locked_run_is_one_line_and_exit_1(tmp_path):
+    from _child import child_env, cli
+
+    from experiments import REGISTRY
+    from experiments.base import config_dict
+
+    cfg = REGISTRY["compare"].presets["smoke"]
+    run = R.new_run_dir(tmp_path, "compare", config_dict(cfg), preset="smoke", environment={})
+    with R.run_lock(run):
+        p = subprocess.run(
+            cli("run", "compare", "--resume", str(run)),
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            cwd=tmp_path,
+            timeout=300,
+        )
+    assert p.returncode == 1, p.stderr
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip()]
+    assert lines[-1].startswith("bnexp: ") and "in use by another bnexp process" in lines[-1]
+    assert "Traceback" not in p.stderr
