@@ -134,6 +134,31 @@ def learning_curves(
     return _save(fig, path)
 
 
+def train_test_curves(
+    steps: Sequence[int] | np.ndarray,
+    train: Mapping[str, Any],
+    test: Mapping[str, Any],
+    path: Path,
+    *,
+    title: str = "Train and test loss",
+    ylabel: str = "cross-entropy loss (eval mode)",
+) -> Path:
+    """Train (solid) and test (dashed) curves per arm in the arm's colour, mean over seeds and
+    min..max band, log y axis (losses near 0 and their gap both visible): an overfitting arm's
+    dashed line rises away from its solid one."""
+    x = np.asarray(steps, dtype=np.float64)
+    fig, (ax,) = _figure()
+    colors = _color_map(train, test)
+    banded = [_line_band(ax, x, y, f"{arm} train", colors[arm])[1] for arm, y in train.items()]
+    for arm, y in test.items():
+        banded.append(_line_band(ax, x, y, f"{arm} test", colors[arm])[1])
+        ax.get_lines()[-1].set_linestyle("--")
+    ax.set_yscale("log")
+    _finish(ax, title, "training step", ylabel)
+    _legend(ax, loc="lower left", ncols=2, title=_band_title(any(banded)))
+    return _save(fig, path)
+
+
 def percentile_bands(
     steps: Sequence[int] | np.ndarray,
     percentiles: Mapping[str, Any],

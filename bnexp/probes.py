@@ -35,6 +35,8 @@ normalized weights is lr / ||W||^2 (Ioffe & Szegedy Sec. 3.3). "saturation" is, 
 the fraction of the layer's units over the probe batch (eval mode) whose nonlinearity has
 derivative g'(z) < ``SATURATION_SLOPE`` (for the sigmoid, s(1 - s) = 1 / (4 cosh^2(z / 2)) < 0.01,
 i.e. |z| > 2 arccosh(5) = 4.585): units that pass almost no gradient back.
+"train_sample_eval" (eval-mode loss and accuracy on the probe batch) and "bn_var_ratio" (the
+dropout/BN variance shift of Li et al. 2019) are in bnexp.regularization_probes.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnexp import models, santurkar_probes
+from bnexp import models, regularization_probes, santurkar_probes
 from bnexp.models import ModelSpec
 
 Array = jax.Array
@@ -254,6 +256,9 @@ PROBES: dict[str, Callable[..., ProbeFn]] = {
     "ics": santurkar_probes.ics_probe,
     "landscape": santurkar_probes.landscape_probe,  # options lo, hi, num (the step-size grid)
     "scale_invariance": santurkar_probes.scale_invariance_probe,  # option scales
+    # overfitting and the dropout/BN variance shift (bnexp.regularization_probes)
+    "train_sample_eval": lambda: regularization_probes.train_sample_eval_probe,
+    "bn_var_ratio": lambda: regularization_probes.bn_var_ratio_probe,
 }
 
 ProbeSpec = tuple[str, tuple[tuple[str, Any], ...]]  # (name, options): static, hashable

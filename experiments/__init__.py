@@ -12,6 +12,7 @@ from experiments import (
     landscape,
     lr_sweep,
     noisy_bn,
+    regularization,
     scale_invariance,
 )
 from experiments.base import Experiment
@@ -27,6 +28,7 @@ _ALL = [
     ics.EXPERIMENT,
     landscape.EXPERIMENT,
     scale_invariance.EXPERIMENT,
+    regularization.EXPERIMENT,
 ]
 
 
