@@ -250,8 +250,12 @@ def test_analysis_tables_and_measures():
     var = a.tables[2].rows
     assert [r["fed by dropout"] for r in var] == [False, True, True]
     np.testing.assert_allclose(var[1]["bn+dropout var ratio"]["mean"], np.mean([0.7, 0.6, 0.7]))
-    diag = {r["measure"]: r for r in a.tables[3].rows}
-    np.testing.assert_allclose(diag["final test accuracy"]["effect"], np.mean([0.01, 0.0, 0.02]))
+    diff = {r["pair"]: r for r in a.tables[3].rows}
+    want = _t([0.01, 0.0, 0.02])  # dropout - baseline final test accuracy
+    got = diff["dropout - baseline"]["test acc difference"]
+    np.testing.assert_allclose([got["mean"], got["low"], got["high"]], want, rtol=1e-6)
+    got = diff["bn+dropout - bn"]["loss gap difference"]
+    np.testing.assert_allclose(got["mean"], np.mean([-0.05, -0.05, -0.1]))
     assert a.verdict.outcome == REPRODUCED
 
 
