@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from _child import ROOT, child_env, cli
 
-from bnexp import data, models, results, train
+from bnexp import data, models, plots, results, train
 from bnexp import regularization_probes as rp
 from bnexp.models import ModelSpec
 from bnexp.stats import INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED
@@ -283,6 +283,23 @@ def test_trials_arms_probes_and_sample():
 def test_bad_configs_are_config_errors(change, match):
     with pytest.raises(ConfigError, match=match):
         R.validate(dataclasses.replace(R.PRESETS["quick"], **change))
+
+
+def test_train_test_curves_draws_train_solid_and_test_dashed(tmp_path, monkeypatch):
+    steps = np.arange(0, 301, 50)
+    train_loss = np.stack([2.3 * np.exp(-steps / 60.0) + 1e-3] * 2)
+    test_loss = train_loss + 0.3 * steps / 300
+    test_loss[1, 4:] = np.nan  # a diverged seed: its NaNs are skipped, never drawn
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    path = tmp_path / "loss.png"
+    plots.train_test_curves(steps, {"bn": train_loss}, {"bn": test_loss}, path)
+    (ax,) = drawn[0].axes
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert lines["bn train"].get_linestyle() == "-" and lines["bn test"].get_linestyle() == "--"
+    assert lines["bn train"].get_color() == lines["bn test"].get_color()
+    np.testing.assert_allclose(lines["bn test"].get_ydata()[4:], test_loss[0, 4:])
+    assert ax.get_yscale() == "log"
 
 
 # ---- the real command line ------------------------------------------------------------------
