@@ -7,12 +7,14 @@ from experiments import (
     batch_size,
     compare,
     distributions,
+    ghost_bn,
     ics,
     init_sensitivity,
     landscape,
     lr_sweep,
     noisy_bn,
     scale_invariance,
+    whitening,
 )
 from experiments.base import Experiment
 
@@ -27,6 +29,8 @@ _ALL = [
     ics.EXPERIMENT,
     landscape.EXPERIMENT,
     scale_invariance.EXPERIMENT,
+    ghost_bn.EXPERIMENT,
+    whitening.EXPERIMENT,
 ]
 
 
