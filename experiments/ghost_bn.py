@@ -43,6 +43,9 @@ chance accuracy):
    recovering a large part but not all of it (regime adaptation does the rest), and less than
    half would be a nudge, not a closing.
 Reproduced when all three are; not reproduced when 2 or 3 is wholly on the wrong side.
+
+(The module runs a little past 300 lines because each condition's reason is written out twice,
+here and beside the condition, as in the other experiments.)
 """
 
 from __future__ import annotations
