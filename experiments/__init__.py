@@ -7,6 +7,7 @@ from experiments import (
     batch_size,
     compare,
     distributions,
+    ghost_bn,
     ics,
     init_sensitivity,
     landscape,
@@ -14,6 +15,7 @@ from experiments import (
     noisy_bn,
     regularization,
     scale_invariance,
+    whitening,
 )
 from experiments.base import Experiment
 
@@ -29,6 +31,8 @@ _ALL = [
     landscape.EXPERIMENT,
     scale_invariance.EXPERIMENT,
     regularization.EXPERIMENT,
+    ghost_bn.EXPERIMENT,
+    whitening.EXPERIMENT,
 ]
 
 

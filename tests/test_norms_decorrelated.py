@@ -95,3 +95,55 @@ def test_group_size_falls_back_to_a_divisor():
     assert state["whiten"].shape == (10, 10, 10)
     with pytest.raises(ValueError, match="group_size"):
         norms.get("decorrelated", group_size=0)
+
+
+def test_zca_in_groups_of_16_is_the_symmetric_inverse_square_root():
+    """Huang et al.'s ZCA (not PCA or Cholesky whitening): per group of 16 features the running
+    whitening matrix after one cumulative step is W = Sigma^(-1/2), symmetric positive definite,
+    so W Sigma W = I and W^2 = Sigma^-1 (Sigma: the biased batch covariance, float64 here)."""
+    norm = norms.get("decorrelated", momentum=None, eps=0.0)  # rate 1/count: W of this batch
+    params, state = norm.init(128)
+    assert state["whiten"].shape == (8, 16, 16)  # 128 features: 8 groups of 16
+    x = _x(512, 128, 11)
+    _, s1 = norm.apply(params, state, x, mode="train")
+    w = np.asarray(s1["whiten"], np.float64)
+    xg = np.asarray(x, np.float64).reshape(512, 8, 16)
+    for g in range(8):
+        d = xg[:, g] - xg[:, g].mean(0)
+        sigma = d.T @ d / 512
+        np.testing.assert_allclose(w[g], w[g].T, atol=1e-5 * np.abs(w[g]).max())
+        assert np.linalg.eigvalsh(w[g]).min() > 0
+        np.testing.assert_allclose(w[g] @ sigma @ w[g], np.eye(16), atol=1e-4)
+
+
+def test_conv_input_is_whitened_over_batch_and_space_with_the_common_call_shape():
+    """(N, H, W, C) channels-last: statistics over N*H*W per group; y keeps x's shape and dtype;
+    key is accepted and ignored (the zoo's call shape)."""
+    norm = norms.get("decorrelated", group_size=16, eps=0.0)
+    params, state = norm.init(16)
+    x = _x(8 * 5 * 5, 16, 12).reshape(8, 5, 5, 16)
+    y, s = norm.apply(params, state, x, mode="batch", key=jax.random.key(0))
+    assert y.shape == x.shape and y.dtype == x.dtype and s is state
+    f = np.asarray(y, np.float64).reshape(-1, 16)
+    d = f - f.mean(0)
+    np.testing.assert_allclose(d.T @ d / f.shape[0], np.eye(16), atol=1e-4)
+    y16, _ = norm.apply(params, state, x.astype(jnp.bfloat16), mode="batch")
+    assert y16.dtype == jnp.bfloat16
+
+
+def test_gradient_through_the_eigendecomposition_at_group_16_matches_finite_differences():
+    norm = norms.get("decorrelated", group_size=16)
+    params, state = norm.init(16)
+    x = _x(64, 16, 13)
+    t = jnp.asarray(np.random.default_rng(14).standard_normal((64, 16)).astype(np.float32))
+
+    def loss(x):
+        return jnp.sum(jnp.sin(norm.apply(params, state, x, mode="batch")[0]) * t)
+
+    g = jax.grad(loss)(x)
+    rng = np.random.default_rng(15)
+    for _ in range(3):
+        v = jnp.asarray(rng.standard_normal(x.shape).astype(np.float32))
+        h = 1e-2
+        fd = (loss(x + h * v) - loss(x - h * v)) / (2 * h)
+        np.testing.assert_allclose(float(jnp.vdot(g, v)), float(fd), rtol=2e-2, atol=2e-3)
