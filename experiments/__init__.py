@@ -7,11 +7,13 @@ from experiments import (
     batch_size,
     compare,
     distributions,
+    eval_mode,
     ics,
     init_sensitivity,
     landscape,
     lr_sweep,
     noisy_bn,
+    precise_bn,
     scale_invariance,
 )
 from experiments.base import Experiment
@@ -27,6 +29,8 @@ _ALL = [
     ics.EXPERIMENT,
     landscape.EXPERIMENT,
     scale_invariance.EXPERIMENT,
+    eval_mode.EXPERIMENT,
+    precise_bn.EXPERIMENT,
 ]
 
 
