@@ -165,7 +165,7 @@ def size_table(cfg: EvalModeConfig, rs: list[TrialResult]) -> Table:
             ("eval mode acc", "eval_acc_bs"),
         ):
             row[col] = _summary([float(_final(r, key)[k]) for r in rs])
-        row["batch stats - eval"] = _summary(
+        row["batch stats - eval acc"] = _summary(
             [float(_final(r, "bs_acc")[k] - _final(r, "eval_acc_bs")[k]) for r in rs]
         )
         row["eval flips (max)"] = float(np.nanmax([_final(r, "eval_flip_bs")[k] for r in rs]))

@@ -56,8 +56,16 @@ from bnexp.norms.population import RUNNING_VARS
 from bnexp.sweep import TrialResult
 from experiments import common
 from experiments import conditions as cond
-from experiments.base import Analysis, Config, ConfigError, Experiment, Table, Verdict
-from experiments.base import make_trial, mlp
+from experiments.base import (
+    Analysis,
+    Config,
+    ConfigError,
+    Experiment,
+    Table,
+    Verdict,
+    make_trial,
+    mlp,
+)
 
 CLAIM = (
     "EMA running statistics lag the weights, most early in training and at a small update "
@@ -160,6 +168,11 @@ def _at(r: TrialResult, step: int, values: np.ndarray) -> float:
     return float(values[i])
 
 
+def _worst(cfg: PreciseBNConfig, r: TrialResult) -> float:
+    """The smallest gain of one run over its evaluation points at step >= early_step."""
+    return float(np.min(gains(r)[np.asarray(r.history["step"]) >= cfg.early_step]))
+
+
 def worst_gain(cfg: PreciseBNConfig, by: dict[str, list[TrialResult]]) -> list[float | None]:
     """Per seed: min over every arm and evaluation point at step >= early_step of the gain
     (None for a seed with a diverged member: its later points are not measured)."""
@@ -170,8 +183,7 @@ def worst_gain(cfg: PreciseBNConfig, by: dict[str, list[TrialResult]]) -> list[f
             if r.diverged_at is not None:
                 dead.add(r.trial.seed)
                 continue
-            judged = np.asarray(r.history["step"]) >= cfg.early_step
-            per_seed.setdefault(r.trial.seed, []).append(float(np.min(gains(r)[judged])))
+            per_seed.setdefault(r.trial.seed, []).append(_worst(cfg, r))
     return [None if s in dead else min(v) for s, v in sorted(per_seed.items())]
 
 
@@ -206,12 +218,11 @@ def lag_table(cfg: PreciseBNConfig, by: dict[str, list[TrialResult]]) -> Table:
             row: dict[str, Any] = {"lr": cfg.lr * m, "rate": rate}
             for label, step in (("early", cfg.early_step), ("end", cfg.steps)):
                 row[f"EMA acc {label}"] = _summary([_at(r, step, r.history["ema_acc"]) for r in rs])
-                row[f"gain {label}"] = _summary([_at(r, step, gains(r)) for r in rs])
+                row[f"PreciseBN - EMA acc {label}"] = _summary([_at(r, step, gains(r)) for r in rs])
                 row[f"mean lag {label}"] = _summary(
                     [_at(r, step, np.mean(r.history["ema_mean_gap"], axis=1)) for r in rs]
                 )
-            judged = [np.asarray(r.history["step"]) >= cfg.early_step for r in rs]
-            row["worst gain"] = _summary([float(np.min(gains(r)[j])) for r, j in zip(rs, judged)])
+            row["worst PreciseBN - EMA acc"] = _summary([_worst(cfg, r) for r in rs])
             row["diverged"] = len(by.get(tag(rate, m), [])) - len(rs)
             rows.append(row)
     return Table(
@@ -230,9 +241,9 @@ def variance_table(cfg: PreciseBNConfig, by: dict[str, list[TrialResult]]) -> Ta
         for rate in cfg.rates:
             rs = _ok(by.get(tag(rate, m), []))
             row: dict[str, Any] = {"lr": cfg.lr * m, "rate": rate}
-            row["EMA"] = _summary([float(r.history["ema_acc"][-1]) for r in rs])
+            row["EMA acc"] = _summary([float(r.history["ema_acc"][-1]) for r in rs])
             for k, rv in enumerate(RUNNING_VARS):
-                name = "Algorithm 2 (unbiased)" if rv == "unbiased" else f"population {rv}"
+                name = "Algorithm 2 (unbiased) acc" if rv == "unbiased" else f"{rv} var acc"
                 row[name] = _summary([float(r.history["precise_acc"][-1][k]) for r in rs])
             rows.append(row)
     return Table(
