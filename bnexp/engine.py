@@ -29,7 +29,7 @@ ordered and its first 5,000 images are the cleaner NIST half). test_acc/test_los
 estimates from that subset (standard error ~0.7 points at 90% accuracy; both arms of a pair see
 the same images) and test_acc_batch is NaN. A model without norm layers gets test_acc_batch from
 its one eval pass (both modes are the same network). Probes run at every point (their analyses
-read series; they need no test set). Measured share of the run (compile excluded) spent in the
+read series; a probe of inference reads the point's test rows, hp["test"]). Measured share of the run (compile excluded) spent in the
 point programs on the 2-core dev machine (2 host devices, full MNIST, MLP 784-100-100-100-10,
 batch 60), before the schedule -> step 0 + the schedule with the grid on the whole test set ->
 this: compare quick (3000 steps, eval_every 100, 2 groups of 5 seeds; 30 -> 55 -> 55 points)
@@ -450,6 +450,7 @@ def member_point(
             "norm_call": call,
             "key": probe_key,
             "batch_size": cfg.batch_size,
+            "test": (x_test, y_test),  # the test rows this point evaluates (eval_subset or all)
         }
 
         def loss_fn(params, norm_state, x, y, *, mode="train", key=None, norm_call=None):

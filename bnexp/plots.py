@@ -592,3 +592,27 @@ def _forest_tick(r: ForestRow, x: float, centre: bool = False) -> str:
     if r.unit == " pts" or (centre and r.unit):
         text += r.unit
     return text
+
+
+def accuracy_by_size(
+    sizes: Sequence[int] | np.ndarray,
+    curves: Mapping[str, Any],
+    path: Path,
+    *,
+    title: str = "Test accuracy by test batch size",
+    xlabel: str = "test batch size (log2 scale)",
+    ylabel: str = "test accuracy",
+) -> Path:
+    """Accuracy per curve vs a batch size (log2 x, increasing to the right): mean line and
+    min..max band over seeds; each value is (sizes,) or (seeds, sizes), NaN where unmeasured."""
+    x = np.asarray(sizes, dtype=np.float64)
+    fig, (ax,) = _figure()
+    colors = _color_map(curves)
+    banded = [_line_band(ax, x, y, name, colors[name], marker="o")[1] for name, y in curves.items()]
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [f"{b:g}" for b in x])
+    ax.minorticks_off()
+    _percent_axis(ax.yaxis)
+    _finish(ax, title, xlabel, ylabel)
+    _legend(ax, loc="best", title=_band_title(any(banded)))
+    return _save(fig, path)

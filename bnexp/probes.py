@@ -11,8 +11,10 @@ function called once per member (inside ``jax.vmap``, inside ``jit``) at each ev
                for every member; Trial.probe_batch_size of them)
     hp         the member's numbers: "lr", "momentum", "init_scale", "seed", "step" (updates done),
                "norm_call" (this step's per-call norm options, renorm schedule included),
-               "key" (a PRNG key for the probe, distinct from every training key) and
-               "batch_size" (the trial's training batch size, a static int)
+               "key" (a PRNG key for the probe, distinct from every training key),
+               "batch_size" (the trial's training batch size, a static int) and "test"
+               ((x, y): the test rows the point evaluates, engine.eval_subset before the last
+               point and the whole test set at it, for probes of inference)
     loss_fn    loss_fn(params, norm_state, x, y, *, mode="train", key=None, norm_call=None)
                -> (mean cross-entropy, (new_norm_state, logits)); differentiable in params;
                key defaults to hp["key"] and norm_call to hp["norm_call"]
@@ -49,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bnexp import models, regularization_probes, santurkar_probes
+from bnexp import inference_probes, models, regularization_probes, santurkar_probes
 from bnexp.models import ModelSpec
 
 Array = jax.Array
@@ -259,6 +261,9 @@ PROBES: dict[str, Callable[..., ProbeFn]] = {
     # overfitting and the dropout/BN variance shift (bnexp.regularization_probes)
     "train_sample_eval": lambda: regularization_probes.train_sample_eval_probe,
     "bn_var_ratio": lambda: regularization_probes.bn_var_ratio_probe,
+    # inference with the wrong statistics (bnexp.inference_probes; they read hp["test"])
+    "eval_mode": inference_probes.eval_mode_probe,  # option sizes (test batch sizes)
+    "precise_bn": inference_probes.precise_bn_probe,  # option batches (N training batches)
 }
 
 ProbeSpec = tuple[str, tuple[tuple[str, Any], ...]]  # (name, options): static, hashable

@@ -7,12 +7,14 @@ from experiments import (
     batch_size,
     compare,
     distributions,
+    eval_mode,
     ghost_bn,
     ics,
     init_sensitivity,
     landscape,
     lr_sweep,
     noisy_bn,
+    precise_bn,
     regularization,
     scale_invariance,
     whitening,
@@ -33,6 +35,8 @@ _ALL = [
     regularization.EXPERIMENT,
     ghost_bn.EXPERIMENT,
     whitening.EXPERIMENT,
+    eval_mode.EXPERIMENT,
+    precise_bn.EXPERIMENT,
 ]
 
 

@@ -55,9 +55,15 @@ def combine(
     n = jnp.stack([jnp.asarray(c, jnp.float32) for c in counts])
     mu = jnp.stack([jnp.asarray(m, jnp.float32) for m in means])
     var = jnp.stack([jnp.asarray(v, jnp.float32) for v in variances])
+    if running_var == "unbiased" and bool(jnp.any(n < 2)):
+        raise ValueError("running_var='unbiased' needs at least two values per channel a batch")
+    return pool(n, mu, var, running_var)
+
+
+def pool(n: Array, mu: Array, var: Array, running_var: str = "biased") -> State:
+    """``combine``'s arithmetic on stacked per-batch counts n (N,), means and biased variances
+    (N, C), without its checks: traceable (jit, vmap), for probes."""
     if running_var == "unbiased":
-        if bool(jnp.any(n < 2)):
-            raise ValueError("running_var='unbiased' needs at least two values per channel a batch")
         var = var * (n / (n - 1.0))[:, None]
     w = (n / jnp.sum(n))[:, None]
     mean = jnp.sum(w * mu, 0)
@@ -67,7 +73,7 @@ def combine(
     return {
         "mean": mean.astype(jnp.float32),
         "var": pop_var.astype(jnp.float32),
-        "count": jnp.asarray(len(counts), jnp.float32),
+        "count": jnp.asarray(n.shape[0], jnp.float32),
     }
 
 
@@ -113,3 +119,44 @@ def recompute(
         )
         new_state[group][i] = {**old, **pop}
     return new_state
+
+
+def recompute_stacked(
+    params: dict,
+    norm_state: dict,
+    spec: Any,
+    xs: Array,
+    *,
+    running_vars: Sequence[str] = ("biased",),
+    norm_call: dict | None = None,
+) -> list[dict]:
+    """``recompute`` for N equal batches stacked as xs (N, B, ...), traceable (inside jit and
+    vmap: the engine's probes), one new norm state per entry of ``running_vars`` (the batches'
+    moments are computed once). Equal batches weigh equally; a layer's count per batch is its
+    elements per channel (B, or B*H*W for a conv layer)."""
+    from bnexp import models
+
+    bad = [rv for rv in running_vars if rv not in RUNNING_VARS]
+    if bad:
+        raise ValueError(f"running_var must be one of {RUNNING_VARS}, got {bad[0]!r}")
+
+    def layer_moments(x: Array) -> list[tuple[Array, Array, Array]]:
+        _, _, aux = models.apply(
+            params, norm_state, x, spec, mode="batch", capture=True, norm_call=norm_call
+        )
+        return [batch_moments(u) for u in aux["norm_inputs"]]
+
+    per_batch = jax.vmap(layer_moments)(xs)  # per layer: counts (N,), means, vars (N, C)
+    layout = [(g, i) for g in ("conv", "hidden") for i in range(len(norm_state[g]))]
+    out = []
+    for rv in running_vars:
+        new_state: dict[str, list] = {
+            "conv": list(norm_state["conv"]),
+            "hidden": list(norm_state["hidden"]),
+        }
+        for (group, i), (n, mu, var) in zip(layout, per_batch, strict=True):
+            old = norm_state[group][i]
+            if "mean" in old and "var" in old:
+                new_state[group][i] = {**old, **pool(n, mu, var, rv)}
+        out.append(new_state)
+    return out
