@@ -116,12 +116,14 @@ def settings(
 _STATE: dict[str, Any] = {"settings": None, "rendezvous": 0}
 
 
-def initialize(s: Settings) -> None:
+def initialize(s: Settings, host_devices: int = 1) -> None:
     """Join the job (before JAX starts its backends; idempotent). A coordinator that cannot be
     reached within WAIT_MS is one line (DistributedError), not a traceback."""
     if _STATE["settings"] is not None:
         return
     import jax
+
+    check_collectives(jax.config.jax_cpu_collectives_implementation, host_devices)
 
     jax.config.update("jax_enable_recoverability", True)  # see the module doc: faults
     kwargs: dict[str, Any] = {
@@ -142,6 +144,16 @@ def initialize(s: Settings) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DistributedError(f"could not join the {where}: {first}") from None
     _STATE["settings"] = s
+
+
+def check_collectives(implementation: str, host_devices: int) -> None:
+    """XLA's MPI CPU collectives support one device per process (with more, a process aborts:
+    openxla/xla#16430); gloo, JAX's default, has no such limit."""
+    if implementation == "mpi" and host_devices > 1:
+        raise UsageError(
+            f"MPI CPU collectives take one device per process, not {host_devices}: set "
+            "BNEXP_HOST_DEVICES=1 (or use gloo, JAX's default)"
+        )
 
 
 def _keep_stdout_for_bnexp() -> None:

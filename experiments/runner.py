@@ -126,9 +126,9 @@ def setup_process(dist: distributed.Settings | None = None) -> None:
     device count it has stays."""
     from bnexp import sweep
 
-    sweep.configure_host_devices()
+    host_devices = sweep.configure_host_devices()
     if dist is not None:
-        distributed.initialize(dist)
+        distributed.initialize(dist, host_devices)
     sweep.enable_compilation_cache()
 
 
