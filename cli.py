@@ -6,6 +6,7 @@ interrupt 130; each prints one line on stderr, no tracebacks unless --debug.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import sys
@@ -198,6 +199,45 @@ Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Seeds per setting
 Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Dataset name (bnexp datasets).")]  # noqa: UP045
 Steps = Annotated[Optional[int], typer.Option("--steps", help="Training steps per trial.")]  # noqa: UP045
 
+# Joining a distributed job (bnexp.distributed): every process runs the same command.
+_DIST = "Distributed (JAX multi-controller)"
+Coordinator = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--coordinator", help="HOST:PORT of process 0.", rich_help_panel=_DIST),
+]
+NumProcesses = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--num-processes", help="Processes in the job.", rich_help_panel=_DIST),
+]
+ProcessId = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--process-id", help="This process's index (0: writes).", rich_help_panel=_DIST),
+]
+AutoDist = Annotated[
+    bool,
+    typer.Option(
+        "--distributed",
+        help="Join the job JAX detects (SLURM, Open MPI, Kubernetes).",
+        rich_help_panel=_DIST,
+    ),
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", help="More detail (progress on every process).")
+]
+
+
+def _join(coordinator, num_processes, process_id, auto: bool) -> bool:
+    """Join the distributed job the options or BNEXP_* variables name (before JAX starts; one
+    line on stderr per process); True when this process is the one that writes and prints."""
+    from bnexp import distributed
+    from experiments import runner
+
+    dist = distributed.settings(coordinator, num_processes, process_id, auto)
+    runner.setup_process(dist)
+    if dist is not None:
+        typer.echo(f"bnexp: {distributed.describe()}", err=True)
+    return distributed.is_main()
+
 
 def _experiment(name: str):
     from experiments import REGISTRY
@@ -232,14 +272,26 @@ def _check_out(out: Path) -> None:
         ) from None
 
 
-def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_plots: bool):  # noqa: UP045
+def _execute(
+    exp,
+    cfg,
+    *,
+    out: Path,
+    resume: Optional[Path],  # noqa: UP045
+    json_out: bool,
+    no_plots: bool,
+    main: bool = True,
+    verbose: bool = False,
+):
     from bnexp import report
     from experiments import runner
 
-    if resume is None:
+    if resume is None and main:
         _check_out(out)
     err = report.make_console(stderr=True)
-    with report.sweep_progress(err) as progress:  # an interrupt: runner.RunInterrupted (exit 130)
+    quiet = not main and not verbose  # a distributed job's other processes: one line at the end
+    shown = contextlib.nullcontext(None) if quiet else report.sweep_progress(err)
+    with shown as progress:  # an interrupt: runner.RunInterrupted (exit 130)
         outcome = runner.run(
             exp,
             cfg,
@@ -249,6 +301,9 @@ def _execute(exp, cfg, *, out: Path, resume: Optional[Path], json_out: bool, no_
             make_plots=not no_plots,
             argv=sys.argv,
         )
+    if outcome.run_dir is None:  # not process 0: it holds the results
+        typer.echo(f"bnexp: done; {outcome.timing['trials_run_now']} trials trained", err=True)
+        return outcome
     if json_out:
         from bnexp.results import to_jsonable
 
@@ -306,13 +361,28 @@ def run_cmd(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Finish an interrupted run directory.")
     ] = None,  # noqa: UP045
+    verbose: Verbose = False,
+    coordinator: Coordinator = None,
+    num_processes: NumProcesses = None,
+    process_id: ProcessId = None,
+    distributed: AutoDist = False,
 ) -> None:
     """Run a named experiment, print its tables and verdict, write a run directory."""
     exp = _experiment(name)
-    if resume is not None and not (resume / "config.json").is_file():
-        raise UsageError(f"--resume {resume}: not a bnexp run directory (no config.json)")
     cfg = _resolve_config(exp, preset, seeds, dataset, steps, set_ or [])
-    _execute(exp, cfg, out=out, resume=resume, json_out=json_out, no_plots=no_plots)
+    main = _join(coordinator, num_processes, process_id, distributed)
+    if main and resume is not None and not (resume / "config.json").is_file():
+        raise UsageError(f"--resume {resume}: not a bnexp run directory (no config.json)")
+    _execute(
+        exp,
+        cfg,
+        out=out,
+        resume=resume,
+        json_out=json_out,
+        no_plots=no_plots,
+        main=main,
+        verbose=verbose,
+    )
 
 
 @app.command("compare")
@@ -335,6 +405,11 @@ def compare_cmd(
     out: Out = Path("runs"),
     json_out: Json = False,
     no_plots: NoPlots = False,
+    verbose: Verbose = False,
+    coordinator: Coordinator = None,
+    num_processes: NumProcesses = None,
+    process_id: ProcessId = None,
+    distributed: AutoDist = False,
 ) -> None:
     """Paired arms (same seeds, data order and initial weights): BN vs the unnormalized baseline."""
     from bnexp import norms as norms_mod
@@ -350,7 +425,17 @@ def compare_cmd(
         raise UsageError("no arms left: use --bn, --baseline or --norm NAME")
     fields = {"arms": tuple(arms), "activation": activation, "lr": lr}
     cfg = _resolve_config(exp, preset, seeds, dataset, steps, [], **fields)
-    _execute(exp, cfg, out=out, resume=None, json_out=json_out, no_plots=no_plots)
+    main = _join(coordinator, num_processes, process_id, distributed)
+    _execute(
+        exp,
+        cfg,
+        out=out,
+        resume=None,
+        json_out=json_out,
+        no_plots=no_plots,
+        main=main,
+        verbose=verbose,
+    )
 
 
 @app.command("list")
@@ -505,6 +590,11 @@ def reproduce_cmd(
     seeds: Seeds = None,
     out: ReproduceOut = None,
     json_out: Json = False,
+    verbose: Verbose = False,
+    coordinator: Coordinator = None,
+    num_processes: NumProcesses = None,
+    process_id: ProcessId = None,
+    distributed: AutoDist = False,
 ) -> None:
     """Every claim in one command: run each experiment (reusing finished runs), write one report."""
     from bnexp import report, results, runs
@@ -520,19 +610,23 @@ def reproduce_cmd(
     except rp.ConfigError as e:
         raise UsageError(str(e)) from None
     out = out if out is not None else Path("runs") / f"reproduce-{preset}"
-    _check_out(out)
+    main = _join(coordinator, num_processes, process_id, distributed)
+    if main:
+        _check_out(out)
     names = [e.name for e in exps] if only else None
     again = rp.reproduce_command(preset, names, seeds, out)
     err = report.make_console(stderr=True)
+    quiet = not main and not verbose
     try:
-        with report.OverallProgress(err, len(exps)) as overall:
+        shown = contextlib.nullcontext(None) if quiet else report.OverallProgress(err, len(exps))
+        with shown as overall:
             rep = rp.reproduce(
                 out,
                 preset=preset,
                 only=names,
                 seeds=seeds,
                 on_step=overall,
-                sweep_progress=lambda: report.sweep_progress(err),
+                sweep_progress=None if quiet else (lambda: report.sweep_progress(err)),
                 keep_going=not _DEBUG,
                 argv=sys.argv,
             )
@@ -541,6 +635,9 @@ def reproduce_cmd(
             f"stopped; finished experiments are kept in {out}; to continue, run "
             f"the same command again: {again}"
         ) from None
+    if not main:  # a distributed job's other process: process 0 writes and prints
+        typer.echo(f"bnexp: done; {len(rep.items)} experiments", err=True)
+        return
     verdicts = {
         i.experiment.name: (
             results.read_json(i.run_dir / "summary.json")["verdict"]

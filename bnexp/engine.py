@@ -82,7 +82,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bnexp import models, probes, train
+from bnexp import distributed, models, probes, train
 from bnexp.models import ModelSpec
 from bnexp.train import TRACE_COUNTS, Carry, StepConfig
 
@@ -757,8 +757,8 @@ def run_group(
     blocks).
     """
     t_start = time.perf_counter()
-    if len(hps) < mesh.devices.size:  # fewer members than devices: padding would only compete
-        mesh = make_mesh(list(mesh.devices.flat)[: len(hps)])  # with them for the same cores
+    if len(hps) < mesh.devices.size and not distributed.active():  # fewer members than devices:
+        mesh = make_mesh(list(mesh.devices.flat)[: len(hps)])  # padding would only compete for cores
     n_pieces, size = pieces(len(hps), max_members, mesh.devices.size)
     per_piece = math.ceil(len(hps) / n_pieces)
     member, repl = NamedSharding(mesh, PartitionSpec(AXIS)), NamedSharding(mesh, PartitionSpec())
@@ -820,7 +820,7 @@ def run_group(
             nonlocal eval_seconds
             t0 = time.perf_counter()
             out = (progs.point if on else progs.point_lite)(carry, hp, data)
-            out = jax.tree.map(np.asarray, out)
+            out = distributed.to_host(out)
             eval_seconds += time.perf_counter() - t0
             return out
 
@@ -837,7 +837,7 @@ def run_group(
                 upcoming = chunk_inputs(start, lengths[j + 1])
             jax.block_until_ready(carry)  # so that eval_seconds times the evaluation alone
             metrics = evaluate(carry, bool(full[j + 1]))
-            chunk = np.concatenate([np.asarray(v)[:, :n] for v, n in losses], 1)
+            chunk = np.concatenate([distributed.to_host(v)[:, :n] for v, n in losses], 1)
             if j == 0:  # step 0's train_loss: the first batch's loss at the initial weights
                 points[0]["train_loss"] = chunk[:, 0]
             metrics["train_loss"] = chunk.mean(1)

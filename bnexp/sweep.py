@@ -282,7 +282,7 @@ def run_sweep(
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from bnexp import data, engine, probes, train
+    from bnexp import data, distributed, engine, probes, train
 
     trials = list(trials)
     if max_members < 1:
@@ -306,7 +306,10 @@ def run_sweep(
         # The dataset goes onto the devices once per run, not per group: each group replicates
         # it over its mesh (all devices, or the first len(ids) for a small group), and
         # engine.run_group's device_put of an array already so placed moves nothing.
-        devs = tuple(mesh.devices.flat)[: max(1, min(len(ids), mesh.devices.size))]
+        # (A distributed job keeps every process's devices: a process with none in a program
+        # could not take part in gathering its results.)
+        n_dev = max(1, min(len(ids), mesh.devices.size))
+        devs = tuple(mesh.devices.flat)[: mesh.devices.size if distributed.active() else n_dev]
         pkey = (dkey, devs)
         if pkey not in placed:
             repl = NamedSharding(engine.make_mesh(list(devs)), PartitionSpec())

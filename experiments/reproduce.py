@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bnexp import htmlreport, results, runs
+from bnexp import distributed, htmlreport, results, runs
 from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent
 from experiments import REGISTRY, runner
@@ -264,8 +264,9 @@ def reproduce(
     emit = on_step or (lambda s: None)
     progress = sweep_progress or _no_progress
     names = [e.name for e in exps] if only else None
+    keep_going = keep_going and not distributed.active()  # a failure on one process: stop all
     for k, (exp, cfg) in enumerate(zip(exps, configs, strict=True)):
-        found = find_run(out, exp, cfg)
+        found = _found_everywhere(out, exp, cfg)
         if found is not None and found[0] == "reuse":
             rep.items.append(Item(exp, cfg, "reused", found[1]))
             emit(
@@ -317,10 +318,21 @@ def reproduce(
                 item.seconds,
             )
         )
+    rep.wall_time_seconds = time.perf_counter() - t0
+    if not distributed.is_main():  # the run directories, report and index are process 0's
+        return rep
     rep.reports = write_report(out, rep.items)
     rep.wall_time_seconds = time.perf_counter() - t0
     rep.index = write_index(rep)
     return rep
+
+
+def _found_everywhere(out: Path, exp: Experiment, cfg: Config) -> tuple[str, Path] | None:
+    """find_run on process 0, the same answer on every process of a distributed job (the
+    others may not see process 0's disk)."""
+    found = find_run(out, exp, cfg) if distributed.is_main() else None
+    shared = distributed.broadcast("find_run", None if found is None else [found[0], str(found[1])])
+    return None if shared is None else (shared[0], Path(shared[1]))
 
 
 def _newest(out: Path, exp: Experiment, cfg: Config) -> Path | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnexp import data, metrics, plots, results, stats
+from bnexp import data, distributed, metrics, plots, results, stats
 from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
@@ -39,10 +39,10 @@ class RunInterrupted(Interrupted):
 class Outcome:
     experiment: Experiment
     config: Config
-    run_dir: Path
+    run_dir: Path | None  # None on a distributed job's processes other than 0
     trials: list[Trial]
     results: list[TrialResult]
-    analysis: Analysis
+    analysis: Analysis | None  # None likewise
     timing: dict[str, float]
 
 
@@ -119,13 +119,16 @@ def _sigterm_as_interrupt() -> Iterator[None]:
             signal.signal(sig, previous)
 
 
-def setup_process() -> None:
+def setup_process(dist: distributed.Settings | None = None) -> None:
     """The process-wide settings a run needs, before JAX starts its backends: one host device
-    per core (sweep.configure_host_devices) and JAX's on-disk compilation cache. Idempotent; once
-    JAX has started, the device count it has stays."""
+    per core (sweep.configure_host_devices), joining a distributed job when asked (dist, see
+    bnexp.distributed) and JAX's on-disk compilation cache. Idempotent; once JAX has started, the
+    device count it has stays."""
     from bnexp import sweep
 
-    sweep.configure_host_devices()
+    host_devices = sweep.configure_host_devices()
+    if dist is not None:
+        distributed.initialize(dist, host_devices)
     sweep.enable_compilation_cache()
 
 
@@ -139,83 +142,122 @@ def run(
     make_plots: bool = True,
     argv: Sequence[str] | None = None,
 ) -> Outcome:
-    """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary."""
+    """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary.
+
+    In a distributed job (bnexp.distributed) every process calls this with the same arguments:
+    process 0 alone owns the run directory (creates or resumes it, saves, analyses, plots); the
+    others train their shards of every group and return an Outcome without a run directory."""
     setup_process()
     t0 = time.perf_counter()
-    if resume is not None:
-        cfg = load_config(exp, resume)
-    trials = prepare(exp, cfg)
-    lock = contextlib.ExitStack()  # one process at a time trains into a run directory
-    if resume is not None:
-        run_dir = Path(resume)
-        lock.enter_context(results.run_lock(run_dir))
-        results.set_status(run_dir, "running")
-    else:
-        run_dir = results.new_run_dir(
-            out,
-            exp.name,
-            config_dict(cfg),
-            preset=cfg.preset,
-            argv=list(argv) if argv is not None else None,
-        )
-        lock.enter_context(results.run_lock(run_dir))
-    with lock:
-        return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+    owned: dict[str, Path] = {}
+
+    def on_lost(message: str) -> None:  # a peer died: keep what is saved, resumable
+        if "run_dir" in owned:
+            results.set_status(owned["run_dir"], "interrupted", error=message)
+
+    with distributed.watchdog(on_lost):
+        main = distributed.is_main()
+        if resume is not None:  # process 0 reads the run's config; the others receive it
+            mine = load_config(exp, resume) if main else None
+            doc = distributed.broadcast("config", None if mine is None else config_dict(mine))
+            cfg = mine if mine is not None else results.dataclass_from_dict(exp.config_type, doc)
+        trials = prepare(exp, cfg)
+        _agree(exp, cfg, trials)
+        lock = contextlib.ExitStack()  # one process at a time trains into a run directory
+        run_dir: Path | None = None
+        if main and resume is not None:
+            run_dir = Path(resume)
+            lock.enter_context(results.run_lock(run_dir))
+            results.set_status(run_dir, "running")
+        elif main:
+            run_dir = results.new_run_dir(
+                out,
+                exp.name,
+                config_dict(cfg),
+                preset=cfg.preset,
+                argv=list(argv) if argv is not None else None,
+            )
+            lock.enter_context(results.run_lock(run_dir))
+        if run_dir is not None:
+            owned["run_dir"] = run_dir
+        with lock:
+            return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+
+
+def _agree(exp: Experiment, cfg: Config, trials: Sequence[Trial]) -> None:
+    """In a distributed job: the same code, config, trials and data on every process (one line
+    on every process otherwise), before any training."""
+    if not distributed.active():
+        return
+    ds = data.load(cfg.dataset)
+    arrays = {
+        "x_train": ds.x_train,
+        "y_train": ds.y_train,
+        "x_test": ds.x_test,
+        "y_test": ds.y_test,
+    }
+    distributed.agree(
+        exp.name,
+        {
+            "code": distributed.code_fingerprint(),
+            "config": distributed.fingerprint(config_dict(cfg)),
+            "trials": distributed.fingerprint([results.trial_id(t) for t in trials]),
+            "data": distributed.data_fingerprint(arrays),
+        },
+    )
 
 
 def _run_locked(
     exp: Experiment,
     cfg: Config,
-    run_dir: Path,
+    run_dir: Path | None,
     trials: list[Trial],
     t0: float,
     progress: Callable[[ProgressEvent], None] | None,
     make_plots: bool,
 ) -> Outcome:
-    """The body of run() once the run directory is created (or resumed) and locked."""
-    saved = {
-        tid: r
-        for tid, r in (
-            (results.trial_id(t), r)
-            for t, r in zip(trials, results.load_run(run_dir).results_for(trials), strict=True)
-        )
-        if r is not None
-    }
-    todo = [t for t in trials if results.trial_id(t) not in saved]
+    """The body of run() once the run directory is created (or resumed) and locked (run_dir None:
+    a distributed job's process other than 0, which trains and keeps nothing)."""
+    saved: dict[str, TrialResult] = {}
+    if run_dir is not None:
+        loaded = results.load_run(run_dir).results_for(trials)
+        saved = {
+            results.trial_id(t): r for t, r in zip(trials, loaded, strict=True) if r is not None
+        }
+    done = set(distributed.broadcast("saved", sorted(saved)))  # process 0's saved trials
+    todo = [t for t in trials if results.trial_id(t) not in done]
     compile_s = eval_s = 0.0
 
     def on_group_done(group: list[TrialResult]) -> None:
         nonlocal compile_s, eval_s
         _raise_if_stopped()
-        results.save_group(run_dir, group)
+        if run_dir is not None:
+            results.save_group(run_dir, group)
         for r in group:
             saved[results.trial_id(r.trial)] = r
         compile_s += max((r.extra.get("compile_seconds", 0.0) for r in group), default=0.0)
         eval_s += max((r.extra.get("eval_seconds", 0.0) for r in group), default=0.0)
 
+    def report(event: ProgressEvent) -> None:
+        _raise_if_stopped()
+        if progress is not None:
+            progress(event)
+
+    if run_dir is None:  # a distributed job's other process: train its shards, keep nothing
+        with _sigterm_as_interrupt():
+            if todo:
+                run_sweep(todo, progress=report, on_group_done=on_group_done)
+        return Outcome(exp, cfg, None, trials, [], None, {"trials_run_now": len(todo)})
     with _sigterm_as_interrupt():
         try:
             with results.tracking_status(run_dir):
                 if todo:
-
-                    def report(event: ProgressEvent) -> None:
-                        _raise_if_stopped()
-                        if progress is not None:
-                            progress(event)
-
                     run_sweep(todo, progress=report, on_group_done=on_group_done)
                 ordered = [saved[results.trial_id(t)] for t in trials]
                 analysis = exp.analyze(cfg, ordered)
                 train_s = time.perf_counter() - t0
                 if make_plots and exp.plot is not None:
-                    plot_dir = run_dir / "plots"
-                    plot_dir.mkdir(exist_ok=True)
-                    analysis.plots = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
-                    vd = analysis.verdict.to_json()  # and the verdict's forest plot, if any
-                    if vd["conditions"]:
-                        analysis.plots.append(
-                            plots.forest([(exp.name, vd)], plot_dir / "verdict.png")
-                        )
+                    analysis.plots = _plots(exp, cfg, ordered, analysis, run_dir / "plots")
                 timing = {
                     "wall_time_seconds": time.perf_counter() - t0,
                     "train_time_seconds": train_s,
@@ -237,6 +279,19 @@ def _run_locked(
         except KeyboardInterrupt:
             raise RunInterrupted(run_dir, len(saved), len(trials)) from None
     return Outcome(exp, cfg, run_dir, trials, ordered, analysis, timing)
+
+
+def _plots(
+    exp: Experiment, cfg: Config, ordered: list[TrialResult], analysis: Analysis, plot_dir: Path
+) -> list[Path]:
+    """The experiment's plots and the verdict's forest plot (if it has conditions)."""
+    assert exp.plot is not None
+    plot_dir.mkdir(exist_ok=True)
+    made = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
+    vd = analysis.verdict.to_json()
+    if vd["conditions"]:
+        made.append(plots.forest([(exp.name, vd)], plot_dir / "verdict.png"))
+    return made
 
 
 def summary_rows(analysis: Analysis) -> list[dict[str, Any]]:
