@@ -64,9 +64,23 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="Say on stderr what the engine chose and why (member blocks)."
+        ),
+    ] = False,
 ) -> None:
     global _DEBUG
     _DEBUG = debug
+    if verbose:  # bnexp logs its layout choices (bnexp.calibrate); one line each on stderr
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("bnexp: %(message)s"))
+        log = logging.getLogger("bnexp")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 # ---- section: datasets (data issue) ---------------------------------------------------------
