@@ -512,6 +512,10 @@ ReproduceOut = Annotated[
 ]
 
 
+def _seconds(s: float | None) -> str:
+    return "" if s is None else f"{s:.1f}"
+
+
 @app.command("reproduce")
 def reproduce_cmd(
     preset: ReproducePreset = "quick",
@@ -576,6 +580,8 @@ def reproduce_cmd(
                     "run_dir": str(i.run_dir) if i.run_dir else None,
                     "verdict": verdicts[i.experiment.name],
                     "error": i.error,
+                    "wall_time_seconds": rp.timing(i.run_dir).get("wall_time_seconds"),
+                    "compile_seconds": rp.timing(i.run_dir).get("compile_seconds"),
                 }
                 for i in rep.items
             ],
@@ -594,10 +600,11 @@ def reproduce_cmd(
                 or f"no result ({i.action})",
                 "measured": (verdicts[i.experiment.name] or {}).get("evidence") or i.error or "",
                 "run": i.action,
+                "compile s": _seconds(rp.timing(i.run_dir).get("compile_seconds")),
             }
 
         con = report.make_console()
-        cols = ["experiment", "verdict", "measured", "run"]
+        cols = ["experiment", "verdict", "measured", "run", "compile s"]
         claims = [row(i) for i in rep.items if not i.experiment.identity]
         checks = [row(i) for i in rep.items if i.experiment.identity]
         report.render_table(f"Claims ({preset} preset)", cols, claims, con)
