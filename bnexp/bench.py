@@ -1,4 +1,5 @@
-"""Benchmarks: bnexp's training throughput against the machine's matmul peak and PyTorch eager.
+"""Benchmarks: bnexp's training throughput against the machine's matmul peak, PyTorch eager, and
+the ensembles a user would write instead (over 300 lines: one case per function, and the run).
 
     figures = run(QUICK if quick else FULL, torch=None, progress=print_to_stderr)   # a dict
 
@@ -25,6 +26,14 @@ Cases (every bnexp case runs bnexp's own code; nothing is hand-written for the b
 - ``torch_*``: the same MLPs and CNN in PyTorch eager, written as a user would (``nn.Sequential``,
   ``optim.SGD``, a Python loop over steps), with PyTorch's default threads and with one thread;
   only when PyTorch is importable. Comparisons use PyTorch's faster setting.
+
+- ``jax_vmap_<M>`` / ``torch_ensemble_<M>`` (``peers``): what a user would write instead of the
+  largest sweep (bnexp.bench_peers): a plain JAX vmap of an optax step in lax.scan on one device,
+  and a PyTorch stacked-weight (bmm) ensemble; ratios ``sweep_vs_jax_vmap`` and
+  ``sweep_vs_torch_ensemble``.
+- the scaling table (``scaling``; bnexp.bench_scaling): model-steps/s of lr sweeps of 1 to 256
+  members on 1 and 2 host devices, a child process per device count, and seconds per
+  evaluation point; it runs after the timed cases, not interleaved with them.
 
 Data: random MNIST-shaped examples (bnexp's "synthetic" dataset for run_sweep), batches drawn
 from 4096 of them; throughput does not depend on the values.

@@ -93,7 +93,7 @@ def test_cli_quick_no_torch_json():
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
+        timeout=1800,  # with the peers and the scaling children; minutes on an idle machine
         cwd=ROOT,
     )
     assert p.returncode == 0, p.stderr[-3000:]
