@@ -140,3 +140,21 @@ def test_results_do_not_depend_on_the_calibrated_block_size(monkeypatch, tmp_pat
                 np.testing.assert_allclose(
                     a.history[k], b.history[k], rtol=1e-5, atol=1e-6, err_msg=f"{best} {k}"
                 )
+
+
+def test_verbose_says_what_the_engine_chose_one_line_per_group(tmp_path):
+    import os
+    import subprocess
+
+    from _child import cli
+
+    env = dict(os.environ, NO_COLOR="1", BNEXP_DATA_DIR=str(tmp_path / "data"))
+    env[calibrate.ENV] = "0"
+    args = ("--verbose", "run", "lr-sweep", "--preset", "smoke", "--out", str(tmp_path / "runs"))
+    p = subprocess.run(
+        cli(*args, "--no-plots"), capture_output=True, text=True, env=env, timeout=900
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    lines = [x for x in p.stderr.splitlines() if x.startswith("bnexp: member blocks:")]
+    assert len(lines) == 2, p.stderr[-2000:]  # lr-sweep's smoke preset: two groups
+    assert all("cache-size model, calibration off" in x for x in lines)
