@@ -24,7 +24,10 @@ arrays) and keeps the fastest:
   batch size, shared or own batches) and the block size, so a machine times a block size of a
   shape once, whatever the group's size; a new jax or another CPU calibrates again. What it
   costs is mostly the candidates' compiles: 7-9 s each for the paper MLP on a 2-core machine
-  under a load average of 7 (64 members: 38 s for four block sizes), less when idle.
+  under a load average of 7 (64 members: 38 s for four block sizes; 103 s at a load of 20),
+  less when idle. Timings taken on a loaded machine are noisy (the two runs above picked
+  blocks of 2 and of 8): each entry records the load average it was measured at, and deleting
+  the file makes the next run calibrate again.
 
 ``BNEXP_CALIBRATE=0`` turns the measurement off (deterministic tests, reproducible layouts): the
 cache-size model's choice is used as before. Results do not depend on the block size (the blocks
@@ -152,6 +155,7 @@ def calibrated(
         entry = doc.setdefault(machine, {}).setdefault(shape, {})
         entry.setdefault("seconds", {}).update({str(k): v for k, v in new.items()})
         entry["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        entry["load_average"] = os.getloadavg()[0]  # a loaded machine times noisily: delete to redo
         save_cache(doc, path)
     seconds = {mb: new.get(mb, known.get(mb)) for mb in cands}
     return pick(seconds, local_members), seconds, len(new)
@@ -253,8 +257,10 @@ def choose_member_block(
         "member blocks: %s on each of %d device(s) (%s; us per member-step by block size: %s)",
         _blocks_text(0 if choice >= local_members else choice, local_members),
         len(devices),
-        f"{measured} of {len(cands)} block sizes timed now in {time.perf_counter() - t0:.1f} s, "
-        "compiles included, the others cached",
+        "from the cached calibration"
+        if not measured
+        else f"{measured} of {len(cands)} block sizes timed now in "
+        f"{time.perf_counter() - t0:.1f} s, compiles included; {len(cands) - measured} cached",
         timings,
     )
     return 0 if choice >= local_members else choice
