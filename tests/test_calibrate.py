@@ -71,10 +71,11 @@ def test_machine_key_names_cpu_devices_and_jax():
     assert calibrate.cpu_name() in key and f"jax {jax.__version__}" in key and "1 x cpu" in key
 
 
-def test_time_block_times_the_real_program_with_a_fake_timer():
+@pytest.mark.parametrize("shared", [True, False])
+def test_time_block_times_the_real_program_with_a_fake_timer(shared):
     """time_block compiles and runs group_steps on mb members; with a fake clock its figure is
     the best call over steps x members (a real run of the program, no real timing asserted)."""
-    cfg = engine.ProgramConfig(train.StepConfig(SPEC, "sgd", 100), 8)
+    cfg = engine.ProgramConfig(train.StepConfig(SPEC, "sgd", 100), 8, shared_batch=shared)
     mesh = engine.make_mesh(jax.devices()[:1])
     rng = np.random.default_rng(0)
     data = {"x_train": rng.random((64, 16), np.float32), "y_train": rng.integers(0, 10, 64)}
