@@ -46,6 +46,35 @@ def learning_rates(members: int) -> np.ndarray:
     return (np.geomspace(0.01, 1.0, members) if members > 1 else np.array([0.1])).astype(np.float32)
 
 
+def _jax_init(key: Any) -> list[dict[str, Any]]:
+    """The paper MLP's parameters as a user writes them: a dict per layer."""
+    import jax
+    import jax.numpy as jnp
+
+    layers = []
+    for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:], strict=True)):
+        key, k = jax.random.split(key)
+        layer = {"w": jax.random.normal(k, (a, b)) / jnp.sqrt(a)}
+        last = i == len(WIDTHS) - 2
+        row = (1, b)  # broadcast over the batch (rows)
+        layer |= {"b": jnp.zeros(row)} if last else {"gamma": jnp.ones(row), "beta": jnp.zeros(row)}
+        layers.append(layer)
+    return layers
+
+
+def _jax_loss(params: list, x: Any, y: Any) -> Any:
+    """BN (batch statistics) before each sigmoid, softmax cross-entropy, mean over the batch."""
+    import jax
+    import optax
+
+    for layer in params[:-1]:
+        h = x @ layer["w"]
+        mean, var = h.mean(0, keepdims=True), h.var(0, keepdims=True)
+        x = jax.nn.sigmoid((h - mean) * jax.lax.rsqrt(var + 1e-5) * layer["gamma"] + layer["beta"])
+    logits = x @ params[-1]["w"] + params[-1]["b"]
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
 def jax_vmap_case(members: int, steps: int) -> Any:
     """The plain JAX vmap + lax.scan + optax ensemble as a bench.Case."""
     import jax
@@ -54,39 +83,16 @@ def jax_vmap_case(members: int, steps: int) -> Any:
 
     from bnexp.bench import Case
 
-    def init(key: jax.Array) -> list[dict[str, jax.Array]]:
-        layers = []
-        for i, (a, b) in enumerate(zip(WIDTHS[:-1], WIDTHS[1:], strict=True)):
-            key, k = jax.random.split(key)
-            layer = {"w": jax.random.normal(k, (a, b)) / jnp.sqrt(a)}
-            last = i == len(WIDTHS) - 2
-            row = (1, b)  # broadcast over the batch (rows)
-            layer |= (
-                {"b": jnp.zeros(row)} if last else {"gamma": jnp.ones(row), "beta": jnp.zeros(row)}
-            )
-            layers.append(layer)
-        return layers
-
-    def loss_fn(params: list, x: jax.Array, y: jax.Array) -> jax.Array:
-        for layer in params[:-1]:
-            h = x @ layer["w"]
-            mean, var = h.mean(0, keepdims=True), h.var(0, keepdims=True)
-            x = jax.nn.sigmoid(
-                (h - mean) * jax.lax.rsqrt(var + 1e-5) * layer["gamma"] + layer["beta"]
-            )
-        logits = x @ params[-1]["w"] + params[-1]["b"]
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
     opt = optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)
 
     def member_init(key: jax.Array, lr: jax.Array) -> tuple[list, Any]:
-        params = init(key)
+        params = _jax_init(key)
         state = opt.init(params)
         state.hyperparams["learning_rate"] = lr
         return params, state
 
     def member_step(params: list, state: Any, x: jax.Array, y: jax.Array) -> tuple[list, Any]:
-        grads = jax.grad(loss_fn)(params, x, y)
+        grads = jax.grad(_jax_loss)(params, x, y)
         updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state
 
