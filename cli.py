@@ -65,9 +65,23 @@ def _root(
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
     ] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", help="Say on stderr what the engine chose and why (member blocks)."
+        ),
+    ] = False,
 ) -> None:
     global _DEBUG
     _DEBUG = debug
+    if verbose:  # bnexp logs its layout choices (bnexp.calibrate); one line each on stderr
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("bnexp: %(message)s"))
+        log = logging.getLogger("bnexp")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
 
 
 # ---- section: datasets (data issue) ---------------------------------------------------------
@@ -583,6 +597,10 @@ ReproduceOut = Annotated[
 ]
 
 
+def _seconds(s: float | None) -> str:
+    return "" if s is None else f"{s:.1f}"
+
+
 @app.command("reproduce")
 def reproduce_cmd(
     preset: ReproducePreset = "quick",
@@ -659,6 +677,8 @@ def reproduce_cmd(
                     "run_dir": str(i.run_dir) if i.run_dir else None,
                     "verdict": verdicts[i.experiment.name],
                     "error": i.error,
+                    "wall_time_seconds": rp.timing(i.run_dir).get("wall_time_seconds"),
+                    "compile_seconds": rp.timing(i.run_dir).get("compile_seconds"),
                 }
                 for i in rep.items
             ],
@@ -677,10 +697,11 @@ def reproduce_cmd(
                 or f"no result ({i.action})",
                 "measured": (verdicts[i.experiment.name] or {}).get("evidence") or i.error or "",
                 "run": i.action,
+                "compile s": _seconds(rp.timing(i.run_dir).get("compile_seconds")),
             }
 
         con = report.make_console()
-        cols = ["experiment", "verdict", "measured", "run"]
+        cols = ["experiment", "verdict", "measured", "run", "compile s"]
         claims = [row(i) for i in rep.items if not i.experiment.identity]
         checks = [row(i) for i in rep.items if i.experiment.identity]
         report.render_table(f"Claims ({preset} preset)", cols, claims, con)

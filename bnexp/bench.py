@@ -1,4 +1,5 @@
-"""Benchmarks: bnexp's training throughput against the machine's matmul peak and PyTorch eager.
+"""Benchmarks: bnexp's training throughput against the machine's matmul peak, PyTorch eager, and
+the ensembles a user would write instead (over 300 lines: one case per function, and the run).
 
     figures = run(QUICK if quick else FULL, torch=None, progress=print_to_stderr)   # a dict
 
@@ -25,6 +26,14 @@ Cases (every bnexp case runs bnexp's own code; nothing is hand-written for the b
 - ``torch_*``: the same MLPs and CNN in PyTorch eager, written as a user would (``nn.Sequential``,
   ``optim.SGD``, a Python loop over steps), with PyTorch's default threads and with one thread;
   only when PyTorch is importable. Comparisons use PyTorch's faster setting.
+
+- ``jax_vmap_<M>`` / ``torch_ensemble_<M>`` (``peers``): what a user would write instead of the
+  largest sweep (bnexp.bench_peers): a plain JAX vmap of an optax step in lax.scan on one device,
+  and a PyTorch stacked-weight (bmm) ensemble; ratios ``sweep_vs_jax_vmap`` and
+  ``sweep_vs_torch_ensemble``.
+- the scaling table (``scaling``; bnexp.bench_scaling): model-steps/s of lr sweeps of 1 to 256
+  members on 1 and 2 host devices, a child process per device count, and seconds per
+  evaluation point; it runs after the timed cases, not interleaved with them.
 
 Data: random MNIST-shaped examples (bnexp's "synthetic" dataset for run_sweep), batches drawn
 from 4096 of them; throughput does not depend on the values.
@@ -86,6 +95,11 @@ class BenchConfig:
     torch_mlp_steps: int = 200
     torch_cnn_steps: int = 10
     engine_single: bool = True  # also time the single MLPs as one-trial run_sweep calls
+    peers: bool = True  # the JAX vmap and PyTorch ensemble peers of the largest sweep
+    scaling_members: tuple[int, ...] = (1, 4, 16, 64, 256)  # the scaling table (bench_scaling)
+    scaling_devices: tuple[int, ...] = (1, 2)  # host device counts, a child process each
+    scaling_steps: int = 50
+    scaling_reps: int = 3
 
 
 FULL = BenchConfig()
@@ -99,6 +113,9 @@ QUICK = BenchConfig(
     torch_mlp_steps=20,
     torch_cnn_steps=2,
     engine_single=False,
+    scaling_members=(1, 4),
+    scaling_steps=10,
+    scaling_reps=1,
 )
 
 
@@ -513,6 +530,7 @@ def run(
         for m in config.sweep_members
     ]
     cases.append(single("cnn", CNN, CNN_BATCH, steps=config.cnn_steps))
+    cases += peer_cases(config, use_torch)
     if use_torch:
         cases += torch_cases(config)
     for c in cases:
@@ -524,13 +542,48 @@ def run(
             t = time.perf_counter()
             c.call()
             c.times.append(time.perf_counter() - t)
-    return summarize(cases, config, load_before)
+    scaling = None
+    if config.scaling_members and config.scaling_devices:
+        from bnexp import bench_scaling
+
+        say(
+            f"scaling table: {', '.join(map(str, config.scaling_members))} members on "
+            f"{' and '.join(map(str, config.scaling_devices))} host device(s), a child process each"
+        )
+        scaling = bench_scaling.scaling(
+            config.scaling_members,
+            config.scaling_devices,
+            config.scaling_steps,
+            config.scaling_reps,
+        )
+    return summarize(cases, config, load_before, scaling)
+
+
+def peer_cases(config: BenchConfig, use_torch: bool) -> list[Case]:
+    """What a user would write instead of the largest sweep (bnexp.bench_peers): the plain JAX
+    vmap + scan + optax loop, and the PyTorch stacked-weight ensemble where PyTorch is used."""
+    if not config.peers:
+        return []
+    from bnexp import bench_peers
+
+    m = max(config.sweep_members)
+    cases = [bench_peers.jax_vmap_case(m, config.sweep_steps)]
+    if use_torch:
+        import torch
+
+        default = DEFAULT_TORCH_THREADS.setdefault("n", torch.get_num_threads())
+        cases += bench_peers.torch_ensemble_cases(m, config.sweep_steps, default)
+    return cases
 
 
 def summarize(
-    cases: Sequence[Case], config: BenchConfig, load_before: tuple[float, ...] = ()
+    cases: Sequence[Case],
+    config: BenchConfig,
+    load_before: tuple[float, ...] = (),
+    scaling: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The figures of measured cases: per-case summaries, the peak, ratios and targets."""
+    """The figures of measured cases: per-case summaries, the peak, ratios and targets (and the
+    scaling table's rows, as bench_scaling.scaling returns them)."""
     by = {c.name: c for c in cases}
     peaks = {
         name: max(c.flops / t for t in c.times)
@@ -541,11 +594,12 @@ def summarize(
     summaries = {c.name: _summary(c, peak) for c in cases if not c.name.startswith("matmul")}
     rate = {name: s["steps_per_s"] for name, s in summaries.items()}
     reference = {}  # PyTorch's better thread setting per model: the figure we compare against
-    for base in ("torch_mlp_bn", "torch_mlp_plain", "torch_cnn"):
+    sweep = f"sweep_{max(config.sweep_members)}"
+    ensemble = f"torch_ensemble_{max(config.sweep_members)}"
+    for base in ("torch_mlp_bn", "torch_mlp_plain", "torch_cnn", ensemble):
         found = [n for n in (base, base + "_1t") if n in rate]
         reference[base] = max(found, key=rate.__getitem__) if found else None
         rate[base] = rate[reference[base]] if found else None
-    sweep = f"sweep_{max(config.sweep_members)}"
     ratios = {
         "bn_overhead": _ratio(rate["mlp_plain"], rate["mlp_bn"]),
         "sweep_fraction_of_peak": summaries[sweep]["fraction_of_peak"],
@@ -555,6 +609,8 @@ def summarize(
             rate.get("mlp_plain_run_sweep"), rate.get("mlp_bn_run_sweep")
         ),
         "sweep_vs_torch": _ratio(rate[sweep], rate.get("torch_mlp_bn")),
+        "sweep_vs_jax_vmap": _ratio(rate[sweep], rate.get(f"jax_vmap_{max(config.sweep_members)}")),
+        "sweep_vs_torch_ensemble": _ratio(rate[sweep], rate.get(ensemble)),
         "mlp_vs_torch": _ratio(rate["mlp_bn"], rate.get("torch_mlp_bn")),
         "cnn_vs_torch": _ratio(rate["cnn"], rate.get("torch_cnn")),
         "torch_bn_overhead": _ratio(rate.get("torch_mlp_plain"), rate.get("torch_mlp_bn")),
@@ -584,6 +640,7 @@ def summarize(
         "cases": summaries,
         "ratios": ratios,
         "targets": targets,
+        "scaling": scaling,
     }
 
 

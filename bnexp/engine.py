@@ -766,7 +766,9 @@ def run_group(
     local = size // mesh.devices.size
     if members_per_block is None:
         cores = max(1, (os.cpu_count() or 1) // mesh.devices.size)
-        members_per_block = member_block(cfg, local, mesh.devices.flat[0].platform, cores)
+        from bnexp import calibrate  # measured on this machine (issue 22); imports engine
+
+        members_per_block = calibrate.choose_member_block(cfg, local, mesh, hps[0], data, cores)
     mb = members_per_block
     if 0 < mb < local:  # whole blocks on every device: pad (as for devices) where needed
         size = -(-local // mb) * mb * mesh.devices.size

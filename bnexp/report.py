@@ -531,6 +531,8 @@ def render_bench(fig: dict, *, quick: bool, console: Console | None = None) -> N
         rows,
         con,
     )
+    if fig.get("scaling"):
+        render_scaling(fig["scaling"], con)
     if quick:
         con.print(
             "--quick: short calls whose fixed costs dominate; the targets are judged on the "
@@ -539,6 +541,42 @@ def render_bench(fig: dict, *, quick: bool, console: Console | None = None) -> N
             highlight=False,
             soft_wrap=True,
         )
+
+
+def render_scaling(rows: list[dict], con: Console) -> None:
+    """The bench's scaling table: a row per member count, model-steps/s and seconds per
+    evaluation point per host device count (bnexp.bench_scaling)."""
+    for r in rows:
+        if "error" in r:
+            con.print(f"scaling, {r['devices']} device(s): {r['error']}", markup=False)
+    ok = [r for r in rows if "error" not in r]
+    devices = sorted({r["devices"] for r in ok})
+    if not ok:
+        return
+    by = {(r["members"], r["devices"]): r for r in ok}
+    table = []
+    for m in sorted({r["members"] for r in ok}):
+        row: dict[str, Any] = {"members": m}
+        for d in devices:
+            r = by.get((m, d), {})
+            row[f"steps/s {d} dev"] = r.get("model_steps_per_s")
+            row[f"s/point {d} dev"] = r.get("eval_s_per_point")
+            row[f"compile s {d} dev"] = r.get("compile_s")
+        table.append(row)
+    cols = [Column("members", kind="int")]
+    for d in devices:
+        cols += [
+            Column(f"steps/s {d} dev", kind="float"),
+            Column(f"s/point {d} dev", kind="float"),
+            Column(f"compile s {d} dev", kind="float"),
+        ]
+    render_table(
+        "Scaling: lr sweep of the paper MLP (model-steps/s of training; seconds per evaluation "
+        "point) by members and host devices",
+        cols,
+        table,
+        con,
+    )
 
 
 def nested_live_ok() -> bool:

@@ -277,7 +277,9 @@ def run_sweep(
 
     unrolled: run steps in short loop-free blocks instead of one rolled scan per chunk (None:
     engine.layout_for decides; only lax.conv CNNs on CPU are unrolled). member_block: members
-    per block on each device (None: engine.member_block decides; 0: no blocks). Prints nothing.
+    per block on each device (None: calibrated on this machine, bnexp.calibrate, or
+    engine.member_block's cache-size model with BNEXP_CALIBRATE=0; 0: no blocks). Prints
+    nothing.
     """
     import jax
     from jax.sharding import NamedSharding, PartitionSpec

@@ -217,6 +217,7 @@ def write_index(rep: Reproduction) -> Path:
                 "error": i.error,
                 "verdict": summary.get("verdict"),
                 "wall_time_seconds": summary.get("timing", {}).get("wall_time_seconds"),
+                "compile_seconds": summary.get("timing", {}).get("compile_seconds"),
             }
         )
     doc = {
@@ -349,7 +350,16 @@ def _outcome(run_dir: Path) -> str | None:
 
 
 def _wall(run_dir: Path) -> float | None:
+    return timing(run_dir).get("wall_time_seconds")
+
+
+def timing(run_dir: Path | None) -> dict[str, Any]:
+    """A run's summary timing (wall, train, compile and evaluation seconds; runner.run), as it
+    was when the run finished (a reused run keeps its figures); {} when there is none."""
+    if run_dir is None:
+        return {}
     try:
-        return results.read_json(run_dir / "summary.json")["timing"]["wall_time_seconds"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        found = results.read_json(Path(run_dir) / "summary.json").get("timing")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return found if isinstance(found, dict) else {}

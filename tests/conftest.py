@@ -3,6 +3,7 @@
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("BNEXP_CALIBRATE", "0")  # fixed layouts; tests/test_calibrate.py turns it on
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

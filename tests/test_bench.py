@@ -93,7 +93,7 @@ def test_cli_quick_no_torch_json():
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
+        timeout=1800,  # with the peers and the scaling children; minutes on an idle machine
         cwd=ROOT,
     )
     assert p.returncode == 0, p.stderr[-3000:]
@@ -113,8 +113,8 @@ def test_cli_quick_no_torch_json():
     assert fig["machine"]["devices"] >= 1 and fig["machine"]["jax"]
     assert _positive_finite(fig["matmul"]["peak_gflops"])
     members = fig["config"]["sweep_members"]
-    want = {"mlp_bn", "mlp_plain", "cnn"} | {f"sweep_{m}" for m in members}
-    assert set(fig["cases"]) == want  # --no-torch: no PyTorch case
+    want = {"mlp_bn", "mlp_plain", "cnn", f"jax_vmap_{max(members)}"}
+    assert set(fig["cases"]) == want | {f"sweep_{m}" for m in members}  # --no-torch: no PyTorch
     for name, c in fig["cases"].items():
         for key in (
             "steps_per_s",
@@ -131,8 +131,23 @@ def test_cli_quick_no_torch_json():
     r = fig["ratios"]
     for key in ("bn_overhead", "sweep_fraction_of_peak", "mlp_fraction_of_peak", "sweep_vs_single"):
         assert _positive_finite(r[key]), key
-    for key in ("sweep_vs_torch", "cnn_vs_torch", "mlp_vs_torch", "torch_bn_overhead"):
+    assert _positive_finite(r["sweep_vs_jax_vmap"])
+    for key in (
+        "sweep_vs_torch",
+        "cnn_vs_torch",
+        "mlp_vs_torch",
+        "torch_bn_overhead",
+        "sweep_vs_torch_ensemble",
+    ):
         assert r[key] is None, key
+    cfg = fig["config"]
+    got = {(row["devices"], row["members"]) for row in fig["scaling"]}
+    assert got == {(d, m) for d in cfg["scaling_devices"] for m in cfg["scaling_members"]}
+    for row in fig["scaling"]:
+        assert _positive_finite(row["model_steps_per_s"]) and _positive_finite(
+            row["eval_s_per_point"]
+        )
+        assert row["devices_used"] == min(row["devices"], row["members"]) and row["points"] == 3
     assert fig["targets"]["sweep_vs_torch"]["met"] is None
     assert fig["targets"]["bn_overhead"]["met"] in (True, False)
 
@@ -148,3 +163,53 @@ def test_torch_flag_without_pytorch_is_a_usage_error():
     )
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "PyTorch is not importable" in p.stderr
+
+
+def test_peers_run_and_take_their_place_beside_the_sweep():
+    """The peers (bnexp.bench_peers) compile, train a tiny ensemble, and their ratios sit beside
+    sweep_vs_torch in the summary (no timing asserted: made-up times for the other cases)."""
+    from bnexp import bench_peers
+
+    cases = [bench_peers.jax_vmap_case(2, 2)]
+    if bench.torch_version() is not None:
+        cases += bench_peers.torch_ensemble_cases(2, 2, 2)
+    for c in cases:
+        assert c.setup() is None or c.setup() >= 0  # compiles (JAX) and warms up
+        c.call()
+        c.times = [0.5]
+    jax_case = cases[0]
+    assert (jax_case.name, jax_case.members, jax_case.model_steps) == ("jax_vmap_2", 2, 4)
+    assert jax_case.flops == 4 * bench.step_flops(bench.MLP, 60)
+    config = bench.BenchConfig(sweep_members=(2,))
+    others = [
+        _case("matmul_1dev", [0.01]),
+        _case("mlp_bn", [0.1]),
+        _case("mlp_plain", [0.1]),
+        _case("sweep_2", [0.25], steps=4, members=2),
+        _case("cnn", [1.0]),
+    ]
+    fig = bench.summarize(others + cases, config)
+    r = fig["ratios"]
+    assert r["sweep_vs_jax_vmap"] == pytest.approx(2.0)  # 16 vs 8 model-steps/s
+    if bench.torch_version() is None:
+        assert r["sweep_vs_torch_ensemble"] is None
+    else:
+        assert {"torch_ensemble_2", "torch_ensemble_2_1t"} <= set(fig["cases"])
+        assert r["sweep_vs_torch_ensemble"] == pytest.approx(2.0)
+        assert fig["torch_reference"]["torch_ensemble_2"] in (
+            "torch_ensemble_2",
+            "torch_ensemble_2_1t",
+        )
+    json.dumps(fig, allow_nan=False)
+
+
+def test_scaling_children_report_each_device_count():
+    from bnexp import bench_scaling
+
+    rows = bench_scaling.scaling(members=(1, 2), devices=(1, 2), steps=2, reps=1)
+    assert [(r["devices"], r["members"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for r in rows:
+        assert "error" not in r, r
+        assert _positive_finite(r["model_steps_per_s"]) and _positive_finite(r["eval_s_per_point"])
+        assert r["devices_used"] == min(r["devices"], r["members"]) and r["points"] == 3
+        assert r["compile_s"] >= 0

@@ -112,6 +112,18 @@ def test_json_document_names_every_run_and_verdict(repro):
     assert [x["run_dir"] for x in index["experiments"]] == [Path(d).name for d in doc["run_dirs"]]
 
 
+def test_compile_seconds_per_experiment_in_the_json_and_the_index(repro):
+    """Each experiment's compile seconds (runner.run's timing: lowering + compiling its
+    programs) in the --json document and reproduce.json; fresh runs with an empty compilation
+    cache compile something, and never for longer than they ran."""
+    out, doc, _ = repro
+    index = json.loads((out / "reproduce.json").read_text())["experiments"]
+    for e, x in zip(doc["experiments"], index, strict=True):
+        timing = summary(e["run_dir"])["timing"]
+        assert e["compile_seconds"] == x["compile_seconds"] == timing["compile_seconds"]
+        assert 0 < e["compile_seconds"] <= e["wall_time_seconds"] == timing["wall_time_seconds"]
+
+
 def test_report_html_parses_embeds_every_plot_and_names_nothing_external(repro):
     out, doc, _ = repro
     html = (out / "report.html").read_text()
