@@ -219,16 +219,27 @@ def analyze(spec: Spec, cfg: SweepConfig, rs: list[TrialResult]) -> Analysis:
     rows = []
     for s in spec.settings(cfg):
         got = by_tag[s.tag]
-        row: dict[str, Any] = {"setting": s.tag, "arm": s.arm, **dict(s.point)}
+        row: dict[str, Any] = {"setting": s.tag, "arm": s.arm, **_short(s.point)}
         row["final accuracy"] = metrics.summarize_final_accuracy(got).to_dict()
         for t in cfg.targets:
             row[f"steps to {t:.0%}"] = common.steps_dict(common.arm_steps(got, t))
         gaps = [common.train_eval_gap(r) for r in got if r.diverged_at is None]
         row["train/eval gap (acc)"] = metrics.summarize(gaps).to_dict()
         rows.append(row)
-    cols = ["setting", "final accuracy", *(f"steps to {t:.0%}" for t in cfg.targets)]
+    axes = list(_short(spec.settings(cfg)[0].point)) if rows else []
+    cols = ["setting", *axes, "final accuracy", *(f"steps to {t:.0%}" for t in cfg.targets)]
     table = Table(f"{spec.name}: results by setting", [*cols, "train/eval gap (acc)"], rows)
     return Analysis([table], verdicts(spec, by_tag) if spec.claims else None)
+
+
+def _short(point: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
+    """Axis values by the last part of their key (momentum for norm_options.momentum), lists
+    as text (hidden 100-100)."""
+    short = [k.rsplit(".", 1)[-1] for k, _ in point]
+    return {
+        (s if short.count(s) == 1 else k): fmt(v) if isinstance(v, tuple) else v
+        for s, (k, v) in zip(short, point, strict=True)
+    }
 
 
 def plot(spec: Spec, cfg: SweepConfig, rs: list[TrialResult], analysis: Analysis, out: Path):

@@ -85,10 +85,13 @@ class Setting:
     arm: str
     point: tuple[tuple[str, Any], ...]  # (axis key, value) in axis order
     values: dict[str, Any]
+    shown: tuple[str, ...] = ()  # the axis keys its tag shows (Spec.tag_keys)
 
     @property
     def tag(self) -> str:
-        return self.arm + ("@" + ",".join(fmt(v) for _, v in self.point) if self.point else "")
+        """'arm@v1,v2': the values of the shown keys, as lr-sweep tags 'bn@0.1'."""
+        vals = [fmt(v) for k, v in self.point if k in self.shown]
+        return self.arm + ("@" + ",".join(vals) if vals else "")
 
 
 @dataclass
@@ -109,6 +112,16 @@ class Spec:
         return file_error(self.path, self.lines, path, message)
 
     @property
+    def tag_keys(self) -> tuple[str, ...]:
+        """The keys tags show: every product axis; of a zip group only its first key when that
+        alone tells its points apart (batch_size, not the steps and lr zipped with it)."""
+        out: list[str] = []
+        for keys, pts in self.factors:
+            first = [p[0] for p in pts]
+            out += keys[:1] if len(set(map(repr, first))) == len(first) else keys
+        return tuple(out)
+
+    @property
     def axis_keys(self) -> list[str]:
         return [k for keys, _ in self.factors for k in keys]
 
@@ -124,7 +137,8 @@ class Spec:
                     (k, v) for (keys, _), vals in zip(self.factors, combo, strict=True)
                     for k, v in zip(keys, vals, strict=True)
                 )  # fmt: skip
-                out.append(Setting(arm, point, {**base, **over, **dict(point)}))
+                values = {**base, **over, **dict(point)}
+                out.append(Setting(arm, point, values, self.tag_keys))
         return out
 
 
