@@ -127,11 +127,11 @@ def spec(path: Path, text: str, doc: dict[str, Any], lines: dict[tuple, int]) ->
     unknown(raw, (*KINDS, *BASE_ONLY), err, ("base",))
     base = {k: value(err, ("base", k), k, v) for k, v in raw.items()}
     arms = _arms(err, doc)
-    factors = _axes(err, doc, arms)
+    factors, paths = _axes(err, doc, arms)
     claims = doc.get("claims", [])
     if not isinstance(claims, list) or not all(isinstance(c, dict) for c in claims):
         raise err(("claims",), "expected an array of tables: [[claims]]")
-    out = Spec(path, text, name, desc, base, arms, factors, claims, lines)
+    out = Spec(path, text, name, desc, base, arms, factors, claims, lines, paths)
     for i, c in enumerate(claims):
         _claim(err, ("claims", i), c, out)
     return out
@@ -169,7 +169,11 @@ def _axes(err: Any, doc: dict[str, Any], arms: dict[str, dict[str, Any]]) -> lis
     factors, seen = [], set()
     for where, group in groups:
         factors.append(_factor(err, where, group, arms, seen))
-    return factors
+    paths = {}
+    for where, group in groups:
+        for k in group:
+            paths[k] = (*where, *k.split(".")) if where[1] == "zip" else where
+    return factors, paths
 
 
 def _factor(err: Any, where: tuple, group: dict[str, Any], arms: dict, seen: set) -> tuple:
@@ -183,9 +187,9 @@ def _factor(err: Any, where: tuple, group: dict[str, Any], arms: dict, seen: set
                 unknown([k], [x for x in KINDS if x != "norm_options"], err, at[:-1])
         if not isinstance(vals, list) or not vals:
             raise err(at, f"an axis needs a non-empty list of values, got {vals!r}")
-        if k in seen or any(k in a for a in arms.values()):
-            owner = "another axis" if k in seen else "an arm"
-            raise err(at, f"is swept on one axis only and not also set by {owner}")
+        owner = next((f"arm {a!r}" for a, over in arms.items() if k in over), None)
+        if k in seen or owner:
+            raise err(at, f"is also set by {owner or 'another axis'}: sweep a key on one axis only")
         seen.add(k)
         group[k] = [value(err, at, k, v) for v in vals]
         lengths[k] = len(vals)
@@ -240,4 +244,4 @@ def _claim(err: Any, where: tuple, c: dict[str, Any], spec: Spec) -> None:
             continue
         sel = _flat(_table(err, (*where, side), c.get(side), "a selector: {arm = ..., axis = ...}"))
         unknown(sel, ["arm", *spec.axis_keys], err, (*where, side))
-        sweepclaims.select(spec, c, sel, (*where, side))
+    sweepclaims.pairs(spec, where[1])  # each side picks one setting, and not the same one

@@ -186,12 +186,6 @@ def trials(spec: Spec, cfg: SweepConfig) -> list[Trial]:
     return [trial(s, seed) for s in spec.settings(cfg) for seed in range(cfg.seeds)]
 
 
-def _where(spec: Spec, s: Setting) -> tuple:
-    if s.arm in spec.arms and spec.arms[s.arm]:
-        return ("arms", s.arm)
-    return ("axes",) if s.point else ("base",)
-
-
 def buildable(spec: Spec, cfg: SweepConfig) -> None:
     """Every setting is a model the engine can build and train: the norm takes its options at
     every width, the batch fits the training set (one line naming the setting, exit 2)."""
@@ -207,10 +201,15 @@ def buildable(spec: Spec, cfg: SweepConfig) -> None:
             opts = dict(t.data_options)
             n = len(data.load(t.dataset, **opts).y_train)
         except (ValueError, TypeError) as e:
-            raise spec.error(_where(spec, s), f"setting {s.tag!r} cannot be built: {e}") from None
+            keys = ("norm_options", "norm", "hidden", "dataset", "train_size")
+            keys = tuple(k for k in spec.axis_paths if k.startswith("norm_options.")) + keys
+            raise spec.error(
+                spec.where(s.arm, keys), f"setting {s.tag!r} cannot be built: {e}"
+            ) from None
         if v["batch_size"] > n:
             raise spec.error(
-                _where(spec, s), f"setting {s.tag!r}: batch_size {v['batch_size']} > {n} examples"
+                spec.where(s.arm, ("batch_size", "train_size", "dataset")),
+                f"setting {s.tag!r}: batch_size {v['batch_size']} > {n} training examples",
             )
 
 

@@ -107,6 +107,22 @@ class Spec:
     factors: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]  # (keys, points)
     claims: list[dict[str, Any]]
     lines: dict[tuple, int]
+    axis_paths: dict[str, tuple] = dataclasses.field(default_factory=dict)  # key -> its path
+
+    def where(self, arm: str, keys: tuple[str, ...]) -> tuple:
+        """The path that sets the first of `keys` for an arm: its axis, the arm, or [base]."""
+        for k in keys:
+            if k in self.axis_paths:
+                return self.axis_paths[k]
+            if k in self.arms[arm] or k in self.arm_keys(arm):
+                return ("arms", arm, *k.split("."))
+            if k in self.base:
+                return ("base", k)
+        return ("arms", arm) if arm in self.arms and self.arms[arm] else ("base",)
+
+    def arm_keys(self, arm: str) -> set[str]:
+        """The keys an arm sets, with 'norm_options' for any 'norm_options.K'."""
+        return {k.split(".")[0] for k in self.arms[arm]}
 
     def error(self, path: tuple, message: str) -> SweepFileError:
         return file_error(self.path, self.lines, path, message)
