@@ -213,7 +213,9 @@ def _claim(err: Any, where: tuple, c: dict[str, Any], spec: Spec) -> None:
         got = c.get("metric")
         close = difflib.get_close_matches(str(got), METRICS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise err((*where, "metric"), f"unknown metric {got!r}{hint}; choose from {METRICS}")
+        raise err(
+            (*where, "metric"), f"unknown metric {got!r}{hint}; choose from {', '.join(METRICS)}"
+        )
     if c.get("direction", 1) not in (-1, 0, 1) or isinstance(c.get("direction"), bool):
         raise err((*where, "direction"), f"expected +1, -1 or 0, got {c.get('direction')!r}")
     if not _number(c.get("threshold")):

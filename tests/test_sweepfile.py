@@ -223,7 +223,7 @@ COMBOS = [  # combinations the engine cannot build: found with the config, befor
         "arms.b",
         "momentum",
     ),
-    ("seeds = 2", "seeds = 2\ntrain_size = 30", "axes", "batch_size 64 > 30 examples"),
+    ("seeds = 2", "seeds = 2\ntrain_size = 30", "axes", "batch_size 64 > 30 training examples"),
 ]
 
 
