@@ -147,6 +147,7 @@ def verdicts(spec: Spec, by_tag: dict[str, list[TrialResult]]) -> list[stats.Ver
         conds, evidence = [], []
         for v, sa, sb in pairs(spec, i):
             name = LABEL[c["metric"]].format(a=sa.tag, b=sb.tag if sb else "", t=c.get("target", 0))
+            name += f" and {sb.tag} does not" if sb and c["metric"] == "divergence" else ""
             name += "" if v is None else f" [{c['across']}={fmt(v)}]"
             conds.append(condition(c, name, by_tag[sa.tag], by_tag[sb.tag] if sb else None))
             n = len(by_tag[sa.tag])
