@@ -186,6 +186,28 @@ BAD = [
     ),  # fmt: skip
     ("threshold = 0.0", 'threshold = 0.0\nacross = "momentum"  #<', "claims.across", "not an axis"),
     ("[base]", "[base  #<", None, "invalid TOML"),
+    ("[base]", 'name = "my sweep!"  #<\n[base]', "name", "expected a name"),
+    ("[arms.a]", '[arms."a b"]  #<', "arms.a b", "an arm name is"),
+    (
+        "threshold = 0.0",
+        "threshold = 0.0\nnegligible = [0.1]  #<",
+        "claims.negligible",
+        "[low, high]",
+    ),
+    (
+        "threshold = 0.0",
+        "threshold = 0.0\ntarget = 0.9  #<",
+        "claims.target",
+        "only steps_to_target",
+    ),
+    (
+        'metric = "final_accuracy"\na = { arm = "b", lr = 0.1, batch_size = 4 }\n'
+        'b = { arm = "a", lr = 0.1, batch_size = 4 }\nthreshold = 0.0',
+        'metric = "divergence"\na = { arm = "b", lr = 0.1, batch_size = 4 }\nthreshold = 1.5  #<',
+        "claims.threshold",
+        "share of seeds",
+    ),
+    ('a = { arm = "b", lr = 0.1, batch_size = 4 }', "a = 3  #<", "claims.a", "expected a table"),
 ]
 
 
