@@ -325,7 +325,7 @@ def _execute(
         return outcome
     _render(
         outcome.analysis.tables,
-        outcome.analysis.verdict.to_json(),
+        runner.verdict_json(outcome.analysis),
         header=f"{exp.name} ({outcome.config.preset} preset)",
     )
     con = report.make_console()
@@ -450,6 +450,54 @@ def compare_cmd(
         main=main,
         verbose=verbose,
     )
+
+
+@app.command("sweep")
+def sweep_cmd(
+    file: Annotated[
+        Path | None, typer.Argument(help="A sweep file (TOML: base, axes, arms, claims).")
+    ] = None,  # noqa: UP045
+    out: Out = Path("runs"),
+    json_out: Json = False,
+    no_plots: NoPlots = False,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Finish a sweep's run directory (its copy).")
+    ] = None,  # noqa: UP045
+    seeds: Seeds = None,
+    steps: Steps = None,
+) -> None:
+    """Run your own sweep from a file: tables, plots, a run directory, a verdict per claim."""
+    from experiments import sweepclaims
+
+    if resume is not None and not (resume / "config.json").is_file():
+        raise UsageError(f"--resume {resume}: not a bnexp run directory (no config.json)")
+    exp, cfg = sweepclaims.load(file, resume=resume, seeds=seeds, steps=steps)
+    _execute(exp, cfg, out=out, resume=resume, json_out=json_out, no_plots=no_plots)
+
+
+@app.command("export")
+def export_cmd(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Run directories (or names under --runs).")
+    ],
+    format_: Annotated[str, typer.Option("--format", help="csv | jsonl | parquet.")] = "csv",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output file (default: stdout; parquet needs it).")
+    ] = None,  # noqa: UP045
+    runs_root: Annotated[
+        Path, typer.Option("--runs", help="Where run names are looked up.")
+    ] = Path("runs"),
+) -> None:
+    """One tidy table of runs: a row per (trial, evaluation point), every config field and metric."""
+    from bnexp import export
+
+    paths = [_run_dir(r, runs_root) for r in run_dirs]
+    try:
+        n = export.write(paths, format_, out, stdout=sys.stdout)
+    except export.ExportError as e:
+        raise UsageError(str(e)) from None
+    if out is not None:
+        typer.echo(f"{n} rows -> {out}", err=True)
 
 
 @app.command("list")

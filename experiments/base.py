@@ -70,7 +70,7 @@ class Table:
 @dataclass
 class Analysis:
     tables: list[Table]
-    verdict: Verdict
+    verdict: Verdict | list[Verdict] | None  # a list: one per claim (sweep files); None: no claim
     plots: list[Path] = field(default_factory=list)
 
     @property
@@ -95,6 +95,8 @@ class Experiment:
     # An identity of a correct implementation (e.g. BN's scale invariance at eps = 0), not an
     # empirical claim: reports list it as a check, apart from the tally of claims (SCIENCE.md)
     identity: bool = False
+    # Files written into a new run directory (name -> text), e.g. a sweep's own file
+    files: Callable[[Any], dict[str, str]] | None = None
 
     def preset(self, name: str) -> Config:
         if name not in self.presets:

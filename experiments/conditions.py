@@ -158,8 +158,10 @@ def speedup(
     ratio: float = 1.0,
     reason: str,
     negligible: tuple[float, float] | None = (1 / 1.1, 1.1),
+    direction: int = 1,
 ) -> Condition:
-    """log speedup steps_base / steps_arm to ``target``, seed by seed, from censored steps.
+    """log speedup steps_base / steps_arm to ``target``, seed by seed, from censored steps
+    (direction +1: faster than ``ratio``, -1: slower, 0: within a factor ``ratio`` either way).
 
     Each seed's log speedup is known only as [log(lb / ha), log(hb / la)] (stats.
     log_speedup_bounds); the interval is the conservative censored-t interval of those bounds
@@ -182,7 +184,7 @@ def speedup(
         effect,
         (iv.low, iv.high),
         math.log(ratio),
-        direction=1,
+        direction=direction,
         negligible=band,
         reason=reason,
         n=iv.n,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bnexp import data, distributed, metrics, plots, results, stats
+from bnexp.atomic import write_text_atomic
 from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
@@ -178,6 +179,8 @@ def run(
                 argv=list(argv) if argv is not None else None,
             )
             lock.enter_context(results.run_lock(run_dir))
+            for name, text in (exp.files(cfg) if exp.files is not None else {}).items():
+                write_text_atomic(run_dir / name, text)
         if run_dir is not None:
             owned["run_dir"] = run_dir
         with lock:
@@ -269,7 +272,7 @@ def _run_locked(
                 results.write_summary(
                     run_dir,
                     summary_rows(analysis),
-                    analysis.verdict.to_json(),
+                    verdict_json(analysis),
                     timing,
                     experiment=exp.name,
                     preset=cfg.preset,
@@ -288,10 +291,22 @@ def _plots(
     assert exp.plot is not None
     plot_dir.mkdir(exist_ok=True)
     made = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
-    vd = analysis.verdict.to_json()
-    if vd["conditions"]:
+    vd = verdict_json(analysis)
+    if any(v["conditions"] for v in _as_list(vd)):
         made.append(plots.forest([(exp.name, vd)], plot_dir / "verdict.png"))
     return made
+
+
+def verdict_json(analysis: Analysis) -> dict[str, Any] | list[dict[str, Any]] | None:
+    """The analysis' verdict as JSON: a dict, a list of them (one per claim) or None."""
+    v = analysis.verdict
+    if v is None:
+        return None
+    return [x.to_json() for x in v] if isinstance(v, list | tuple) else v.to_json()
+
+
+def _as_list(vd: Any) -> list[dict[str, Any]]:
+    return [] if vd is None else list(vd) if isinstance(vd, list) else [vd]
 
 
 def summary_rows(analysis: Analysis) -> list[dict[str, Any]]:
@@ -328,7 +343,7 @@ def outcome_json(o: Outcome) -> dict[str, Any]:
         "config": config_dict(o.config),
         "rows": summary_rows(o.analysis),
         "tables": [t.to_json() for t in o.analysis.tables],
-        "verdict": o.analysis.verdict.to_json(),
+        "verdict": verdict_json(o.analysis),
         "trials": [trial_json(t, r, tgts) for t, r in zip(o.trials, o.results, strict=True)],
         "plots": [str(p) for p in o.analysis.plots],
         **o.timing,
