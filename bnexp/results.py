@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -273,16 +274,20 @@ def new_run_dir(
             continue
     else:
         raise FileExistsError(f"no free run directory name for {base} in {out}")
-    write_json_atomic(run_dir / "config.json", cfg)
-    env = capture_environment(argv) if environment is None else dict(environment)
-    write_json_atomic(run_dir / "environment.json", env)
     status = {
         "experiment": experiment,
         "preset": preset,
         "config_hash": chash,
         "created": now.isoformat(timespec="seconds"),
     }
-    set_status(run_dir, "running", **status)
+    try:  # all three files or no directory: an interrupt or a full disk leaves no half-made run
+        write_json_atomic(run_dir / "config.json", cfg)
+        env = capture_environment(argv) if environment is None else dict(environment)
+        write_json_atomic(run_dir / "environment.json", env)
+        set_status(run_dir, "running", **status)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run_dir
 
 
@@ -493,6 +498,48 @@ def load_run(run_dir: Path) -> Run:
     )
 
 
+class DamagedRun(RuntimeFailure):
+    """A run directory whose config.json (or summary.json) is missing or unreadable."""
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Raise DamagedRun naming the file when run_dir looks like a run (a status.json, trials) but
+    its config.json is missing or not valid JSON: nothing can resume or re-analyse it then, and a
+    plain "not a run directory" would hide what happened. A directory that is no run at all is
+    left to the caller (FileNotFoundError from load_run)."""
+    run_dir = Path(run_dir)
+    cfg = run_dir / "config.json"
+    looks_like_run = any((run_dir / n).exists() for n in ("status.json", "trials"))
+    experiment = _name_parts(run_dir.name)[1] or "NAME"
+    redo = f"start the experiment again with `bnexp run {experiment}` (saved trials are kept)"
+    if not cfg.exists():
+        if looks_like_run:
+            raise DamagedRun(f"{cfg} is missing, so this run cannot be resumed or shown; {redo}")
+        return
+    try:
+        if not isinstance(read_json(cfg), dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise DamagedRun(
+            f"{cfg} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}), so this run "
+            f"cannot be resumed or shown; {redo}"
+        ) from None
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left (``.<name>.*.tmp``, see bnexp.atomic):
+    never a saved file, only bytes that were not yet moved into place. Call it holding run_lock
+    (no other writer then). Returns what was removed."""
+    run_dir = Path(run_dir)
+    gone = []
+    for d in (run_dir, run_dir / "trials", run_dir / "plots"):
+        for p in d.glob(".*.tmp") if d.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                gone.append(p)
+    return gone
+
+
 class RunLocked(RuntimeFailure):
     """Another process is training into this run directory."""
 
@@ -546,12 +593,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_gone(info: Mapping[str, Any]) -> bool:
+    """A "running" status whose process is gone (same host, dead pid): killed (SIGKILL, a crash,
+    a power cut) before it could mark the run; `--resume` continues it."""
+    pid = info.get("pid")
+    return (
+        info.get("status") == "running"
+        and isinstance(pid, int)
+        and info.get("host") == socket.gethostname()
+        and not _pid_alive(pid)
+    )
+
+
 def _effective_status(info: Mapping[str, Any]) -> str:
     """The stored status, except that a "running" run whose process is gone is "interrupted"."""
     status = info.get("status")
     if status not in STATUSES:
         return "unknown"
-    pid = info.get("pid")
-    if status == "running" and isinstance(pid, int) and info.get("host") == socket.gethostname():
-        return "running" if _pid_alive(pid) else "interrupted"
-    return status
+    return "interrupted" if process_gone(info) else status

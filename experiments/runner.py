@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnexp import data, metrics, plots, results, stats
+from bnexp import data, metrics, plots, results, stats, stopping
 from bnexp.errors import Interrupted
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
@@ -63,6 +63,7 @@ def prepare(exp: Experiment, cfg: Config) -> list[Trial]:
 
 
 def load_config(exp: Experiment, run_dir: Path) -> Config:
+    results.check_run_dir(run_dir)  # a missing or garbled config.json: one line naming it
     run = results.load_run(run_dir)
     if run.experiment != exp.name:
         raise ConfigError(f"{run_dir} is a run of {run.experiment!r}, not {exp.name!r}")
@@ -75,46 +76,35 @@ SIGINT_IGNORED_NOTE = (
 )
 
 _SIGINT_NOTED = False
-_STOP: list[int] = []  # signals received during this run (SIGTERM)
 
 
 def _raise_if_stopped() -> None:
-    if _STOP:
-        raise KeyboardInterrupt
+    stopping.check()
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM interrupts a run like Ctrl-C does (exit 130, the run directory kept, resumable).
+    """SIGTERM interrupts a run like Ctrl-C does (exit 130, the run directory kept, resumable),
+    at the next checkpoint (bnexp.stopping: a signal never lands inside a write or a callback).
 
     A process that inherited SIGINT as ignored (a background job of a non-interactive shell, or
     nohup) keeps ignoring it, as POSIX asks of such a job: bnexp says so once on stderr and names
-    SIGTERM as the way to stop it."""
-
-    def handler(signum, frame):  # noqa: ARG001
-        # The KeyboardInterrupt can be swallowed when the signal lands inside a callback that
-        # Python runs and ignores errors of (a gc callback of XLA's, a __del__): the flag makes
-        # the next progress report or finished group raise it again (_raise_if_stopped).
-        _STOP.append(signum)
-        raise KeyboardInterrupt
-
+    SIGTERM as the way to stop it. A signal that came before (the command line's own handler is
+    the same one) stays pending, so the first checkpoint acts on it."""
     global _SIGINT_NOTED
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and not _SIGINT_NOTED:
         print(SIGINT_IGNORED_NOTE.format(pid=os.getpid()), file=sys.stderr, flush=True)
         _SIGINT_NOTED = True  # once per process (reproduce runs several experiments)
-    _STOP.clear()
-    # SIGTERM always; SIGINT too unless it is ignored (then it stays ignored, see above)
-    sigs = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        sigs.append(signal.SIGINT)
     try:
-        old = {sig: signal.signal(sig, handler) for sig in sigs}
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        stopping.install()
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
+        stopping.clear()
         for sig, previous in old.items():
             signal.signal(sig, previous)
 
@@ -140,27 +130,38 @@ def run(
     argv: Sequence[str] | None = None,
 ) -> Outcome:
     """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary."""
-    setup_process()
     t0 = time.perf_counter()
-    if resume is not None:
-        cfg = load_config(exp, resume)
-    trials = prepare(exp, cfg)
-    lock = contextlib.ExitStack()  # one process at a time trains into a run directory
-    if resume is not None:
-        run_dir = Path(resume)
-        lock.enter_context(results.run_lock(run_dir))
-        results.set_status(run_dir, "running")
-    else:
-        run_dir = results.new_run_dir(
-            out,
-            exp.name,
-            config_dict(cfg),
-            preset=cfg.preset,
-            argv=list(argv) if argv is not None else None,
-        )
-        lock.enter_context(results.run_lock(run_dir))
-    with lock:
-        return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+    # SIGTERM is an interrupt from here on: before the run directory exists it leaves nothing
+    # behind (new_run_dir removes a half-made one), after it the directory is marked interrupted
+    with _sigterm_as_interrupt():
+        setup_process()  # starts JAX: a signal meanwhile waits for the check below
+        _raise_if_stopped()
+        if resume is not None:
+            cfg = load_config(exp, resume)
+        trials = prepare(exp, cfg)
+        _raise_if_stopped()
+        lock = contextlib.ExitStack()  # one process at a time trains into a run directory
+        if resume is not None:
+            run_dir = Path(resume)
+            lock.enter_context(results.run_lock(run_dir))
+            results.remove_temp_files(run_dir)  # what a killed (SIGKILL) writer left behind
+        else:
+            run_dir = results.new_run_dir(
+                out,
+                exp.name,
+                config_dict(cfg),
+                preset=cfg.preset,
+                argv=list(argv) if argv is not None else None,
+            )
+            lock.enter_context(results.run_lock(run_dir))
+        with lock:
+            return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+
+
+def _saved_results(run_dir: Path, trials: list[Trial]) -> dict[str, TrialResult]:
+    """The trials of `trials` already saved in run_dir (a damaged one is not: it trains again)."""
+    got = results.load_run(run_dir).results_for(trials)
+    return {results.trial_id(t): r for t, r in zip(trials, got, strict=True) if r is not None}
 
 
 def _run_locked(
@@ -173,70 +174,87 @@ def _run_locked(
     make_plots: bool,
 ) -> Outcome:
     """The body of run() once the run directory is created (or resumed) and locked."""
-    saved = {
-        tid: r
-        for tid, r in (
-            (results.trial_id(t), r)
-            for t, r in zip(trials, results.load_run(run_dir).results_for(trials), strict=True)
-        )
-        if r is not None
-    }
-    todo = [t for t in trials if results.trial_id(t) not in saved]
-    compile_s = eval_s = 0.0
+    saved: dict[str, TrialResult] = {}
+    todo = list(trials)
+    timing = {"compile_seconds": 0.0, "eval_seconds": 0.0}
 
     def on_group_done(group: list[TrialResult]) -> None:
-        nonlocal compile_s, eval_s
-        _raise_if_stopped()
-        results.save_group(run_dir, group)
+        results.save_group(run_dir, group)  # saved first: an interrupt keeps a finished group
         for r in group:
             saved[results.trial_id(r.trial)] = r
-        compile_s += max((r.extra.get("compile_seconds", 0.0) for r in group), default=0.0)
-        eval_s += max((r.extra.get("eval_seconds", 0.0) for r in group), default=0.0)
+        _raise_if_stopped()
+        timing["compile_seconds"] += max(
+            (r.extra.get("compile_seconds", 0.0) for r in group), default=0.0
+        )
+        timing["eval_seconds"] += max(  # in evaluation programs (engine.GroupRun)
+            (r.extra.get("eval_seconds", 0.0) for r in group), default=0.0
+        )
 
-    with _sigterm_as_interrupt():
-        try:
-            with results.tracking_status(run_dir):
-                if todo:
+    def report(event: ProgressEvent) -> None:
+        if event.phase != "done":  # "done" comes just before the group is saved: save it first
+            _raise_if_stopped()
+        if progress is not None:
+            progress(event)
 
-                    def report(event: ProgressEvent) -> None:
-                        _raise_if_stopped()
-                        if progress is not None:
-                            progress(event)
-
-                    run_sweep(todo, progress=report, on_group_done=on_group_done)
-                ordered = [saved[results.trial_id(t)] for t in trials]
-                analysis = exp.analyze(cfg, ordered)
-                train_s = time.perf_counter() - t0
-                if make_plots and exp.plot is not None:
-                    plot_dir = run_dir / "plots"
-                    plot_dir.mkdir(exist_ok=True)
-                    analysis.plots = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
-                    vd = analysis.verdict.to_json()  # and the verdict's forest plot, if any
-                    if vd["conditions"]:
-                        analysis.plots.append(
-                            plots.forest([(exp.name, vd)], plot_dir / "verdict.png")
-                        )
-                timing = {
-                    "wall_time_seconds": time.perf_counter() - t0,
-                    "train_time_seconds": train_s,
-                    "compile_seconds": compile_s,
-                    "eval_seconds": eval_s,  # in evaluation programs (engine.GroupRun)
-                    "trials_run_now": len(todo),
-                    "trials_resumed": len(trials) - len(todo),
-                }
-                results.write_summary(
-                    run_dir,
-                    summary_rows(analysis),
-                    analysis.verdict.to_json(),
-                    timing,
-                    experiment=exp.name,
-                    preset=cfg.preset,
-                    tables=[t.to_json() for t in analysis.tables],
-                    plots=[p.name for p in analysis.plots],
-                )
-        except KeyboardInterrupt:
-            raise RunInterrupted(run_dir, len(saved), len(trials)) from None
+    try:
+        with results.tracking_status(run_dir):
+            results.set_status(run_dir, "running")
+            saved.update(_saved_results(run_dir, trials))
+            _raise_if_stopped()
+            todo = [t for t in trials if results.trial_id(t) not in saved]
+            if todo:
+                run_sweep(todo, progress=report, on_group_done=on_group_done)
+            ordered = [saved[results.trial_id(t)] for t in trials]
+            _raise_if_stopped()
+            timing.update(trials_run_now=len(todo), trials_resumed=len(trials) - len(todo))
+            analysis = _analyze(exp, cfg, run_dir, ordered, t0, timing, make_plots)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, len(saved), len(trials)) from None
     return Outcome(exp, cfg, run_dir, trials, ordered, analysis, timing)
+
+
+def _analyze(
+    exp: Experiment,
+    cfg: Config,
+    run_dir: Path,
+    ordered: list[TrialResult],
+    t0: float,
+    timing: dict[str, float],
+    make_plots: bool,
+) -> Analysis:
+    """Analyze the results, draw the plots and write summary.json (timing completed in place)."""
+    analysis = exp.analyze(cfg, ordered)
+    train_s = time.perf_counter() - t0
+    if make_plots and exp.plot is not None:
+        plot_dir = run_dir / "plots"
+        plot_dir.mkdir(exist_ok=True)
+        analysis.plots = [Path(p) for p in exp.plot(cfg, ordered, analysis, plot_dir)]
+        vd = analysis.verdict.to_json()  # and the verdict's forest plot, if any
+        if vd["conditions"]:
+            analysis.plots.append(plots.forest([(exp.name, vd)], plot_dir / "verdict.png"))
+    timing.update(wall_time_seconds=time.perf_counter() - t0, train_time_seconds=train_s)
+    _raise_if_stopped()  # the last checkpoint: after the summary the run is complete
+    results.write_summary(
+        run_dir,
+        summary_rows(analysis),
+        analysis.verdict.to_json(),
+        {k: timing[k] for k in _TIMING_KEYS},
+        experiment=exp.name,
+        preset=cfg.preset,
+        tables=[t.to_json() for t in analysis.tables],
+        plots=[p.name for p in analysis.plots],
+    )
+    return analysis
+
+
+_TIMING_KEYS = (
+    "wall_time_seconds",
+    "train_time_seconds",
+    "compile_seconds",
+    "eval_seconds",
+    "trials_run_now",
+    "trials_resumed",
+)
 
 
 def summary_rows(analysis: Analysis) -> list[dict[str, Any]]:
