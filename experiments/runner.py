@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import signal
 import sys
@@ -18,10 +19,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnexp import data, metrics, plots, results, stats, stopping
-from bnexp.errors import Interrupted
+from bnexp import compat, data, metrics, plots, results, stats, stopping
+from bnexp.errors import Interrupted, RuntimeFailure
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
+
+
+class WriteFailed(RuntimeFailure):
+    """A file of the run could not be written (a full disk, a read-only file system)."""
+
+    def __init__(self, e: OSError, run_dir: Path | None):
+        what = f"{e.strerror or e} ({errno.errorcode.get(e.errno or 0, 'OSError')})"
+        kept = (
+            f"everything saved before is kept in {run_dir}; free some space (or make it "
+            f"writable) and finish with --resume {run_dir}"
+            if run_dir is not None
+            else "no run directory was left; free some space (or make it writable) and run again"
+        )
+        super().__init__(f"cannot write {e.filename or 'a file'}: {what}; {kept}")
 
 
 class RunInterrupted(Interrupted):
@@ -67,7 +82,12 @@ def load_config(exp: Experiment, run_dir: Path) -> Config:
     run = results.load_run(run_dir)
     if run.experiment != exp.name:
         raise ConfigError(f"{run_dir} is a run of {run.experiment!r}, not {exp.name!r}")
-    return results.dataclass_from_dict(exp.config_type, run.config)
+    try:
+        return results.dataclass_from_dict(exp.config_type, run.config)
+    except (TypeError, ValueError) as e:  # a field removed or renamed since the run was made
+        raise compat.IncompatibleRun(
+            f"{run_dir}/config.json no longer fits this bnexp ({e}); start a new run"
+        ) from None
 
 
 SIGINT_IGNORED_NOTE = (
@@ -141,26 +161,36 @@ def run(
         trials = prepare(exp, cfg)
         _raise_if_stopped()
         lock = contextlib.ExitStack()  # one process at a time trains into a run directory
-        if resume is not None:
-            run_dir = Path(resume)
-            lock.enter_context(results.run_lock(run_dir))
-            results.remove_temp_files(run_dir)  # what a killed (SIGKILL) writer left behind
-        else:
-            run_dir = results.new_run_dir(
-                out,
-                exp.name,
-                config_dict(cfg),
-                preset=cfg.preset,
-                argv=list(argv) if argv is not None else None,
-            )
-            lock.enter_context(results.run_lock(run_dir))
-        with lock:
-            return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+        run_dir = Path(resume) if resume is not None else None
+        try:
+            if run_dir is not None:
+                lock.enter_context(results.run_lock(run_dir))
+                results.remove_temp_files(run_dir)  # what a killed (SIGKILL) writer left behind
+            else:
+                run_dir = results.new_run_dir(
+                    out,
+                    exp.name,
+                    config_dict(cfg),
+                    preset=cfg.preset,
+                    argv=list(argv) if argv is not None else None,
+                )
+                lock.enter_context(results.run_lock(run_dir))
+            with lock:
+                return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+        except OSError as e:  # ENOSPC, EROFS, ...: one line; saved files are whole (atomic)
+            if e.errno not in _WRITE_ERRNOS:
+                raise
+            raise WriteFailed(e, run_dir) from None
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 def _saved_results(run_dir: Path, trials: list[Trial]) -> dict[str, TrialResult]:
     """The trials of `trials` already saved in run_dir (a damaged one is not: it trains again)."""
-    got = results.load_run(run_dir).results_for(trials)
+    run = results.load_run(run_dir)
+    compat.check_resumable(run, trials)  # saved by older code: resumed only if it means the same
+    got = run.results_for(trials)
     return {results.trial_id(t): r for t, r in zip(trials, got, strict=True) if r is not None}
 
 
