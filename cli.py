@@ -702,8 +702,10 @@ def main() -> None:
         if _DEBUG:
             raise
         # Click's usage errors (typer vendors click in recent versions, so match by shape).
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # one line, no usage
+            ctx = getattr(e, "ctx", None)
+            see = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"bnexp: error: {_one_line(e.format_message())}{see}", err=True)
             sys.exit(e.exit_code)
         if type(e).__name__ == "Abort":
             typer.echo("bnexp: aborted", err=True)
