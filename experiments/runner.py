@@ -254,6 +254,7 @@ def _analyze(
 ) -> Analysis:
     """Analyze the results, draw the plots and write summary.json (timing completed in place)."""
     analysis = exp.analyze(cfg, ordered)
+    analysis.verdict = divergence_note(analysis.verdict, ordered)
     train_s = time.perf_counter() - t0
     if make_plots and exp.plot is not None:
         plot_dir = run_dir / "plots"
@@ -285,6 +286,21 @@ _TIMING_KEYS = (
     "trials_run_now",
     "trials_resumed",
 )
+
+
+def divergence_note(verdict: stats.Verdict, ordered: Sequence[TrialResult]) -> stats.Verdict:
+    """A divergence storm (every trial diverged) said in the evidence: no setting trained, so the
+    conditions had nothing to compare; the outcome stays what the conditions give."""
+    steps = sorted({r.diverged_at for r in ordered if r.diverged_at is not None})
+    if not ordered or len(steps) == 0 or any(r.diverged_at is None for r in ordered):
+        return verdict
+    at = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+    note = (
+        f"every trial diverged ({len(ordered)} of {len(ordered)}, at {at}): no setting trained, "
+        "so there is nothing to compare (lower the learning rate)"
+    )
+    evidence = f"{note}; {verdict.evidence}" if verdict.evidence else note
+    return dataclasses.replace(verdict, evidence=evidence)
 
 
 def summary_rows(analysis: Analysis) -> list[dict[str, Any]]:

@@ -296,3 +296,26 @@ def test_run_whose_trials_no_longer_mean_the_same_is_refused(
     line = _one_line(err)
     assert code == 2 and needle in line, line
     assert sorted(p.name for p in (run_dir / "trials").iterdir()) == before  # nothing trained
+
+
+# ---- 9: a divergence storm ------------------------------------------------------------------
+
+
+def test_a_sweep_where_every_trial_diverges_finishes_and_says_why(tmp_path, bnexp):
+    args = ["--preset", "smoke", "--set", "lrs=1e6,1e7", "--set", "seeds=2"]
+    code, out, err = bnexp(*RUN, *args, "--out", str(tmp_path), "--json", "--no-plots")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert len(doc["trials"]) == 8  # 2 arms x 2 lrs x 2 seeds
+    for t in doc["trials"]:  # every divergence step recorded, no accuracy made up
+        assert isinstance(t["diverged_at"], int) and 0 < t["diverged_at"] <= 60, t
+        assert t["final_test_accuracy"] is None
+    saved = results.load_run(Path(doc["run_dir"]))
+    assert sorted(r.diverged_at for r in saved.trials) == sorted(
+        t["diverged_at"] for t in doc["trials"]
+    )
+    v = doc["verdict"]
+    assert v["outcome"] == "inconclusive" and v["reproduced"] is None
+    assert v["evidence"].startswith("every trial diverged (8 of 8, at step"), v["evidence"]
+    assert "nothing to compare" in v["evidence"]
+    assert saved.status == "complete"
