@@ -132,7 +132,9 @@ def _faults(n: int, seed: int, reference, tmp_path: Path) -> Counter:
     rng = random.Random(seed)
     landed: Counter = Counter()
     for i in range(n):
-        landed[one_fault(rng, reference, tmp_path / f"f{i}")] += 1
+        where = one_fault(rng, reference, tmp_path / f"f{i}")
+        landed[where] += 1
+        print(f"fault {i + 1}/{n}: {where}", flush=True)
     return landed
 
 
