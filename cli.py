@@ -330,7 +330,7 @@ def run_cmd(
     """Run a named experiment, print its tables and verdict, write a run directory."""
     exp = _experiment(name)
     if resume is not None:
-        from bnexp.results import check_run_dir
+        from bnexp.compat import check_run_dir
 
         check_run_dir(resume)  # a damaged run directory: one line naming the file (exit 1)
     if resume is not None and not (resume / "config.json").is_file():
@@ -440,7 +440,9 @@ def show_cmd(
     path = _run_dir(run_dir, out)
     run = results.load_run(path)
     if "summary.json" in run.broken:
-        raise results.DamagedRun(
+        from bnexp.compat import DamagedRun
+
+        raise DamagedRun(
             f"{path / 'summary.json'} is damaged; write it again with "
             f"bnexp run {run.experiment} --resume {path} (nothing is trained again)"
         )

@@ -1,5 +1,7 @@
-"""Resuming across a code change: does a saved run still mean what this bnexp would compute?
+"""Can a saved run be resumed? Its files (a missing or garbled config.json, the temporary files
+a killed writer left) and the code that made it (a change since).
 
+Resuming across a code change: does a saved run still mean what this bnexp would compute?
 A run is resumed when every trial it saved is one this code's grid still makes (same config,
 read with today's defaults for fields added since: bnexp.results.TRIAL_ID_SCHEMA), and refused
 with one line saying why otherwise: its trial ids come from a newer schema, a saved trial has a
@@ -10,11 +12,55 @@ experiments in one summary.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from bnexp import results
-from bnexp.errors import UsageError
+from bnexp.errors import RuntimeFailure, UsageError
+
+
+class DamagedRun(RuntimeFailure):
+    """A run directory whose config.json (or summary.json) is missing or unreadable."""
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Raise DamagedRun naming the file when run_dir looks like a run (a status.json, trials) but
+    its config.json is missing or not valid JSON: nothing can resume or re-analyse it then, and a
+    plain "not a run directory" would hide what happened. A directory that is no run at all is
+    left to the caller (FileNotFoundError from load_run)."""
+    run_dir = Path(run_dir)
+    cfg = run_dir / "config.json"
+    looks_like_run = any((run_dir / n).exists() for n in ("status.json", "trials"))
+    experiment = results._name_parts(run_dir.name)[1] or "NAME"
+    redo = f"start the experiment again with `bnexp run {experiment}` (saved trials are kept)"
+    if not cfg.exists():
+        if looks_like_run:
+            raise DamagedRun(f"{cfg} is missing, so this run cannot be resumed or shown; {redo}")
+        return
+    try:
+        if not isinstance(results.read_json(cfg), dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise DamagedRun(
+            f"{cfg} is damaged ({type(e).__name__}: {str(e).splitlines()[0][:80]}), so this run "
+            f"cannot be resumed or shown; {redo}"
+        ) from None
+
+
+def remove_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files a killed writer left (``.<name>.*.tmp``, see bnexp.atomic):
+    never a saved file, only bytes that were not yet moved into place. Call it holding run_lock
+    (no other writer then). Returns what was removed."""
+    run_dir = Path(run_dir)
+    gone = []
+    for d in (run_dir, run_dir / "trials", run_dir / "plots"):
+        for p in d.glob(".*.tmp") if d.is_dir() else ():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                gone.append(p)
+    return gone
 
 
 class IncompatibleRun(UsageError):

@@ -15,13 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bnexp.results import (
-    _effective_status,
-    _name_parts,
-    check_run_dir,
-    process_gone,
-    read_json,
-)
+from bnexp.compat import check_run_dir
+from bnexp.results import _effective_status, _name_parts, process_gone, read_json
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,11 @@ The exit code stays 130 and the run directory is marked interrupted (experiments
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import sys
+from collections.abc import Iterator
 
 _PENDING: list[int] = []  # signals received and not yet acted on
 
@@ -45,3 +49,38 @@ def check() -> None:
 
 def clear() -> None:
     _PENDING.clear()
+
+
+SIGINT_IGNORED_NOTE = (
+    "note: SIGINT is ignored in this process (started as a background job?), so Ctrl-C will not "
+    "stop it; SIGTERM (kill {pid}) interrupts it and keeps every finished group"
+)
+
+_SIGINT_NOTED = False
+
+
+@contextlib.contextmanager
+def during_run() -> Iterator[None]:
+    """SIGTERM interrupts a run like Ctrl-C does (exit 130, the run directory kept, resumable),
+    at the next checkpoint (``check``: a signal never lands inside a write or a callback).
+
+    A process that inherited SIGINT as ignored (a background job of a non-interactive shell, or
+    nohup) keeps ignoring it, as POSIX asks of such a job: bnexp says so once on stderr and names
+    SIGTERM as the way to stop it. A signal that came before (the command line's own handler is
+    the same one) stays pending, so the first checkpoint acts on it."""
+    global _SIGINT_NOTED
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and not _SIGINT_NOTED:
+        print(SIGINT_IGNORED_NOTE.format(pid=os.getpid()), file=sys.stderr, flush=True)
+        _SIGINT_NOTED = True  # once per process (reproduce runs several experiments)
+    try:
+        old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        install()
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        clear()
+        for sig, previous in old.items():
+            signal.signal(sig, previous)

@@ -10,33 +10,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import os
-import signal
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bnexp import compat, data, metrics, plots, results, stats, stopping
-from bnexp.errors import Interrupted, RuntimeFailure
+from bnexp.errors import Interrupted, WriteFailed
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
-
-
-class WriteFailed(RuntimeFailure):
-    """A file of the run could not be written (a full disk, a read-only file system)."""
-
-    def __init__(self, e: OSError, run_dir: Path | None):
-        what = f"{e.strerror or e} ({errno.errorcode.get(e.errno or 0, 'OSError')})"
-        kept = (
-            f"everything saved before is kept in {run_dir}; free some space (or make it "
-            f"writable) and finish with --resume {run_dir}"
-            if run_dir is not None
-            else "no run directory was left; free some space (or make it writable) and run again"
-        )
-        super().__init__(f"cannot write {e.filename or 'a file'}: {what}; {kept}")
 
 
 class RunInterrupted(Interrupted):
@@ -78,7 +61,7 @@ def prepare(exp: Experiment, cfg: Config) -> list[Trial]:
 
 
 def load_config(exp: Experiment, run_dir: Path) -> Config:
-    results.check_run_dir(run_dir)  # a missing or garbled config.json: one line naming it
+    compat.check_run_dir(run_dir)  # a missing or garbled config.json: one line naming it
     run = results.load_run(run_dir)
     if run.experiment != exp.name:
         raise ConfigError(f"{run_dir} is a run of {run.experiment!r}, not {exp.name!r}")
@@ -90,43 +73,8 @@ def load_config(exp: Experiment, run_dir: Path) -> Config:
         ) from None
 
 
-SIGINT_IGNORED_NOTE = (
-    "note: SIGINT is ignored in this process (started as a background job?), so Ctrl-C will not "
-    "stop it; SIGTERM (kill {pid}) interrupts it and keeps every finished group"
-)
-
-_SIGINT_NOTED = False
-
-
 def _raise_if_stopped() -> None:
     stopping.check()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM interrupts a run like Ctrl-C does (exit 130, the run directory kept, resumable),
-    at the next checkpoint (bnexp.stopping: a signal never lands inside a write or a callback).
-
-    A process that inherited SIGINT as ignored (a background job of a non-interactive shell, or
-    nohup) keeps ignoring it, as POSIX asks of such a job: bnexp says so once on stderr and names
-    SIGTERM as the way to stop it. A signal that came before (the command line's own handler is
-    the same one) stays pending, so the first checkpoint acts on it."""
-    global _SIGINT_NOTED
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and not _SIGINT_NOTED:
-        print(SIGINT_IGNORED_NOTE.format(pid=os.getpid()), file=sys.stderr, flush=True)
-        _SIGINT_NOTED = True  # once per process (reproduce runs several experiments)
-    try:
-        old = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-        stopping.install()
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        stopping.clear()
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
 
 
 def setup_process() -> None:
@@ -153,7 +101,7 @@ def run(
     t0 = time.perf_counter()
     # SIGTERM is an interrupt from here on: before the run directory exists it leaves nothing
     # behind (new_run_dir removes a half-made one), after it the directory is marked interrupted
-    with _sigterm_as_interrupt():
+    with stopping.during_run():
         setup_process()  # starts JAX: a signal meanwhile waits for the check below
         _raise_if_stopped()
         if resume is not None:
@@ -165,7 +113,7 @@ def run(
         try:
             if run_dir is not None:
                 lock.enter_context(results.run_lock(run_dir))
-                results.remove_temp_files(run_dir)  # what a killed (SIGKILL) writer left behind
+                compat.remove_temp_files(run_dir)  # what a killed (SIGKILL) writer left behind
             else:
                 run_dir = results.new_run_dir(
                     out,
