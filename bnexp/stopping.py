@@ -67,7 +67,9 @@ def during_run() -> Iterator[None]:
     A process that inherited SIGINT as ignored (a background job of a non-interactive shell, or
     nohup) keeps ignoring it, as POSIX asks of such a job: bnexp says so once on stderr and names
     SIGTERM as the way to stop it. A signal that came before (the command line's own handler is
-    the same one) stays pending, so the first checkpoint acts on it."""
+    the same one) stays pending, so the first checkpoint acts on it; so does one that comes
+    after the run's last checkpoint (the next experiment of a reproduce, or the command line's
+    exit with 130, acts on it)."""
     global _SIGINT_NOTED
     if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and not _SIGINT_NOTED:
         print(SIGINT_IGNORED_NOTE.format(pid=os.getpid()), file=sys.stderr, flush=True)
@@ -80,7 +82,9 @@ def during_run() -> Iterator[None]:
         return
     try:
         yield
+    except BaseException:
+        clear()  # acted on: the interrupt (or an error) ends this run
+        raise
     finally:
-        clear()
         for sig, previous in old.items():
             signal.signal(sig, previous)
