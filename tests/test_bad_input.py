@@ -181,3 +181,10 @@ def test_a_valid_override_does_reach_training(bnexp):
     code, lines, started, out = bnexp("run", "lr-sweep", "--preset", "smoke", "--set", "lr=0.1")
     assert started and code == 1 and "training started" in lines[-1]
     assert len(_runs(out)) == 1
+
+
+@SETTINGS
+@given(value=st.one_of(BAD_FLOATS, st.floats(max_value=0).map(repr)))
+def test_compare_lr_option_takes_no_bad_rate(bnexp, value):
+    result = bnexp("compare", "--preset", "smoke", "--lr", value)
+    _one_line_usage_error(result, ("compare --lr", value))
