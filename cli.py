@@ -15,7 +15,7 @@ _STARTING = True  # until main() runs: a signal has nothing to keep yet, so it j
 
 def _stop_while_starting(signum, frame):  # noqa: ARG001
     """SIGTERM/SIGINT while the modules still load (no run directory exists yet): exit 130 with
-    one line, not a traceback from inside an import; main() hands over to KeyboardInterrupt."""
+    one line, not a traceback from inside an import; main() hands over to bnexp.stopping."""
     if _STARTING:
         os.write(2, b"bnexp: interrupted\n")
         os._exit(130)
