@@ -6,17 +6,37 @@ interrupt 130; each prints one line on stderr, no tracebacks unless --debug.
 
 from __future__ import annotations
 
-import contextlib
-import difflib
-import json
+import os
+import signal
 import sys
-from pathlib import Path
-from typing import Annotated, Optional
 
-import typer
+_STARTING = True  # until main() runs: a signal has nothing to keep yet, so it just exits 130
 
-import bnexp
-from bnexp.errors import BnexpError, Interrupted, RuntimeFailure, UsageError
+
+def _stop_while_starting(signum, frame):  # noqa: ARG001
+    """SIGTERM/SIGINT while the modules still load (no run directory exists yet): exit 130 with
+    one line, not a traceback from inside an import; main() hands over to bnexp.stopping."""
+    if _STARTING:
+        os.write(2, b"bnexp: interrupted\n")
+        os._exit(130)
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "bnexp":  # the command, not an import
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _stop_while_starting)
+
+import contextlib  # noqa: E402
+import difflib  # noqa: E402
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+import bnexp  # noqa: E402
+from bnexp.errors import BnexpError, Interrupted, RuntimeFailure, UsageError  # noqa: E402
 
 
 def _no_flag_metavar() -> None:
@@ -385,8 +405,12 @@ def run_cmd(
     exp = _experiment(name)
     cfg = _resolve_config(exp, preset, seeds, dataset, steps, set_ or [])
     main = _join(coordinator, num_processes, process_id, distributed)
-    if main and resume is not None and not (resume / "config.json").is_file():
-        raise UsageError(f"--resume {resume}: not a bnexp run directory (no config.json)")
+    if main and resume is not None:
+        from bnexp.compat import check_run_dir
+
+        check_run_dir(resume)  # a damaged run directory: one line naming the file (exit 1)
+        if not (resume / "config.json").is_file():
+            raise UsageError(f"--resume {resume}: not a bnexp run directory (no config.json)")
     _execute(
         exp,
         cfg,
@@ -562,6 +586,13 @@ def show_cmd(
 
     path = _run_dir(run_dir, out)
     run = results.load_run(path)
+    if "summary.json" in run.broken:
+        from bnexp.compat import DamagedRun
+
+        raise DamagedRun(
+            f"{path / 'summary.json'} is damaged; write it again with "
+            f"bnexp run {run.experiment} --resume {path} (nothing is trained again)"
+        )
     if run.summary is None:
         raise RuntimeFailure(
             f"{path} has no summary yet (status {run.status}); finish it with "
@@ -813,8 +844,18 @@ def _one_line(e: BaseException) -> str:
 
 def main() -> None:
     """Console-script entry point: run the app, turning unexpected errors into one line."""
+    global _STARTING
+    from bnexp import stopping
+
+    _STARTING = False
+    stopping.install()  # from here a signal stops at the next checkpoint (bnexp.stopping)
     try:
-        sys.exit(app(standalone_mode=False) or 0)
+        code = app(standalone_mode=False) or 0
+        if code == 0 and stopping.pending():  # asked to stop, and nothing checked since
+            code = 130
+        if code == 130:  # typer turns a KeyboardInterrupt it sees into a silent 130: say it
+            typer.echo("bnexp: interrupted", err=True)
+        sys.exit(code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
@@ -829,8 +870,10 @@ def main() -> None:
         if _DEBUG:
             raise
         # Click's usage errors (typer vendors click in recent versions, so match by shape).
-        if hasattr(e, "show") and hasattr(e, "exit_code"):
-            e.show()
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # one line, no usage
+            ctx = getattr(e, "ctx", None)
+            see = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            typer.echo(f"bnexp: error: {_one_line(e.format_message())}{see}", err=True)
             sys.exit(e.exit_code)
         if type(e).__name__ == "Abort":
             typer.echo("bnexp: aborted", err=True)

@@ -37,23 +37,35 @@ def write_atomic(
     (if given) may raise to reject the bytes, then the file replaces ``path``. Returns ``path``.
     Parent directories are created."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    except OSError as e:  # a read-only or full file system: say which file could not be made
+        e.filename = e.filename or str(path)
+        raise
     tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            _fsync(f.fileno())
         if check is not None:
             check(tmp)
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = str(path)
         raise
     return path
+
+
+def _fsync(fd: int) -> None:
+    """os.fsync: where a full disk (ENOSPC) or a failing one reports a write at the latest; the
+    fault tests put their ENOSPC/EROFS here."""
+    os.fsync(fd)
 
 
 def write_bytes_atomic(path: Path | str, data: bytes) -> Path:

@@ -10,6 +10,9 @@ The message of each is one line meant for the user.
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class BnexpError(Exception):
     """An error bnexp reports as one line on stderr, exiting with ``exit_code``."""
@@ -40,3 +43,17 @@ class Interrupted(BnexpError):
 class NormOptionError(UsageError, ValueError):
     """A normalization layer rejecting its options or its input (a ValueError for library users,
     a usage error on the command line: e.g. groups that do not divide the channels)."""
+
+
+class WriteFailed(RuntimeFailure):
+    """A file of the run could not be written (a full disk, a read-only file system)."""
+
+    def __init__(self, e: OSError, run_dir: Path | None):
+        what = f"{e.strerror or e} ({errno.errorcode.get(e.errno or 0, 'OSError')})"
+        kept = (
+            f"everything saved before is kept in {run_dir}; free some space (or make it "
+            f"writable) and finish with --resume {run_dir}"
+            if run_dir is not None
+            else "no run directory was left; free some space (or make it writable) and run again"
+        )
+        super().__init__(f"cannot write {e.filename or 'a file'}: {what}; {kept}")

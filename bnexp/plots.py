@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from bnexp import verdicts as V
+from bnexp.atomic import write_atomic
 from bnexp.metrics import band
 
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
@@ -40,10 +41,8 @@ def _figure(ncols: int = 1, width: float = 7.0, height: float = 4.5, sharey: boo
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, format="png")
-    return path
+    # atomically, like every bnexp file: an interrupt mid-plot leaves the old PNG or none
+    return write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"))
 
 
 def _percent_axis(axis: Any) -> None:

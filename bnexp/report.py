@@ -328,7 +328,7 @@ def render_runs(runs: Iterable[Any], console: Console | None = None) -> Table:
             "experiment": r.experiment or "?",
             "preset": r.preset or "?",
             "date": r.date.strftime("%Y-%m-%d %H:%M") if r.date else "?",
-            "status": r.status,
+            "status": getattr(r, "shown_status", r.status),
             "verdict": r.verdict or "–",
             "trials": r.trials,
         }

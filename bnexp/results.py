@@ -33,6 +33,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -185,9 +186,43 @@ def trial_from_dict(d: Mapping[str, Any]) -> Any:
     return dataclass_from_dict(Trial, d)
 
 
+# How trial ids are computed, stored in every run's status.json and trial records.
+#   1: a hash of every field of the Trial (and its ModelSpec): adding a field changed every id.
+#   2: a hash of the fields whose value is not their default (nested ModelSpec alike): adding a
+#      field with a default keeps every id, and a field that is removed or given a new default
+#      shows up as a saved trial this code no longer makes (runner refuses to resume it).
+# Saved trials are matched by the id of their stored config read back with today's defaults
+# (Run.by_id), not by file name, so runs of either schema resume.
+TRIAL_ID_SCHEMA = 2
+
+# Trial fields added after runs were saved whose default does NOT compute what a trial saved
+# without them computed (a migration note each): such a saved trial is never matched to a
+# current one, and resume refuses its run with this reason. A field whose default keeps the old
+# behaviour needs no entry: a saved trial without it reads back at the default, same id.
+CHANGED_MEANING = {
+    "eval_per_decade": "saved before Trial.eval_per_decade existed, its history has no step-0 "
+    "and no geometric evaluations",
+}
+
+
+def non_default_dict(obj: Any) -> dict[str, Any]:
+    """dataclass_to_dict without the fields at their default (nested dataclasses alike)."""
+    out = {}
+    full = dataclass_to_dict(obj)
+    for f in dataclasses.fields(obj):
+        v, default = getattr(obj, f.name), _field_default(f)
+        if dataclasses.is_dataclass(default) and dataclasses.is_dataclass(v):
+            sub = non_default_dict(v)
+            if sub or type(v) is not type(default):
+                out[f.name] = sub
+        elif default is dataclasses.MISSING or full[f.name] != to_jsonable(default):
+            out[f.name] = full[f.name]
+    return out
+
+
 def trial_id(trial: Any) -> str:
-    """Stable 12-hex-digit id of a trial's full config (tag included)."""
-    return config_hash(trial_to_dict(trial), length=12)
+    """Stable 12-hex-digit id of a trial's config (tag included), schema TRIAL_ID_SCHEMA."""
+    return config_hash(non_default_dict(trial), length=12)
 
 
 # ---- creating and updating a run -------------------------------------------------------------
@@ -273,16 +308,21 @@ def new_run_dir(
             continue
     else:
         raise FileExistsError(f"no free run directory name for {base} in {out}")
-    write_json_atomic(run_dir / "config.json", cfg)
-    env = capture_environment(argv) if environment is None else dict(environment)
-    write_json_atomic(run_dir / "environment.json", env)
     status = {
         "experiment": experiment,
         "preset": preset,
         "config_hash": chash,
         "created": now.isoformat(timespec="seconds"),
+        "trial_id_schema": TRIAL_ID_SCHEMA,
     }
-    set_status(run_dir, "running", **status)
+    try:  # all three files or no directory: an interrupt or a full disk leaves no half-made run
+        write_json_atomic(run_dir / "config.json", cfg)
+        env = capture_environment(argv) if environment is None else dict(environment)
+        write_json_atomic(run_dir / "environment.json", env)
+        set_status(run_dir, "running", **status)
+    except BaseException:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return run_dir
 
 
@@ -313,7 +353,8 @@ def tracking_status(run_dir: Path) -> Iterator[Path]:
         set_status(run_dir, "interrupted")
         raise
     except BaseException as e:
-        set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
+        with contextlib.suppress(OSError):  # a full or read-only disk may refuse this too
+            set_status(run_dir, "failed", error=f"{type(e).__name__}: {e}")
         raise
     set_status(run_dir, "complete")
 
@@ -338,6 +379,7 @@ def save_trial(run_dir: Path, result: Any) -> str:
         "extra": {k: v for k, v in extra.items() if k not in extra_arrays},
         "extra_arrays": sorted(extra_arrays),
         "trial": trial_to_dict(result.trial),
+        "trial_id_schema": TRIAL_ID_SCHEMA,
         "saved": _now().isoformat(timespec="seconds"),
     }
     write_json_atomic(tdir / f"{tid}.json", record)
@@ -374,6 +416,7 @@ class TrialRecord:
     seconds: float
     extra: dict[str, Any]
     history: dict[str, np.ndarray]
+    legacy: tuple[str, ...] = ()  # CHANGED_MEANING fields its stored config lacks
 
     def to_result(self) -> Any:
         """The sweep.TrialResult this record was saved from."""
@@ -421,7 +464,12 @@ class Run:
         return preset
 
     def by_id(self) -> dict[str, TrialRecord]:
-        return {t.trial_id: t for t in self.trials}
+        """Saved trials by the id their stored config has today (its missing fields at today's
+        defaults), whatever schema named their files; one that cannot be rebuilt keeps its own."""
+        return {
+            trial_id(t.trial) if t.trial is not None and not t.legacy else t.trial_id: t
+            for t in self.trials
+        }
 
     def results_for(self, trials: Iterable[Any]) -> list[Any]:
         """TrialResults in the order of `trials` (None where a trial has not been saved)."""
@@ -452,6 +500,7 @@ def _load_record(json_path: Path) -> TrialRecord:
         float(rec.get("seconds") or 0.0),
         extra,
         history,
+        tuple(k for k in CHANGED_MEANING if k not in rec["trial"]),
     )
 
 
@@ -546,12 +595,21 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def process_gone(info: Mapping[str, Any]) -> bool:
+    """A "running" status whose process is gone (same host, dead pid): killed (SIGKILL, a crash,
+    a power cut) before it could mark the run; `--resume` continues it."""
+    pid = info.get("pid")
+    return (
+        info.get("status") == "running"
+        and isinstance(pid, int)
+        and info.get("host") == socket.gethostname()
+        and not _pid_alive(pid)
+    )
+
+
 def _effective_status(info: Mapping[str, Any]) -> str:
     """The stored status, except that a "running" run whose process is gone is "interrupted"."""
     status = info.get("status")
     if status not in STATUSES:
         return "unknown"
-    pid = info.get("pid")
-    if status == "running" and isinstance(pid, int) and info.get("host") == socket.gethostname():
-        return "running" if _pid_alive(pid) else "interrupted"
-    return status
+    return "interrupted" if process_gone(info) else status

@@ -2,7 +2,8 @@
 
 Reads what bnexp.results writes (names, status.json, summary.json) and tolerates partial and
 broken directories: a run that cannot be read is listed as "unknown", never an error. A "running"
-status whose process is gone (same host, dead pid) is reported as "interrupted".
+status whose process is gone (same host, dead pid) is reported as "interrupted" (and shown as
+"stale (process gone)": killed before it could mark itself; `--resume` continues it).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bnexp.results import _effective_status, _name_parts, read_json
+from bnexp.compat import check_run_dir
+from bnexp.results import _effective_status, _name_parts, process_gone, read_json
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,12 @@ class RunInfo:
     status: str  # one of STATUSES, or "unknown" when status.json is missing/unreadable
     verdict: str | None  # e.g. "REPRODUCED" or "2 REPRODUCED, 1 inconclusive"
     trials: int
+    stale: bool = False  # status.json says running, but its process is gone (killed)
+
+    @property
+    def shown_status(self) -> str:
+        """The status as `bnexp runs` shows it: a killed run is "stale (process gone)"."""
+        return "stale (process gone)" if self.stale else self.status
 
 
 def verdict_text(verdict: Any) -> str | None:
@@ -77,6 +85,7 @@ def _run_info(path: Path) -> RunInfo | None:
         _effective_status(info),
         verdict,
         trials,
+        process_gone(info),
     )
 
 
@@ -96,8 +105,10 @@ def list_runs(out: Path) -> list[RunInfo]:
 def resolve_run(out: Path, ref: str) -> Path:
     """A run directory from a path, "latest", an exact name, or a unique name prefix/substring."""
     p = Path(ref)
-    if p.is_dir() and (p / "config.json").exists():
-        return p
+    if p.is_dir():
+        check_run_dir(p)  # a damaged run is named as such, not "no run"
+        if (p / "config.json").exists():
+            return p
     runs = list_runs(out)
     if ref == "latest":
         if not runs:

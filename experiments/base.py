@@ -213,8 +213,35 @@ def apply_overrides(cfg: Config, pairs: Sequence[str]) -> Config:
     return dataclasses.replace(cfg, **changes)
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+INT32_MAX = 2**31 - 1
+MAX_EVALUATIONS = 10**6  # evaluation points per trial: its history is kept in memory
+MAX_SEEDS = 1000  # more seeds per setting is days of training, never a typo worth running
+MAX_WIDTH = 65536  # a wider hidden layer of the MLP does not fit a member in memory
+
+
+def _numbers(name: str, value: Any) -> list[tuple[str, Any]]:
+    if isinstance(value, tuple):
+        return [n for v in value for n in _numbers(name, v)]
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return [(name, value)] if ok else []
+
+
+def check_numbers(cfg: Config) -> None:
+    """Every number of the config, the experiment's own fields included: a float finite and
+    within float32 (training runs in float32: lr=1e300 would be inf there), an int within int32
+    (JAX's step counters and seeds)."""
+    for f in dataclasses.fields(cfg):
+        for name, v in _numbers(f.name, getattr(cfg, f.name)):
+            if isinstance(v, float) and not (np.isfinite(v) and abs(v) <= FLOAT32_MAX):
+                raise ConfigError(f"{name} must be a finite float32 number, got {v!r}")
+            if isinstance(v, int) and abs(v) > INT32_MAX:
+                raise ConfigError(f"{name} must fit in 32 bits (|{name}| < 2**31), got {v}")
+
+
 def check_common(cfg: Config, *, num_train: int | None = None) -> None:
     """Impossible combinations, reported before anything trains."""
+    check_numbers(cfg)
     if cfg.steps <= 0:
         raise ConfigError(f"steps must be positive, got {cfg.steps}")
     if cfg.eval_every <= 0:
@@ -227,6 +254,7 @@ def check_common(cfg: Config, *, num_train: int | None = None) -> None:
         raise ConfigError(f"batch_size must be at least 2 (batch statistics), got {cfg.batch_size}")
     if cfg.lr <= 0:
         raise ConfigError(f"lr must be positive, got {cfg.lr}")
+    _check_ranges(cfg)
     if cfg.optimizer not in ("sgd", "momentum", "adam"):
         raise ConfigError(f"unknown optimizer {cfg.optimizer!r}; choose sgd, momentum or adam")
     if cfg.activation not in ("sigmoid", "tanh", "relu"):
@@ -238,6 +266,26 @@ def check_common(cfg: Config, *, num_train: int | None = None) -> None:
             f"batch_size {cfg.batch_size} is larger than the training set "
             f"({num_train} examples of {cfg.dataset})"
         )
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Absurd sizes, caught before they exhaust the memory or the week."""
+    evaluations = cfg.steps // cfg.eval_every
+    if evaluations > MAX_EVALUATIONS:
+        raise ConfigError(
+            f"steps/eval_every = {evaluations} evaluations per trial; at most {MAX_EVALUATIONS} "
+            "(raise eval_every or lower steps)"
+        )
+    if cfg.seeds > MAX_SEEDS:
+        raise ConfigError(f"seeds must be at most {MAX_SEEDS} per setting, got {cfg.seeds}")
+    if not 0 <= cfg.momentum < 1:
+        raise ConfigError(f"momentum must be in [0, 1), got {cfg.momentum}")
+    if cfg.init_std <= 0:
+        raise ConfigError(f"init_std must be positive, got {cfg.init_std}")
+    if cfg.data_seed < 0:
+        raise ConfigError(f"data_seed must be >= 0, got {cfg.data_seed}")
+    if any(h > MAX_WIDTH for h in cfg.hidden):
+        raise ConfigError(f"hidden widths must be at most {MAX_WIDTH}, got {cfg.hidden}")
 
 
 def config_dict(cfg: Config) -> dict[str, Any]:

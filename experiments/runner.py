@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import signal
-import sys
+import errno
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bnexp import data, distributed, metrics, plots, results, stats
+from bnexp import compat, data, distributed, metrics, plots, results, stats, stopping
 from bnexp.atomic import write_text_atomic
-from bnexp.errors import Interrupted
+from bnexp.errors import Interrupted, WriteFailed
 from bnexp.sweep import ProgressEvent, Trial, TrialResult, run_sweep
 from experiments.base import Analysis, Config, ConfigError, Experiment, check_common, config_dict
 
@@ -64,60 +62,20 @@ def prepare(exp: Experiment, cfg: Config) -> list[Trial]:
 
 
 def load_config(exp: Experiment, run_dir: Path) -> Config:
+    compat.check_run_dir(run_dir)  # a missing or garbled config.json: one line naming it
     run = results.load_run(run_dir)
     if run.experiment != exp.name:
         raise ConfigError(f"{run_dir} is a run of {run.experiment!r}, not {exp.name!r}")
-    return results.dataclass_from_dict(exp.config_type, run.config)
-
-
-SIGINT_IGNORED_NOTE = (
-    "note: SIGINT is ignored in this process (started as a background job?), so Ctrl-C will not "
-    "stop it; SIGTERM (kill {pid}) interrupts it and keeps every finished group"
-)
-
-_SIGINT_NOTED = False
-_STOP: list[int] = []  # signals received during this run (SIGTERM)
+    try:
+        return results.dataclass_from_dict(exp.config_type, run.config)
+    except (TypeError, ValueError) as e:  # a field removed or renamed since the run was made
+        raise compat.IncompatibleRun(
+            f"{run_dir}/config.json no longer fits this bnexp ({e}); start a new run"
+        ) from None
 
 
 def _raise_if_stopped() -> None:
-    if _STOP:
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM interrupts a run like Ctrl-C does (exit 130, the run directory kept, resumable).
-
-    A process that inherited SIGINT as ignored (a background job of a non-interactive shell, or
-    nohup) keeps ignoring it, as POSIX asks of such a job: bnexp says so once on stderr and names
-    SIGTERM as the way to stop it."""
-
-    def handler(signum, frame):  # noqa: ARG001
-        # The KeyboardInterrupt can be swallowed when the signal lands inside a callback that
-        # Python runs and ignores errors of (a gc callback of XLA's, a __del__): the flag makes
-        # the next progress report or finished group raise it again (_raise_if_stopped).
-        _STOP.append(signum)
-        raise KeyboardInterrupt
-
-    global _SIGINT_NOTED
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and not _SIGINT_NOTED:
-        print(SIGINT_IGNORED_NOTE.format(pid=os.getpid()), file=sys.stderr, flush=True)
-        _SIGINT_NOTED = True  # once per process (reproduce runs several experiments)
-    _STOP.clear()
-    # SIGTERM always; SIGINT too unless it is ignored (then it stays ignored, see above)
-    sigs = [signal.SIGTERM]
-    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        sigs.append(signal.SIGINT)
-    try:
-        old = {sig: signal.signal(sig, handler) for sig in sigs}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for sig, previous in old.items():
-            signal.signal(sig, previous)
+    stopping.check()
 
 
 def setup_process(dist: distributed.Settings | None = None) -> None:
@@ -148,7 +106,6 @@ def run(
     In a distributed job (bnexp.distributed) every process calls this with the same arguments:
     process 0 alone owns the run directory (creates or resumes it, saves, analyses, plots); the
     others train their shards of every group and return an Outcome without a run directory."""
-    setup_process()
     t0 = time.perf_counter()
     owned: dict[str, Path] = {}
 
@@ -156,35 +113,54 @@ def run(
         if "run_dir" in owned:
             results.set_status(owned["run_dir"], "interrupted", error=message)
 
-    with distributed.watchdog(on_lost):
-        main = distributed.is_main()
-        if resume is not None:  # process 0 reads the run's config; the others receive it
-            mine = load_config(exp, resume) if main else None
-            doc = distributed.broadcast("config", None if mine is None else config_dict(mine))
-            cfg = mine if mine is not None else results.dataclass_from_dict(exp.config_type, doc)
-        trials = prepare(exp, cfg)
-        _agree(exp, cfg, trials)
-        lock = contextlib.ExitStack()  # one process at a time trains into a run directory
-        run_dir: Path | None = None
-        if main and resume is not None:
-            run_dir = Path(resume)
-            lock.enter_context(results.run_lock(run_dir))
-            results.set_status(run_dir, "running")
-        elif main:
-            run_dir = results.new_run_dir(
-                out,
-                exp.name,
-                config_dict(cfg),
-                preset=cfg.preset,
-                argv=list(argv) if argv is not None else None,
-            )
-            lock.enter_context(results.run_lock(run_dir))
-            for name, text in (exp.files(cfg) if exp.files is not None else {}).items():
-                write_text_atomic(run_dir / name, text)
-        if run_dir is not None:
-            owned["run_dir"] = run_dir
-        with lock:
-            return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+    # SIGTERM is an interrupt from here on: before the run directory exists it leaves nothing
+    # behind (new_run_dir removes a half-made one), after it the directory is marked interrupted
+    with stopping.during_run():
+        setup_process()  # starts JAX: a signal meanwhile waits for the check below
+        _raise_if_stopped()
+        with distributed.watchdog(on_lost):
+            main = distributed.is_main()
+            if resume is not None:  # process 0 reads the run's config; the others receive it
+                mine = load_config(exp, resume) if main else None
+                doc = distributed.broadcast("config", None if mine is None else config_dict(mine))
+                cfg = (
+                    mine if mine is not None else results.dataclass_from_dict(exp.config_type, doc)
+                )
+            trials = prepare(exp, cfg)
+            _agree(exp, cfg, trials)
+            _raise_if_stopped()
+            if not main:  # a distributed job's other process: train its shards, keep nothing
+                return _run_locked(exp, cfg, None, trials, t0, progress, make_plots)
+            lock = contextlib.ExitStack()  # one process at a time trains into a run directory
+            run_dir = Path(resume) if resume is not None else None
+            try:
+                if run_dir is not None:
+                    lock.enter_context(results.run_lock(run_dir))
+                    compat.remove_temp_files(run_dir)  # what a killed (SIGKILL) writer left
+                else:
+                    run_dir = _new_run_dir(exp, cfg, out, argv)
+                    lock.enter_context(results.run_lock(run_dir))
+                owned["run_dir"] = run_dir
+                with lock:
+                    return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+            except OSError as e:  # ENOSPC, EROFS, ...: one line; saved files are whole (atomic)
+                if e.errno not in _WRITE_ERRNOS:
+                    raise
+                raise WriteFailed(e, run_dir) from None
+
+
+def _new_run_dir(exp: Experiment, cfg: Config, out: Path, argv: Sequence[str] | None) -> Path:
+    """A new run directory, with the experiment's own files (a sweep's copied TOML) in it."""
+    run_dir = results.new_run_dir(
+        out,
+        exp.name,
+        config_dict(cfg),
+        preset=cfg.preset,
+        argv=list(argv) if argv is not None else None,
+    )
+    for name, text in (exp.files(cfg) if exp.files is not None else {}).items():
+        write_text_atomic(run_dir / name, text)
+    return run_dir
 
 
 def _agree(exp: Experiment, cfg: Config, trials: Sequence[Trial]) -> None:
@@ -210,6 +186,17 @@ def _agree(exp: Experiment, cfg: Config, trials: Sequence[Trial]) -> None:
     )
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def _saved_results(run_dir: Path, trials: list[Trial]) -> dict[str, TrialResult]:
+    """The trials of `trials` already saved in run_dir (a damaged one is not: it trains again)."""
+    run = results.load_run(run_dir)
+    compat.check_resumable(run, trials)  # saved by older code: resumed only if it means the same
+    got = run.results_for(trials)
+    return {results.trial_id(t): r for t, r in zip(trials, got, strict=True) if r is not None}
+
+
 def _run_locked(
     exp: Experiment,
     cfg: Config,
@@ -222,66 +209,110 @@ def _run_locked(
     """The body of run() once the run directory is created (or resumed) and locked (run_dir None:
     a distributed job's process other than 0, which trains and keeps nothing)."""
     saved: dict[str, TrialResult] = {}
-    if run_dir is not None:
-        loaded = results.load_run(run_dir).results_for(trials)
-        saved = {
-            results.trial_id(t): r for t, r in zip(trials, loaded, strict=True) if r is not None
-        }
-    done = set(distributed.broadcast("saved", sorted(saved)))  # process 0's saved trials
-    todo = [t for t in trials if results.trial_id(t) not in done]
-    compile_s = eval_s = 0.0
+    todo = list(trials)
+    timing = {"compile_seconds": 0.0, "eval_seconds": 0.0}
 
     def on_group_done(group: list[TrialResult]) -> None:
-        nonlocal compile_s, eval_s
-        _raise_if_stopped()
-        if run_dir is not None:
+        if run_dir is not None:  # saved first: an interrupt keeps a finished group
             results.save_group(run_dir, group)
         for r in group:
             saved[results.trial_id(r.trial)] = r
-        compile_s += max((r.extra.get("compile_seconds", 0.0) for r in group), default=0.0)
-        eval_s += max((r.extra.get("eval_seconds", 0.0) for r in group), default=0.0)
+        _raise_if_stopped()
+        timing["compile_seconds"] += max(
+            (r.extra.get("compile_seconds", 0.0) for r in group), default=0.0
+        )
+        timing["eval_seconds"] += max(  # in evaluation programs (engine.GroupRun)
+            (r.extra.get("eval_seconds", 0.0) for r in group), default=0.0
+        )
 
     def report(event: ProgressEvent) -> None:
-        _raise_if_stopped()
+        if event.phase != "done":  # "done" comes just before the group is saved: save it first
+            _raise_if_stopped()
         if progress is not None:
             progress(event)
 
-    if run_dir is None:  # a distributed job's other process: train its shards, keep nothing
-        with _sigterm_as_interrupt():
+    if run_dir is None:  # process I > 0: process 0's saved trials are done; train the rest
+        done = set(distributed.broadcast("saved", None))
+        todo = [t for t in trials if results.trial_id(t) not in done]
+        if todo:
+            run_sweep(todo, progress=report, on_group_done=on_group_done)
+        return Outcome(exp, cfg, None, trials, [], None, {"trials_run_now": len(todo)})
+    try:
+        with results.tracking_status(run_dir):
+            results.set_status(run_dir, "running")
+            saved.update(_saved_results(run_dir, trials))
+            distributed.broadcast("saved", sorted(saved))  # the others train the same todo
+            _raise_if_stopped()
+            todo = [t for t in trials if results.trial_id(t) not in saved]
             if todo:
                 run_sweep(todo, progress=report, on_group_done=on_group_done)
-        return Outcome(exp, cfg, None, trials, [], None, {"trials_run_now": len(todo)})
-    with _sigterm_as_interrupt():
-        try:
-            with results.tracking_status(run_dir):
-                if todo:
-                    run_sweep(todo, progress=report, on_group_done=on_group_done)
-                ordered = [saved[results.trial_id(t)] for t in trials]
-                analysis = exp.analyze(cfg, ordered)
-                train_s = time.perf_counter() - t0
-                if make_plots and exp.plot is not None:
-                    analysis.plots = _plots(exp, cfg, ordered, analysis, run_dir / "plots")
-                timing = {
-                    "wall_time_seconds": time.perf_counter() - t0,
-                    "train_time_seconds": train_s,
-                    "compile_seconds": compile_s,
-                    "eval_seconds": eval_s,  # in evaluation programs (engine.GroupRun)
-                    "trials_run_now": len(todo),
-                    "trials_resumed": len(trials) - len(todo),
-                }
-                results.write_summary(
-                    run_dir,
-                    summary_rows(analysis),
-                    verdict_json(analysis),
-                    timing,
-                    experiment=exp.name,
-                    preset=cfg.preset,
-                    tables=[t.to_json() for t in analysis.tables],
-                    plots=[p.name for p in analysis.plots],
-                )
-        except KeyboardInterrupt:
-            raise RunInterrupted(run_dir, len(saved), len(trials)) from None
+            ordered = [saved[results.trial_id(t)] for t in trials]
+            _raise_if_stopped()
+            timing.update(trials_run_now=len(todo), trials_resumed=len(trials) - len(todo))
+            analysis = _analyze(exp, cfg, run_dir, ordered, t0, timing, make_plots)
+    except KeyboardInterrupt:
+        raise RunInterrupted(run_dir, len(saved), len(trials)) from None
     return Outcome(exp, cfg, run_dir, trials, ordered, analysis, timing)
+
+
+def _analyze(
+    exp: Experiment,
+    cfg: Config,
+    run_dir: Path,
+    ordered: list[TrialResult],
+    t0: float,
+    timing: dict[str, float],
+    make_plots: bool,
+) -> Analysis:
+    """Analyze the results, draw the plots and write summary.json (timing completed in place)."""
+    analysis = exp.analyze(cfg, ordered)
+    analysis.verdict = divergence_note(analysis.verdict, ordered)
+    train_s = time.perf_counter() - t0
+    if make_plots and exp.plot is not None:
+        analysis.plots = _plots(exp, cfg, ordered, analysis, run_dir / "plots")
+    timing.update(wall_time_seconds=time.perf_counter() - t0, train_time_seconds=train_s)
+    _raise_if_stopped()  # the last checkpoint: after the summary the run is complete
+    results.write_summary(
+        run_dir,
+        summary_rows(analysis),
+        verdict_json(analysis),
+        {k: timing[k] for k in _TIMING_KEYS},
+        experiment=exp.name,
+        preset=cfg.preset,
+        tables=[t.to_json() for t in analysis.tables],
+        plots=[p.name for p in analysis.plots],
+    )
+    return analysis
+
+
+_TIMING_KEYS = (
+    "wall_time_seconds",
+    "train_time_seconds",
+    "compile_seconds",
+    "eval_seconds",
+    "trials_run_now",
+    "trials_resumed",
+)
+
+
+def divergence_note(verdict: Any, ordered: Sequence[TrialResult]) -> Any:
+    """A divergence storm (every trial diverged) said in the evidence: no setting trained, so the
+    conditions had nothing to compare; the outcome stays what the conditions give. (A sweep's
+    verdict is a list, one per claim, or None.)"""
+    if verdict is None:
+        return None
+    if isinstance(verdict, list | tuple):
+        return [divergence_note(v, ordered) for v in verdict]
+    steps = sorted({r.diverged_at for r in ordered if r.diverged_at is not None})
+    if not ordered or len(steps) == 0 or any(r.diverged_at is None for r in ordered):
+        return verdict
+    at = f"step {steps[0]}" if len(steps) == 1 else f"steps {steps[0]}-{steps[-1]}"
+    note = (
+        f"every trial diverged ({len(ordered)} of {len(ordered)}, at {at}): no setting trained, "
+        "so there is nothing to compare (lower the learning rate)"
+    )
+    evidence = f"{note}; {verdict.evidence}" if verdict.evidence else note
+    return dataclasses.replace(verdict, evidence=evidence)
 
 
 def _plots(
