@@ -138,8 +138,10 @@ def run(
     progress: Callable[[ProgressEvent], None] | None = None,
     make_plots: bool = True,
     argv: Sequence[str] | None = None,
+    on_plan: Callable[[int, Any], None] | None = None,
 ) -> Outcome:
-    """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary."""
+    """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary.
+    on_plan(group, plan): each sweep group's engine.Plan before it compiles (``--verbose``)."""
     setup_process()
     t0 = time.perf_counter()
     if resume is not None:
@@ -160,7 +162,7 @@ def run(
         )
         lock.enter_context(results.run_lock(run_dir))
     with lock:
-        return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+        return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots, on_plan)
 
 
 def _run_locked(
@@ -171,6 +173,7 @@ def _run_locked(
     t0: float,
     progress: Callable[[ProgressEvent], None] | None,
     make_plots: bool,
+    on_plan: Callable[[int, Any], None] | None = None,
 ) -> Outcome:
     """The body of run() once the run directory is created (or resumed) and locked."""
     saved = {
@@ -203,7 +206,7 @@ def _run_locked(
                         if progress is not None:
                             progress(event)
 
-                    run_sweep(todo, progress=report, on_group_done=on_group_done)
+                    run_sweep(todo, progress=report, on_group_done=on_group_done, on_plan=on_plan)
                 ordered = [saved[results.trial_id(t)] for t in trials]
                 analysis = exp.analyze(cfg, ordered)
                 train_s = time.perf_counter() - t0
