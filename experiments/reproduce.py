@@ -341,3 +341,15 @@ def _wall(run_dir: Path) -> float | None:
         return results.read_json(run_dir / "summary.json")["timing"]["wall_time_seconds"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def verdicts(rep: Reproduction) -> dict[str, dict | None]:
+    """Each experiment's verdict, read from its run directory's summary.json (None: none)."""
+    return {
+        i.experiment.name: (
+            results.read_json(i.run_dir / "summary.json")["verdict"]
+            if i.run_dir and (i.run_dir / "summary.json").is_file()
+            else None
+        )
+        for i in rep.items
+    }
