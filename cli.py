@@ -54,7 +54,8 @@ _DEBUG = False
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print one clean line on stderr and exit with `code` (2 usage, 1 runtime)."""
+    """Print one clean line on stderr and exit with `code` (2 usage, 1 runtime): for errors a
+    command handles itself, so the Typer app exits cleanly without main (tests invoke it so)."""
     typer.echo(f"bnexp: error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -80,11 +81,14 @@ def _root(
 
 
 def _dataset_or_usage_error(name: str):
-    """The registry entry for `name`; an unknown name is a usage error (exit 2) with a suggestion
-    (data.UnknownDatasetError carries exit code 2; main prints it)."""
+    """The registry entry for `name`; an unknown name is a usage error (exit 2) with a suggestion.
+    Printed here (not left to main) so the Typer app alone, as tests invoke it, exits cleanly."""
     from bnexp import data
 
-    return data.lookup(name)
+    try:
+        return data.lookup(name)
+    except data.UnknownDatasetError as e:
+        fail(str(e), e.exit_code)
 
 
 @app.command("datasets")
@@ -117,8 +121,11 @@ def download_cmd(
         return
     start = time.perf_counter()
     bar = render.DownloadBar()
-    try:  # a data.DatasetError carries its exit code (1; main prints it)
+    try:
         paths = data.download(info.name, mirror=mirror, progress=bar.progress)
+    except data.DatasetError as e:  # its exit code by its type (1; an unknown name 2)
+        bar.stop()
+        fail(str(e), e.exit_code)
     finally:
         bar.stop()
     for line in render.download_lines(info, paths, bar.tasks, time.perf_counter() - start):
