@@ -1,7 +1,15 @@
 """The bnexp command line (Typer). Thin: parse options, call experiments/bnexp, render.
 
+What a command prints is drawn by bnexp.render (tables, verdicts, the reproduce summary and
+JSON document); what it does beyond parsing is in experiments.commands (names, presets,
+configs, output directories, reproduce, report) and experiments.runner (a run).
+
 Errors: every error type of bnexp (bnexp.errors) carries its exit code: usage 2, runtime 1,
-interrupt 130; each prints one line on stderr, no tracebacks unless --debug.
+interrupt 130; each prints one line on stderr, no tracebacks unless --debug. main() maps by
+type, never by message (Click's own usage errors by their shape: ``show`` and ``exit_code``).
+
+Over 300 lines: every option of every command is declared here with its help text (the
+command line's documentation); the bench section belongs with bnexp.bench.
 """
 
 from __future__ import annotations
@@ -28,7 +36,6 @@ if __name__ == "__main__" or os.path.basename(sys.argv[0]) == "bnexp":  # the co
         signal.signal(signal.SIGINT, _stop_while_starting)
 
 import contextlib  # noqa: E402
-import difflib  # noqa: E402
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
@@ -36,7 +43,7 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 import bnexp  # noqa: E402
-from bnexp.errors import BnexpError, Interrupted, RuntimeFailure, UsageError  # noqa: E402
+from bnexp.errors import BnexpError, UsageError  # noqa: E402
 
 
 def _no_flag_metavar() -> None:
@@ -68,7 +75,8 @@ _DEBUG = False
 
 
 def fail(message: str, code: int = 1) -> None:
-    """Print one clean line on stderr and exit with `code` (2 usage, 1 runtime)."""
+    """Print one clean line on stderr and exit with `code` (2 usage, 1 runtime): for errors a
+    command handles itself, so the Typer app exits cleanly without main (tests invoke it so)."""
     typer.echo(f"bnexp: error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -94,63 +102,44 @@ def _root(
 ) -> None:
     global _DEBUG
     _DEBUG = debug
-    if verbose:  # bnexp logs its layout choices (bnexp.calibrate); one line each on stderr
-        import logging
+    if verbose:
+        _log_choices()
 
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("bnexp: %(message)s"))
-        log = logging.getLogger("bnexp")
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
+
+def _log_choices() -> None:
+    """bnexp's layout choices (bnexp.calibrate) logged on stderr, one line each (once)."""
+    import logging
+
+    log = logging.getLogger("bnexp")
+    if any(getattr(h, "_bnexp", False) for h in log.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("bnexp: %(message)s"))
+    handler._bnexp = True
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
 
 
 # ---- section: datasets (data issue) ---------------------------------------------------------
 
 
 def _dataset_or_usage_error(name: str):
-    """The registry entry for `name`; an unknown name is a usage error (exit 2) with a suggestion."""
+    """The registry entry for `name`; an unknown name is a usage error (exit 2) with a suggestion.
+    Printed here (not left to main) so the Typer app alone, as tests invoke it, exits cleanly."""
     from bnexp import data
 
     try:
         return data.lookup(name)
     except data.UnknownDatasetError as e:
-        fail(str(e), 2)
-
-
-def _shape_text(shape: tuple[int, ...] | None) -> str:
-    return "x".join(map(str, shape)) if shape else "configurable"
+        fail(str(e), e.exit_code)
 
 
 @app.command("datasets")
 def datasets_cmd() -> None:
     """List every dataset: example shape, sizes, source, and whether it is available locally."""
-    from rich.console import Console
-    from rich.table import Table
+    from bnexp import render
 
-    from bnexp import data
-
-    table = Table(
-        title="bnexp datasets",
-        caption=f"shape: one example, HxWxC; cache: {data.cache_dir()}",
-    )
-    for column in ("name", "shape", "classes", "train", "test", "source", "local"):
-        numeric = column in ("classes", "train", "test")
-        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == "name")
-    for info in data.DATASETS.values():
-        ok, status = data.local_status(info)
-        table.add_row(
-            info.name,
-            _shape_text(info.image_shape),
-            str(info.num_classes),
-            f"{info.n_train:,}" if info.n_train else "-",
-            f"{info.n_test:,}" if info.n_test else "-",
-            info.source,
-            f"[green]{status}[/green]" if ok else f"[yellow]{status}[/yellow]",
-        )
-    console = Console()
-    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
-        console = Console(width=max(console.width, 120))
-    console.print(table)
+    render.datasets_table()
 
 
 @app.command("download")
@@ -167,58 +156,23 @@ def download_cmd(
     """Fetch one dataset into the cache; every file is verified before it is used."""
     import time
 
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    from bnexp import data
+    from bnexp import data, render
 
     info = _dataset_or_usage_error(name)
     if info.kind == "synthetic":
         typer.echo(f"{info.name} is generated in code; nothing to download.")
         return
     start = time.perf_counter()
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    tasks: dict[str, int] = {}
-
-    def progress(file: str, done: int, total: int | None) -> None:
-        if not tasks:
-            bar.start()  # lazily: files already present and verified draw nothing
-        if file not in tasks:
-            tasks[file] = bar.add_task(file, total=total)
-        bar.update(tasks[file], completed=done, total=total)
-
+    bar = render.DownloadBar()
     try:
-        paths = data.download(info.name, mirror=mirror, progress=progress)
-    except data.DatasetError as e:
+        paths = data.download(info.name, mirror=mirror, progress=bar.progress)
+    except data.DatasetError as e:  # its exit code by its type (1; an unknown name 2)
         bar.stop()
-        fail(str(e), 1)
+        fail(str(e), e.exit_code)
     finally:
         bar.stop()
-    seconds = time.perf_counter() - start
-    for spec, path in zip(info.files, paths, strict=False):
-        algo = spec.digest.partition(":")[0]
-        what = "gunzipped content" if spec.digest_of == "content" else "file"
-        extra = f", {len(spec.members)} archive members" if spec.members else ""
-        how = "downloaded" if spec.name in tasks else "already present"
-        typer.echo(f"  {path}  ({how}; {algo} of {what}{extra} verified)")
-    if info.kind == "bundled":
-        typer.echo("  (shipped with bnexp: verified and cached, no network used)")
-    typer.echo(f"{info.name}: ready in {data.dataset_dir(info.name)} ({seconds:.1f} s)")
+    for line in render.download_lines(info, paths, bar.tasks, time.perf_counter() - start):
+        typer.echo(line)
 
 
 # ---- section: run / compare / list / describe / runs / show / report (CLI issue) -----------------
@@ -228,11 +182,14 @@ Json = Annotated[
     bool, typer.Option("--json", help="Print one JSON document on stdout, nothing else.")
 ]
 NoPlots = Annotated[bool, typer.Option("--no-plots", help="Skip the PNG plots.")]
-Preset = Annotated[str, typer.Option("--preset", help="smoke | quick | paper.")]
-Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Seeds per setting.")]  # noqa: UP045
-Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Dataset name (bnexp datasets).")]  # noqa: UP045
-Steps = Annotated[Optional[int], typer.Option("--steps", help="Training steps per trial.")]  # noqa: UP045
-
+Verbose = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="Print each sweep group's layout plan and member-block choice (stderr); in a "
+        "distributed job, progress on every process.",
+    ),
+]
 # Joining a distributed job (bnexp.distributed): every process runs the same command.
 _DIST = "Distributed (JAX multi-controller)"
 Coordinator = Annotated[
@@ -255,9 +212,6 @@ AutoDist = Annotated[
         rich_help_panel=_DIST,
     ),
 ]
-Verbose = Annotated[
-    bool, typer.Option("--verbose", help="More detail (progress on every process).")
-]
 
 
 def _join(coordinator, num_processes, process_id, auto: bool) -> bool:
@@ -273,37 +227,28 @@ def _join(coordinator, num_processes, process_id, auto: bool) -> bool:
     return distributed.is_main()
 
 
-def _experiment(name: str):
-    from experiments import REGISTRY
+Preset = Annotated[str, typer.Option("--preset", help="smoke | quick | paper.")]
+Seeds = Annotated[Optional[int], typer.Option("--seeds", help="Seeds per setting.")]  # noqa: UP045
+Dataset = Annotated[Optional[str], typer.Option("--dataset", help="Dataset name (bnexp datasets).")]  # noqa: UP045
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Training steps per trial.")]  # noqa: UP045
 
-    if name not in REGISTRY:
-        close = difflib.get_close_matches(name, REGISTRY, n=1, cutoff=0.4)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"unknown experiment {name!r}{hint}; see `bnexp list`")
-    return REGISTRY[name]
+
+def _experiment(name: str):
+    from experiments import commands
+
+    return commands.experiment(name)
 
 
 def _resolve_config(exp, preset: str, seeds, dataset, steps, sets: list[str], **fields):
-    """The preset, then the typed options (None: not given), then the --set strings."""
-    from experiments.base import apply_overrides
-    from experiments.runner import replace
+    from experiments import commands
 
-    cfg = exp.preset(preset)
-    given = {"seeds": seeds, "dataset": dataset, "steps": steps, **fields}
-    cfg = replace(cfg, **{k: v for k, v in given.items() if v is not None})
-    return apply_overrides(cfg, sets)
+    return commands.resolve_config(exp, preset, seeds, dataset, steps, sets, **fields)
 
 
 def _check_out(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".bnexp-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise RuntimeFailure(
-            f"output directory {out} is not writable ({e.strerror or e})"
-        ) from None
+    from experiments import commands
+
+    commands.check_out(out)
 
 
 def _execute(
@@ -311,15 +256,17 @@ def _execute(
     cfg,
     *,
     out: Path,
-    resume: Optional[Path],  # noqa: UP045
+    resume: Path | None,
     json_out: bool,
     no_plots: bool,
-    main: bool = True,
     verbose: bool = False,
+    main: bool = True,
 ):
-    from bnexp import report
+    from bnexp import render, report
     from experiments import runner
 
+    if verbose:
+        _log_choices()
     if resume is None and main:
         _check_out(out)
     err = report.make_console(stderr=True)
@@ -334,6 +281,7 @@ def _execute(
             progress=progress,
             make_plots=not no_plots,
             argv=sys.argv,
+            on_plan=render.plan_printer(err) if verbose else None,
         )
     if outcome.run_dir is None:  # not process 0: it holds the results
         typer.echo(f"bnexp: done; {outcome.timing['trials_run_now']} trials trained", err=True)
@@ -343,39 +291,8 @@ def _execute(
 
         typer.echo(json.dumps(to_jsonable(runner.outcome_json(outcome)), allow_nan=False))
         return outcome
-    _render(
-        outcome.analysis.tables,
-        runner.verdict_json(outcome.analysis),
-        header=f"{exp.name} ({outcome.config.preset} preset)",
-    )
-    con = report.make_console()
-    t = outcome.timing
-    con.print(
-        f"run directory: {outcome.run_dir}  (wall time {t['wall_time_seconds']:.1f} s, "
-        f"compile {t['compile_seconds']:.1f} s)"
-    )
-    for p in outcome.analysis.plots:
-        con.print(f"plot: {p}")
+    render.outcome(exp, outcome)
     return outcome
-
-
-def _render(tables, verdict, *, header: str) -> None:
-    from bnexp import report
-
-    con = report.make_console()
-    con.rule(header)
-    tables = [
-        t if isinstance(t, dict) else {"title": t.title, "columns": t.columns, "rows": t.rows}
-        for t in tables
-    ]
-    for i, t in enumerate(tables):
-        report.render_table(
-            t["title"],
-            t["columns"],
-            t["rows"],
-            con,
-            verdict=verdict if i == len(tables) - 1 else None,
-        )
 
 
 @app.command("run")
@@ -418,8 +335,8 @@ def run_cmd(
         resume=resume,
         json_out=json_out,
         no_plots=no_plots,
-        main=main,
         verbose=verbose,
+        main=main,
     )
 
 
@@ -471,8 +388,8 @@ def compare_cmd(
         resume=None,
         json_out=json_out,
         no_plots=no_plots,
-        main=main,
         verbose=verbose,
+        main=main,
     )
 
 
@@ -489,6 +406,7 @@ def sweep_cmd(
     ] = None,  # noqa: UP045
     seeds: Seeds = None,
     steps: Steps = None,
+    verbose: Verbose = False,
 ) -> None:
     """Run your own sweep from a file: tables, plots, a run directory, a verdict per claim."""
     from experiments import sweepclaims
@@ -496,7 +414,9 @@ def sweep_cmd(
     if resume is not None and not (resume / "config.json").is_file():
         raise UsageError(f"--resume {resume}: not a bnexp run directory (no config.json)")
     exp, cfg = sweepclaims.load(file, resume=resume, seeds=seeds, steps=steps)
-    _execute(exp, cfg, out=out, resume=resume, json_out=json_out, no_plots=no_plots)
+    _execute(
+        exp, cfg, out=out, resume=resume, json_out=json_out, no_plots=no_plots, verbose=verbose
+    )
 
 
 @app.command("export")
@@ -527,35 +447,18 @@ def export_cmd(
 @app.command("list")
 def list_cmd() -> None:
     """Every experiment, the claim it tests and its source."""
-    from bnexp import report
+    from bnexp import render
     from experiments import REGISTRY
 
-    rows = [{"name": e.name, "claim": e.claim, "source": e.source} for e in REGISTRY.values()]
-    report.render_table("Experiments", ["name", "claim", "source"], rows, report.make_console())
+    render.experiments_table(REGISTRY)
 
 
 @app.command("describe")
 def describe_cmd(name: Annotated[str, typer.Argument(help="Experiment name.")]) -> None:
     """An experiment's config fields with defaults per preset, and what its table shows."""
-    from bnexp import report
-    from experiments.base import config_dict, field_types
+    from bnexp import render
 
-    exp = _experiment(name)
-    con = report.make_console()
-    con.print(f"[bold]{exp.name}[/bold]: {exp.claim}\nsource: {exp.source}\nshows: {exp.shows}")
-    types_ = field_types(exp.config_type)
-    presets = {p: config_dict(c) for p, c in exp.presets.items()}
-    rows = [
-        {
-            "field": k,
-            "type": getattr(t, "__name__", str(t)).replace("typing.", ""),
-            **{p: str(presets[p][k]) for p in presets},
-        }
-        for k, t in types_.items()
-    ]
-    report.render_table(
-        "Config fields (override with --set key=value)", ["field", "type", *presets], rows, con
-    )
+    render.describe(_experiment(name))
 
 
 @app.command("runs")
@@ -567,12 +470,9 @@ def runs_cmd(out: Out = Path("runs")) -> None:
 
 
 def _run_dir(ref: Path, out: Path) -> Path:
-    from bnexp import runs
+    from experiments import commands
 
-    try:
-        return runs.resolve_run(out, str(ref))
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(str(e)) from None
+    return commands.run_dir(ref, out)
 
 
 @app.command("show")
@@ -582,26 +482,15 @@ def show_cmd(
     json_out: Json = False,
 ) -> None:
     """Re-render a run's tables and verdict from its files, without training."""
-    from bnexp import results
+    from bnexp import render, results
+    from experiments import commands
 
     path = _run_dir(run_dir, out)
-    run = results.load_run(path)
-    if "summary.json" in run.broken:
-        from bnexp.compat import DamagedRun
-
-        raise DamagedRun(
-            f"{path / 'summary.json'} is damaged; write it again with "
-            f"bnexp run {run.experiment} --resume {path} (nothing is trained again)"
-        )
-    if run.summary is None:
-        raise RuntimeFailure(
-            f"{path} has no summary yet (status {run.status}); finish it with "
-            f"bnexp run {run.experiment} --resume {path}"
-        )
+    run = commands.finished_run(path)  # a damaged summary.json: one line naming it (exit 1)
     if json_out:
         typer.echo(json.dumps(results.to_jsonable({"run_dir": str(path), **run.summary})))
         return
-    _render(
+    render.run_tables(
         run.summary.get("tables", []),
         run.summary.get("verdict"),
         header=f"{run.experiment} ({run.preset} preset) - {path.name}",
@@ -676,10 +565,6 @@ ReproduceOut = Annotated[
 ]
 
 
-def _seconds(s: float | None) -> str:
-    return "" if s is None else f"{s:.1f}"
-
-
 @app.command("reproduce")
 def reproduce_cmd(
     preset: ReproducePreset = "quick",
@@ -694,111 +579,24 @@ def reproduce_cmd(
     distributed: AutoDist = False,
 ) -> None:
     """Every claim in one command: run each experiment (reusing finished runs), write one report."""
-    from bnexp import report, results, runs
-    from experiments import reproduce as rp
-    from experiments.base import PRESETS
+    from bnexp import render, results
+    from experiments import commands
 
-    if preset not in PRESETS:
-        close = difflib.get_close_matches(preset, PRESETS, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UsageError(f"unknown preset {preset!r}{hint}; choose from {', '.join(PRESETS)}")
-    try:
-        exps = rp.select(only)
-    except rp.ConfigError as e:
-        raise UsageError(str(e)) from None
-    out = out if out is not None else Path("runs") / f"reproduce-{preset}"
+    if verbose:
+        _log_choices()
     main = _join(coordinator, num_processes, process_id, distributed)
-    if main:
-        _check_out(out)
-    names = [e.name for e in exps] if only else None
-    again = rp.reproduce_command(preset, names, seeds, out)
-    err = report.make_console(stderr=True)
-    quiet = not main and not verbose
-    try:
-        shown = contextlib.nullcontext(None) if quiet else report.OverallProgress(err, len(exps))
-        with shown as overall:
-            rep = rp.reproduce(
-                out,
-                preset=preset,
-                only=names,
-                seeds=seeds,
-                on_step=overall,
-                sweep_progress=None if quiet else (lambda: report.sweep_progress(err)),
-                keep_going=not _DEBUG,
-                argv=sys.argv,
-            )
-    except KeyboardInterrupt:
-        raise Interrupted(
-            f"stopped; finished experiments are kept in {out}; to continue, run "
-            f"the same command again: {again}"
-        ) from None
+    rep, out, verdicts, again = commands.reproduce(
+        preset, only, seeds, out, keep_going=not _DEBUG, argv=sys.argv, main=main, verbose=verbose
+    )
     if not main:  # a distributed job's other process: process 0 writes and prints
         typer.echo(f"bnexp: done; {len(rep.items)} experiments", err=True)
         return
-    verdicts = {
-        i.experiment.name: (
-            results.read_json(i.run_dir / "summary.json")["verdict"]
-            if i.run_dir and (i.run_dir / "summary.json").is_file()
-            else None
-        )
-        for i in rep.items
-    }
     if json_out:
-        doc = {
-            "out": str(out),
-            "preset": preset,
-            "wall_time_seconds": rep.wall_time_seconds,
-            "experiments": [
-                {
-                    "name": i.experiment.name,
-                    "identity": i.experiment.identity,
-                    "action": i.action,
-                    "run_dir": str(i.run_dir) if i.run_dir else None,
-                    "verdict": verdicts[i.experiment.name],
-                    "error": i.error,
-                    "wall_time_seconds": rp.timing(i.run_dir).get("wall_time_seconds"),
-                    "compile_seconds": rp.timing(i.run_dir).get("compile_seconds"),
-                }
-                for i in rep.items
-            ],
-            "run_dirs": [str(i.run_dir) for i in rep.items if i.run_dir],
-            "verdicts": verdicts,
-            "reports": {k: str(p) for k, p in rep.reports.items()},
-            "index": str(rep.index),
-        }
+        doc = render.reproduce_doc(rep, out, preset, verdicts)
         typer.echo(json.dumps(results.to_jsonable(doc), allow_nan=False))
     else:
-
-        def row(i: rp.Item) -> dict[str, str]:
-            return {
-                "experiment": i.experiment.name,
-                "verdict": runs.verdict_text(verdicts[i.experiment.name])
-                or f"no result ({i.action})",
-                "measured": (verdicts[i.experiment.name] or {}).get("evidence") or i.error or "",
-                "run": i.action,
-                "compile s": _seconds(rp.timing(i.run_dir).get("compile_seconds")),
-            }
-
-        con = report.make_console()
-        cols = ["experiment", "verdict", "measured", "run", "compile s"]
-        claims = [row(i) for i in rep.items if not i.experiment.identity]
-        checks = [row(i) for i in rep.items if i.experiment.identity]
-        report.render_table(f"Claims ({preset} preset)", cols, claims, con)
-        if checks:  # identities of a correct implementation, apart from the claims
-            report.render_table(f"Identity checks ({preset} preset)", cols, checks, con)
-        for kind, p in rep.reports.items():
-            con.print(f"report ({kind}): {p}", markup=False, highlight=False)
-        con.print(
-            f"wall time {rep.wall_time_seconds:.1f} s; runs and reproduce.json in {out}",
-            markup=False,
-            highlight=False,
-        )
-    if rep.failed:
-        what = "; ".join(f"{i.experiment.name}: {i.error}" for i in rep.failed)
-        raise RuntimeFailure(
-            f"{len(rep.failed)} experiment(s) failed ({what}); the report shows "
-            f"them; fix and run the same command again: {again}"
-        )
+        render.reproduce_tables(rep, out, preset, verdicts)
+    commands.raise_if_failed(rep, again)
 
 
 @app.command("report")
@@ -818,22 +616,9 @@ def report_cmd(
     out: Out = Path("runs"),
 ) -> None:
     """Write report.md (and report.html) for one run, from its files; prints the paths."""
-    from bnexp import htmlreport, results
-    from experiments import reproduce as rp
+    from experiments import commands
 
-    if (run_dir / rp.INDEX).is_file():  # a reproduce directory: re-render its whole report
-        try:
-            paths = rp.rerender(run_dir)
-        except (OSError, ValueError) as e:
-            raise RuntimeFailure(f"cannot re-render {run_dir}: {e}") from None
-    else:
-        path = _run_dir(run_dir, out)
-        entry = rp.run_entry(path)
-        preset = results.load_run(path).preset or "?"
-        paths = htmlreport.write(
-            [entry], path, html_file=html_, title=f"bnexp report: {entry.name} ({preset} preset)"
-        )
-    for p in paths.values():
+    for p in commands.write_report(run_dir, out, html_).values():
         typer.echo(str(p))
 
 

@@ -178,12 +178,13 @@ def time_block(
     from jax.sharding import NamedSharding, PartitionSpec
 
     from bnexp import engine, train
+    from bnexp.engine.loop import _stack_members
 
     cfg = dataclasses.replace(cfg, member_block=0)
     size = mb * mesh.devices.size
     member = NamedSharding(mesh, PartitionSpec(engine.AXIS))
     repl = NamedSharding(mesh, PartitionSpec())
-    hp = jax.device_put(engine._stack_members([member_hp] * size), member)
+    hp = jax.device_put(_stack_members([member_hp] * size), member)
     one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), hp)
     axes = engine.member_axes(
         cfg, jax.eval_shape(functools.partial(train.init_carry, cfg.step), one)

@@ -8,6 +8,10 @@ the clock, the network or the environment.
 report.html is one file: CSS inline, plots embedded as PNG data URIs, no script, no external URL,
 and well-formed XML (every tag closed, so a strict parser reads it). A narrow screen shows the
 claims table as one card per claim; print gives one experiment per page.
+
+Over 300 lines: report.md and report.html render the same entries with shared cell, claim
+and tally helpers; splitting the Markdown renderer from the HTML one (with those helpers in
+a third module) is the next step, not done yet.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ function called once per member (inside ``jax.vmap``, inside ``jit``) at each ev
     params     the member's current parameters; norm_state its current running statistics
     batch      (x, y): a fixed probe batch from the training set (same examples at every point,
                for every member; Trial.probe_batch_size of them)
-    hp         the member's numbers: "lr", "momentum", "init_scale", "seed", "step" (updates done),
+    hp         the member's numbers (a bnexp.train.ProbeHP, read by name: hp["lr"]): "lr",
+               "momentum", "init_scale", "seed", "step" (updates done),
                "norm_call" (this step's per-call norm options, renorm schedule included),
                "key" (a PRNG key for the probe, distinct from every training key),
                "batch_size" (the trial's training batch size, a static int) and "test"

@@ -48,10 +48,14 @@ CONTRACT (callers rely on these names):
 - Devices: the member axis is sharded over ``devices`` (default jax.devices()); a group with
   fewer members than devices is sharded over that many of them. On a CPU,
   configure_host_devices() must run before JAX initializes to expose the cores as devices.
+
+Over 300 lines: most of it is the module doc and the Trial fields, the sweep's whole input
+contract; run_sweep itself is a short loop over groups (helpers below it).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
@@ -220,14 +224,17 @@ def enable_compilation_cache(path: Path | None = None) -> Path:
     return path
 
 
-def _member_numbers(t: Trial) -> dict[str, Any]:
-    return {
-        "lr": float(t.lr),
-        "momentum": float(t.momentum),
-        "init_scale": float(t.init_scale),
-        "seed": int(t.seed),
-        "norm_call": {k: float(v) for k, v in t.norm_call},
-    }
+def _member_numbers(t: Trial) -> Any:
+    """A trial's swept numbers as the engine takes them (bnexp.train.HP)."""
+    from bnexp import train
+
+    return train.HP(
+        lr=float(t.lr),
+        momentum=float(t.momentum),
+        init_scale=float(t.init_scale),
+        seed=int(t.seed),
+        norm_call={k: float(v) for k, v in t.norm_call},
+    )
 
 
 def _check(t: Trial, ds: Any) -> None:
@@ -272,19 +279,17 @@ def run_sweep(
     devices: Sequence[Any] | None = None,
     unrolled: bool | None = None,
     member_block: int | None = None,
+    on_plan: Callable[[int, Any], None] | None = None,
 ) -> list[TrialResult]:
     """Run every trial; one compiled program per group of equal signatures (see module doc).
 
     unrolled: run steps in short loop-free blocks instead of one rolled scan per chunk (None:
     engine.layout_for decides; only lax.conv CNNs on CPU are unrolled). member_block: members
     per block on each device (None: calibrated on this machine, bnexp.calibrate, or
-    engine.member_block's cache-size model with BNEXP_CALIBRATE=0; 0: no blocks). Prints
-    nothing.
+    engine.member_block's cache-size model with BNEXP_CALIBRATE=0; 0: no blocks).
+    on_plan(group, plan): each group's engine.Plan, decided before it compiles. Prints nothing.
     """
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from bnexp import data, distributed, engine, probes, train
+    from bnexp import engine
 
     trials = list(trials)
     if max_members < 1:
@@ -292,93 +297,33 @@ def run_sweep(
     if member_block is not None and member_block < 0:
         raise ValueError(f"member_block must be >= 0, got {member_block}")
     mesh = engine.make_mesh(devices)
-    loaded: dict[tuple, Any] = {}
-    placed: dict[tuple, dict[str, Any]] = {}  # (dataset key, devices) -> replicated arrays
+    datasets = _Datasets(mesh)
     results: list[TrialResult | None] = [None] * len(trials)
     groups = group_trials(trials)
     for gi, ids in enumerate(groups):
-        t0 = trials[ids[0]]
-        layout = "nhwc" if t0.model.kind == "cnn" else "flat"
-        dkey = (t0.dataset, layout, t0.data_options)
-        if dkey not in loaded:
-            loaded[dkey] = data.load(t0.dataset, layout=layout, **dict(t0.data_options))
-        ds = loaded[dkey]
-        for i in ids:
-            _check(trials[i], ds)
-        # The dataset goes onto the devices once per run, not per group: each group replicates
-        # it over its mesh (all devices, or the first len(ids) for a small group), and
-        # engine.run_group's device_put of an array already so placed moves nothing.
-        # (A distributed job keeps every process's devices: a process with none in a program
-        # could not take part in gathering its results.)
-        n_dev = max(1, min(len(ids), mesh.devices.size))
-        devs = tuple(mesh.devices.flat)[: mesh.devices.size if distributed.active() else n_dev]
-        pkey = (dkey, devs)
-        if pkey not in placed:
-            repl = NamedSharding(engine.make_mesh(list(devs)), PartitionSpec())
-            placed[pkey] = jax.device_put(
-                {
-                    "x_train": ds.x_train,
-                    "y_train": ds.y_train,
-                    "x_test": ds.x_test,
-                    "y_test": ds.y_test,
-                },
-                repl,
-            )
-        arrays = dict(placed[pkey])
-        if t0.probes:
-            n = len(ds.y_train)
-            rows = np.sort(
-                np.random.default_rng(PROBE_SEED).choice(
-                    n, min(n, t0.probe_batch_size), replace=False
-                )
-            )
-            arrays |= {"x_probe": ds.x_train[rows], "y_probe": ds.y_train[rows]}
-        data_seeds = [trials[i].data_seed for i in ids]
-        step_cfg = train.StepConfig(
-            t0.model,
-            t0.optimizer,
-            t0.steps,
-            t0.divergence_factor,
-            tuple(k for k, _ in t0.norm_call),
-        )
-        lengths = engine.chunk_lengths(t0.steps, t0.eval_every, t0.eval_per_decade)
-        unroll, block = engine.layout_for(
-            t0.model, lengths, unrolled, mesh.devices.flat[0].platform
-        )
-        cfg = engine.ProgramConfig(
-            step_cfg,
-            t0.batch_size,
-            probes.specs(t0.probes, t0.probe_options),
-            shared_batch=len(set(data_seeds)) == 1,
-            unrolled=unroll,
-            block_steps=block,
-        )
+        group = [trials[i] for i in ids]
+        arrays, n_train = datasets.arrays(group)
+        cfg = _program_config(group, unrolled, mesh.devices.flat[0].platform)
         started = time.perf_counter()
 
         def report(
-            step: int,
-            total: int,
-            phase: str,
-            gi: int = gi,
-            n: int = len(ids),
-            started: float = started,
+            step: int, total: int, phase: str, gi: int = gi, n: int = len(ids), t0: float = started
         ) -> None:
             if progress is not None:
-                progress(
-                    ProgressEvent(
-                        gi, len(groups), step, total, n, phase, time.perf_counter() - started
-                    )
-                )
+                elapsed = time.perf_counter() - t0
+                progress(ProgressEvent(gi, len(groups), step, total, n, phase, elapsed))
 
-        def batches(
-            seed: int, start: int, num: int, n_train: int = len(ds.y_train), bs: int = t0.batch_size
-        ) -> np.ndarray:
-            return data.batch_indices(seed, start, num, n_train, bs)
+        t0 = group[0]
+
+        def batches(seed: int, start: int, num: int, n: int = n_train, t0: Trial = t0) -> Any:
+            from bnexp import data
+
+            return data.batch_indices(seed, start, num, n, t0.batch_size)
 
         run = engine.run_group(
             cfg,
-            [_member_numbers(trials[i]) for i in ids],
-            data_seeds,
+            [_member_numbers(t) for t in group],
+            [t.data_seed for t in group],
             arrays,
             batches,
             steps=t0.steps,
@@ -388,34 +333,113 @@ def run_sweep(
             max_members=max_members,
             report=report,
             members_per_block=member_block,
+            on_plan=None if on_plan is None else functools.partial(on_plan, gi),
         )
-        extra = {
-            "compile_seconds": run.compile_seconds,
-            "group_seconds": run.seconds,
-            "eval_seconds": run.eval_seconds,
-            "group": gi,
-            "members": len(ids),
-            "padded_members": run.padded_members,
-            "pieces": run.pieces,
-            "member_block": run.member_block,
-            "devices": run.devices,
-            "shared_batch": cfg.shared_batch,
-            "unrolled": cfg.unrolled,
-            "block_steps": cfg.block_steps,
-        }
-        group_results = []
-        for m, i in enumerate(ids):
-            div = run.diverged_at[m] or None
-            hist = run.histories[m]
-            final = None if div is not None else float(hist["test_acc"][-1])
-            results[i] = TrialResult(
-                trials[i], hist, div, final, run.seconds / len(ids), dict(extra)
-            )
-            group_results.append(results[i])
+        group_results = _group_results(group, run, cfg, gi)
+        for i, r in zip(ids, group_results, strict=True):
+            results[i] = r
         report(run.pieces * t0.steps, run.pieces * t0.steps, "done")
         if on_group_done is not None:
             on_group_done(group_results)
     return [r for r in results if r is not None]
+
+
+class _Datasets:
+    """The datasets of one run_sweep, loaded once each and put onto the devices once per run,
+    not per group: each group replicates its dataset over its mesh (all devices, or the first
+    len(group) for a small group), and engine.run_group's device_put of an array already so
+    placed moves nothing."""
+
+    def __init__(self, mesh: Any) -> None:
+        self.mesh = mesh
+        self.loaded: dict[tuple, Any] = {}
+        self.placed: dict[tuple, dict[str, Any]] = {}  # (dataset key, devices) -> replicated
+
+    def arrays(self, group: list[Trial]) -> tuple[dict[str, Any], int]:
+        """(the group's device arrays, probe batch included; its number of training examples),
+        every trial checked against the dataset first."""
+        import jax
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from bnexp import data, distributed, engine
+
+        t0 = group[0]
+        layout = "nhwc" if t0.model.kind == "cnn" else "flat"
+        dkey = (t0.dataset, layout, t0.data_options)
+        if dkey not in self.loaded:
+            self.loaded[dkey] = data.load(t0.dataset, layout=layout, **dict(t0.data_options))
+        ds = self.loaded[dkey]
+        for t in group:
+            _check(t, ds)
+        # (A distributed job keeps every process's devices: a process with none in a program
+        # could not take part in gathering its results.)
+        n_dev = max(1, min(len(group), self.mesh.devices.size))
+        devs = tuple(self.mesh.devices.flat)[
+            : self.mesh.devices.size if distributed.active() else n_dev
+        ]
+        pkey = (dkey, devs)
+        if pkey not in self.placed:
+            repl = NamedSharding(engine.make_mesh(list(devs)), PartitionSpec())
+            arrays = {"x_train": ds.x_train, "y_train": ds.y_train}
+            arrays |= {"x_test": ds.x_test, "y_test": ds.y_test}
+            self.placed[pkey] = jax.device_put(arrays, repl)
+        arrays = dict(self.placed[pkey])
+        n = len(ds.y_train)
+        if t0.probes:
+            rng = np.random.default_rng(PROBE_SEED)
+            rows = np.sort(rng.choice(n, min(n, t0.probe_batch_size), replace=False))
+            arrays |= {"x_probe": ds.x_train[rows], "y_probe": ds.y_train[rows]}
+        return arrays, n
+
+
+def _program_config(group: list[Trial], unrolled: bool | None, platform: str) -> Any:
+    """The group's engine.ProgramConfig (its static settings, shared or own batches, and
+    engine.layout_for's unrolled decision)."""
+    from bnexp import engine, probes, train
+
+    t0 = group[0]
+    step_cfg = train.StepConfig(
+        t0.model,
+        t0.optimizer,
+        t0.steps,
+        t0.divergence_factor,
+        tuple(k for k, _ in t0.norm_call),
+    )
+    lengths = engine.chunk_lengths(t0.steps, t0.eval_every, t0.eval_per_decade)
+    unroll, block = engine.layout_for(t0.model, lengths, unrolled, platform)
+    return engine.ProgramConfig(
+        step_cfg,
+        t0.batch_size,
+        probes.specs(t0.probes, t0.probe_options),
+        shared_batch=len({t.data_seed for t in group}) == 1,
+        unrolled=unroll,
+        block_steps=block,
+    )
+
+
+def _group_results(group: list[Trial], run: Any, cfg: Any, gi: int) -> list[TrialResult]:
+    """One TrialResult per member of a finished engine.GroupRun, its timings in ``extra``."""
+    extra = {
+        "compile_seconds": run.compile_seconds,
+        "group_seconds": run.seconds,
+        "eval_seconds": run.eval_seconds,
+        "group": gi,
+        "members": len(group),
+        "padded_members": run.padded_members,
+        "pieces": run.pieces,
+        "member_block": run.member_block,
+        "devices": run.devices,
+        "shared_batch": cfg.shared_batch,
+        "unrolled": cfg.unrolled,
+        "block_steps": cfg.block_steps,
+    }
+    out = []
+    for m, t in enumerate(group):
+        div = run.diverged_at[m] or None
+        hist = run.histories[m]
+        final = None if div is not None else float(hist["test_acc"][-1])
+        out.append(TrialResult(t, hist, div, final, run.seconds / len(group), dict(extra)))
+    return out
 
 
 __all__ = [

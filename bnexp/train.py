@@ -2,18 +2,23 @@
 
 Everything here is written for ONE member (one set of hyperparameters); bnexp.engine vmaps it over
 the members of a sweep group. Swept numbers (learning rate, momentum, init scale, seed, per-call
-norm options) arrive as traced data in ``hp``, a dict of scalars:
+norm options) arrive as traced data in ``hp``, an ``HP`` of scalars:
 
-    hp = {"lr", "momentum", "init_scale", "seed", "norm_call": {name: value}}
+    hp = HP(lr, momentum, init_scale, seed, norm_call={name: value})
+
+(a dict of those keys is taken too: as_hp). Probes receive a ``ProbeHP``: the member's numbers
+plus this step, its norm options, a probe key and the batch size, read by name (hp["key"]).
 
 Step numbering: step s = 1, 2, ... is the s-th parameter update; ``TrainState.step`` counts the
 updates done so far, so step s runs with ``state.step == s - 1`` and per-step randomness is
 ``fold_in(member_key, s - 1)`` (big_vision style: split once at the top, fold in the step).
+
+Over 300 lines: the single-member train step, its loop and evaluation are the code the
+engine vmaps, kept together so the arithmetic is read in one place.
 """
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -28,8 +33,40 @@ from bnexp.models import ModelSpec
 Array = jax.Array
 OPTIMIZERS = ("sgd", "momentum", "adam")
 EVAL_CHUNK = 1000  # examples evaluated together (bounds the eval working set per member)
-# Python-side trace counters: the compile guard test reads them (a trace is a Python call).
-TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+
+
+class HP(NamedTuple):
+    """One member's swept numbers (traced data; bnexp.engine stacks members into (M,) arrays)."""
+
+    lr: Any
+    momentum: Any
+    init_scale: Any
+    seed: Any
+    norm_call: Any  # {name: value}: per-call norm options (StepConfig.norm_call_names)
+
+
+def as_hp(hp: HP | Mapping[str, Any]) -> HP:
+    """``hp`` as an HP (a mapping with HP's keys, as older callers and tests pass, converted)."""
+    return hp if isinstance(hp, HP) else HP(*(hp[k] for k in HP._fields))
+
+
+class ProbeHP(NamedTuple):
+    """What a probe receives as ``hp`` (bnexp.probes): the member's numbers at this point, this
+    step's norm options, a probe key and the training batch size. Read by name, ``hp["key"]``
+    (as probes written for the former dict do) or ``hp.key``."""
+
+    lr: Any
+    momentum: Any
+    init_scale: Any
+    seed: Any
+    norm_call: Any  # this step's per-call norm options (norm_call_at)
+    step: Any  # int32 (), updates done so far
+    key: Any  # the probe key of this member and step
+    batch_size: int
+    test: Any = None  # (x, y): the test rows this point evaluates (eval_subset, or all at the last)
+
+    def __getitem__(self, key: Any) -> Any:
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
 
 
 class TrainState(NamedTuple):
@@ -95,10 +132,11 @@ def renorm_schedule(
     return 1.0 + (r_max - 1.0) * r_t, d_max * d_t
 
 
-def norm_call_at(cfg: StepConfig, hp: Mapping[str, Any], step: Array) -> dict[str, Array]:
+def norm_call_at(cfg: StepConfig, hp: HP | Mapping[str, Any], step: Array) -> dict[str, Array]:
     """Per-call norm options for this step: the trial's traced values, plus the renorm schedule
     for r_max/d_max when the norm is "renorm" and the trial does not fix them."""
-    call = {name: hp["norm_call"][name] for name in cfg.norm_call_names}
+    norm_call = as_hp(hp).norm_call
+    call = {name: norm_call[name] for name in cfg.norm_call_names}
     if cfg.spec.norm == "renorm":
         r, d = renorm_schedule(step, cfg.total_steps)
         call.setdefault("r_max", r)
@@ -134,11 +172,12 @@ def per_example_loss(out: Array, y: Array, spec: ModelSpec) -> Array:
     return optax.softmax_cross_entropy_with_integer_labels(out, y)
 
 
-def init_carry(cfg: StepConfig, hp: Mapping[str, Any]) -> Carry:
+def init_carry(cfg: StepConfig, hp: HP | Mapping[str, Any]) -> Carry:
     """A fresh member: params from fold_in(key(seed), 0), training key fold_in(key(seed), 1)."""
-    root = jax.random.key(hp["seed"])
-    params, norm_state = models.init(jax.random.fold_in(root, 0), cfg.spec, hp["init_scale"])
-    opt = make_optimizer(cfg.optimizer, hp["lr"], hp["momentum"])
+    hp = as_hp(hp)
+    root = jax.random.key(hp.seed)
+    params, norm_state = models.init(jax.random.fold_in(root, 0), cfg.spec, hp.init_scale)
+    opt = make_optimizer(cfg.optimizer, hp.lr, hp.momentum)
     state = TrainState(
         params, norm_state, opt.init(params), jnp.zeros((), jnp.int32), jax.random.fold_in(root, 1)
     )
@@ -150,10 +189,9 @@ def _finite(tree: Any) -> Array:
 
 
 def step_grads(
-    cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array, y: Array
+    cfg: StepConfig, hp: HP | Mapping[str, Any], carry: Carry, x: Array, y: Array
 ) -> tuple[Array, Any, Any]:
     """The first half of a train step: (loss, new norm state, gradients) at the carry's params."""
-    TRACE_COUNTS["train_step"] += 1
     state = carry.state
     key = jax.random.fold_in(state.key, state.step)
     call = norm_call_at(cfg, hp, state.step)
@@ -206,7 +244,7 @@ def apply_grads(
 
 
 def train_step(
-    cfg: StepConfig, hp: Mapping[str, Any], carry: Carry, x: Array, y: Array
+    cfg: StepConfig, hp: HP | Mapping[str, Any], carry: Carry, x: Array, y: Array
 ) -> tuple[Carry, Array]:
     """One divergence-guarded SGD step; returns (carry, loss) with loss NaN once diverged.
 
@@ -220,7 +258,7 @@ def train_step(
 
 def train_chunk(
     cfg: StepConfig,
-    hp: Mapping[str, Any],
+    hp: HP | Mapping[str, Any],
     carry: Carry,
     idx: Array,
     x_train: Array,

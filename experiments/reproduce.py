@@ -363,3 +363,15 @@ def timing(run_dir: Path | None) -> dict[str, Any]:
     except (OSError, ValueError, AttributeError):
         return {}
     return found if isinstance(found, dict) else {}
+
+
+def verdicts(rep: Reproduction) -> dict[str, dict | None]:
+    """Each experiment's verdict, read from its run directory's summary.json (None: none)."""
+    return {
+        i.experiment.name: (
+            results.read_json(i.run_dir / "summary.json")["verdict"]
+            if i.run_dir and (i.run_dir / "summary.json").is_file()
+            else None
+        )
+        for i in rep.items
+    }

@@ -100,8 +100,10 @@ def run(
     progress: Callable[[ProgressEvent], None] | None = None,
     make_plots: bool = True,
     argv: Sequence[str] | None = None,
+    on_plan: Callable[[int, Any], None] | None = None,
 ) -> Outcome:
     """Train every trial of `exp` at `cfg` (or finish `resume`), analyze, write the summary.
+    on_plan(group, plan): each sweep group's engine.Plan before it compiles (``--verbose``).
 
     In a distributed job (bnexp.distributed) every process calls this with the same arguments:
     process 0 alone owns the run directory (creates or resumes it, saves, analyses, plots); the
@@ -130,7 +132,7 @@ def run(
             _agree(exp, cfg, trials)
             _raise_if_stopped()
             if not main:  # a distributed job's other process: train its shards, keep nothing
-                return _run_locked(exp, cfg, None, trials, t0, progress, make_plots)
+                return _run_locked(exp, cfg, None, trials, t0, progress, make_plots, on_plan)
             lock = contextlib.ExitStack()  # one process at a time trains into a run directory
             run_dir = Path(resume) if resume is not None else None
             try:
@@ -142,7 +144,7 @@ def run(
                     lock.enter_context(results.run_lock(run_dir))
                 owned["run_dir"] = run_dir
                 with lock:
-                    return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots)
+                    return _run_locked(exp, cfg, run_dir, trials, t0, progress, make_plots, on_plan)
             except OSError as e:  # ENOSPC, EROFS, ...: one line; saved files are whole (atomic)
                 if e.errno not in _WRITE_ERRNOS:
                     raise
@@ -205,6 +207,7 @@ def _run_locked(
     t0: float,
     progress: Callable[[ProgressEvent], None] | None,
     make_plots: bool,
+    on_plan: Callable[[int, Any], None] | None = None,
 ) -> Outcome:
     """The body of run() once the run directory is created (or resumed) and locked (run_dir None:
     a distributed job's process other than 0, which trains and keeps nothing)."""
@@ -235,7 +238,7 @@ def _run_locked(
         done = set(distributed.broadcast("saved", None))
         todo = [t for t in trials if results.trial_id(t) not in done]
         if todo:
-            run_sweep(todo, progress=report, on_group_done=on_group_done)
+            run_sweep(todo, progress=report, on_group_done=on_group_done, on_plan=on_plan)
         return Outcome(exp, cfg, None, trials, [], None, {"trials_run_now": len(todo)})
     try:
         with results.tracking_status(run_dir):
@@ -245,7 +248,7 @@ def _run_locked(
             _raise_if_stopped()
             todo = [t for t in trials if results.trial_id(t) not in saved]
             if todo:
-                run_sweep(todo, progress=report, on_group_done=on_group_done)
+                run_sweep(todo, progress=report, on_group_done=on_group_done, on_plan=on_plan)
             ordered = [saved[results.trial_id(t)] for t in trials]
             _raise_if_stopped()
             timing.update(trials_run_now=len(todo), trials_resumed=len(trials) - len(todo))

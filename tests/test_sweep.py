@@ -49,13 +49,13 @@ def _same(a: sweep.TrialResult, b: sweep.TrialResult, exact: bool = True) -> Non
 def lr_sweep():
     """6 learning rates in pieces of at most 4 members (2 pieces of 3): one program."""
     engine.PROGRAMS.clear()
-    before = dict(train.TRACE_COUNTS)
+    before = dict(engine.PROGRAMS.traces)
     events, done = [], []
     results = run_sweep(
         _trials(LRS), progress=events.append, on_group_done=done.append, max_members=4
     )
     names = ("train_step", "eval_point", "eval_point_lite")
-    traces = {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in names}
+    traces = {k: engine.PROGRAMS.traces[k] - before.get(k, 0) for k in names}
     return results, traces, events, done
 
 
@@ -65,12 +65,12 @@ def test_one_trace_per_group_and_no_retrace_for_new_numbers(lr_sweep):
     assert [r.trial.lr for r in results] == list(LRS)  # input order
     assert results[0].extra["pieces"] == 2 and results[0].extra["padded_members"] == 3
     assert results[0].extra["compile_seconds"] > 0
-    before = dict(train.TRACE_COUNTS)
+    before = dict(engine.PROGRAMS.traces)
     events = []
     again = run_sweep(
         _trials((0.3, 0.4, 0.6), seed=5, init_scale=2.0), max_members=4, progress=events.append
     )
-    assert dict(train.TRACE_COUNTS) == before  # new numbers, same shapes: nothing traced
+    assert dict(engine.PROGRAMS.traces) == before  # new numbers, same shapes: nothing traced
     assert again[0].extra["compile_seconds"] == 0.0
     assert "compiling" not in {e.phase for e in events}
     finals = [r.final_test_accuracy for r in again]
@@ -654,10 +654,12 @@ def test_one_steps_program_for_a_schedule_of_many_chunk_lengths():
     lengths = engine.chunk_lengths(300, 100, 8)
     assert len(set(lengths)) >= 10
     engine.PROGRAMS.clear()
-    before = dict(train.TRACE_COUNTS)
+    before = dict(engine.PROGRAMS.traces)
     results = run_sweep(_trials((0.1, 0.5), steps=300, eval_every=100))
     names = ("train_step", "eval_point", "eval_point_lite")
-    assert {k: train.TRACE_COUNTS[k] - before.get(k, 0) for k in names} == dict.fromkeys(names, 1)
+    assert {k: engine.PROGRAMS.traces[k] - before.get(k, 0) for k in names} == dict.fromkeys(
+        names, 1
+    )
     compiled = sorted(k[0] for k in engine.PROGRAMS.keys() if k[0] != "build")
     assert compiled == ["init", "point", "point_lite", "steps"]
     np.testing.assert_array_equal(results[0].history["step"], engine.eval_schedule(300, 100))
