@@ -6,12 +6,14 @@ from experiments import (
     activations,
     batch_size,
     compare,
+    depth,
     distributions,
     ics,
     init_sensitivity,
     landscape,
     lr_sweep,
     noisy_bn,
+    placement,
     scale_invariance,
 )
 from experiments.base import Experiment
@@ -26,6 +28,8 @@ _ALL = [
     noisy_bn.EXPERIMENT,
     ics.EXPERIMENT,
     landscape.EXPERIMENT,
+    depth.EXPERIMENT,
+    placement.EXPERIMENT,
     scale_invariance.EXPERIMENT,
 ]
 
