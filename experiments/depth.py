@@ -43,6 +43,10 @@ Rule (fixed before the runs that judge it; see `conditions`):
     per layer) has a 95% t interval above 1x, with a negligible band of +-`slope_band` (1%) per
     layer. This tests Yang et al. and may go against the seeds' story; the baseline's slope is
     reported beside it, not judged.
+
+(Over STYLE.md's ~300 lines, ~430: an experiment is one file in the house form, and this one has
+two settings, three tables, two figures and a rule whose reasons and LR-selection argument are
+written out here.)
 """
 
 from __future__ import annotations

@@ -31,6 +31,9 @@ Rule (fixed before the runs that judge it; see `conditions`):
 (b) sigmoid: "before" keeps fewer units saturated: the paired difference of the saturated fraction
     at the end, after - before (each at its best LR), is above 0, with a negligible band of
     +-`sat_band` (1 unit in 100).
+
+(Over STYLE.md's ~300 lines, ~370: one file per experiment in the house form, with two tables,
+two figures and a two-part rule written out with its reasons.)
 """
 
 from __future__ import annotations
