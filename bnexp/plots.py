@@ -273,15 +273,19 @@ def panels_vs(
     log_x: bool = False,
     log_y: bool = False,
     percent: bool = False,
+    reference: float | None = None,
 ) -> Path:
     """One panel per setting ({panel: {arm: (seeds, N) or (N,)}}), a line per arm over x with its
-    min..max band over the seeds; arms keep their colours across panels; crosses on the bottom
-    edge where an arm has no finite value. A log y axis shows only positive values."""
+        min..max band over the seeds; arms keep their colours across panels; crosses on the bottom
+        edge where an arm has no finite value. A log y axis shows only positive values; ``reference``
+    draws a dotted horizontal line (e.g. a ratio of 1)."""
     xs = np.asarray(x, dtype=np.float64)
     colors = _color_map(*panels.values())
     fig, axes = _figure(len(panels), width=4.6 * len(panels) + 0.8, height=4.2, sharey=True)
     for i, (ax, (name, arms)) in enumerate(zip(axes, panels.items(), strict=True)):
         banded = False
+        if reference is not None:
+            ax.axhline(reference, color="0.4", ls=":", lw=1)
         for arm, y in arms.items():
             y = np.asarray(y, dtype=np.float64)
             if log_y:
@@ -311,10 +315,11 @@ def versus_depth(
     title: str,
     log_y: bool = False,
     percent: bool = False,
+    reference: float | None = None,
 ) -> Path:
     """A measure vs network depth (hidden layers), one panel per setting, a line per arm."""
     return panels_vs(depths, panels, path, xlabel="depth (hidden layers)", ylabel=ylabel,
-                     title=title, log_y=log_y, percent=percent)  # fmt: skip
+                     title=title, log_y=log_y, percent=percent, reference=reference)  # fmt: skip
 
 
 def bands_over_steps(

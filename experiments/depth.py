@@ -415,6 +415,7 @@ def plot(cfg: DepthConfig, results: list[TrialResult], analysis: Analysis, out: 
             ratio,
             out / "depth_grad_ratio.png",
             log_y=True,
+            reference=1.0,
             ylabel="||dL/dW_first|| / ||dL/dW_last|| at init",
             title="Gradient ratio at initialization vs depth (Yang et al. 2019)",
         ),

@@ -329,3 +329,22 @@ def test_placement_smoke_through_the_cli(tmp_path):
     assert {"placement_accuracy.png", "placement_saturation.png"} <= {
         p.name for p in (Path(doc["run_dir"]) / "plots").glob("*.png")
     }
+
+
+def test_panels_vs_draws_every_setting_and_skips_nonpositive_on_a_log_axis(tmp_path):
+    from bnexp import plots
+
+    ratios = np.array([[1.0, 10.0, 100.0], [2.0, np.nan, -1.0]])  # a missing and a negative value
+    panels = {"sigmoid": {"baseline": ratios, "bn": ratios * 3}, "relu": {"bn": ratios[0]}}
+    path = plots.versus_depth(
+        [2, 10, 20],
+        panels,
+        tmp_path / "r.png",
+        ylabel="ratio",
+        title="t",
+        log_y=True,
+        reference=1.0,
+    )
+    assert path.is_file() and path.stat().st_size > 5000
+    with pytest.raises(ValueError, match="expected shape"):
+        plots.versus_depth([2, 10], panels, tmp_path / "bad.png", ylabel="r", title="t")
