@@ -289,6 +289,66 @@ def error_vs_batch_size(
     return _save(fig, path)
 
 
+def panels_vs(
+    x: Sequence[float] | np.ndarray,
+    panels: Mapping[str, Mapping[str, Any]],
+    path: Path,
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    log_x: bool = False,
+    log_y: bool = False,
+    percent: bool = False,
+    reference: float | None = None,
+) -> Path:
+    """One panel per setting ({panel: {arm: (seeds, N) or (N,)}}), a line per arm over x with its
+        min..max band over the seeds; arms keep their colours across panels; crosses on the bottom
+        edge where an arm has no finite value. A log y axis shows only positive values; ``reference``
+    draws a dotted horizontal line (e.g. a ratio of 1)."""
+    xs = np.asarray(x, dtype=np.float64)
+    colors = _color_map(*panels.values())
+    fig, axes = _figure(len(panels), width=4.6 * len(panels) + 0.8, height=4.2, sharey=True)
+    for i, (ax, (name, arms)) in enumerate(zip(axes, panels.items(), strict=True)):
+        banded = False
+        if reference is not None:
+            ax.axhline(reference, color="0.4", ls=":", lw=1)
+        for arm, y in arms.items():
+            y = np.asarray(y, dtype=np.float64)
+            if log_y:
+                y = np.where(y > 0, y, np.nan)
+            mean, b = _line_band(ax, xs, y, arm, colors[arm], marker="o")
+            banded |= b
+            _mark_missing(ax, xs, mean, colors[arm], None, "x", f"{arm}: no value")
+        if log_x:
+            ax.set_xscale("log")
+        if log_y:
+            ax.set_yscale("log")
+        if percent:
+            _percent_axis(ax.yaxis)
+        ax.set_xticks(xs, [f"{v:g}" for v in xs])
+        _finish(ax, name, xlabel, ylabel if i == 0 else "")
+        _legend(ax, loc="best", title=_band_title(banded))
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def versus_depth(
+    depths: Sequence[int] | np.ndarray,
+    panels: Mapping[str, Mapping[str, Any]],
+    path: Path,
+    *,
+    ylabel: str,
+    title: str,
+    log_y: bool = False,
+    percent: bool = False,
+    reference: float | None = None,
+) -> Path:
+    """A measure vs network depth (hidden layers), one panel per setting, a line per arm."""
+    return panels_vs(depths, panels, path, xlabel="depth (hidden layers)", ylabel=ylabel,
+                     title=title, log_y=log_y, percent=percent, reference=reference)  # fmt: skip
+
+
 def bands_over_steps(
     steps: Sequence[int] | np.ndarray,
     series: Mapping[str, Any],

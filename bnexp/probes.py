@@ -39,7 +39,11 @@ the fraction of the layer's units over the probe batch (eval mode) whose nonline
 derivative g'(z) < ``SATURATION_SLOPE`` (for the sigmoid, s(1 - s) = 1 / (4 cosh^2(z / 2)) < 0.01,
 i.e. |z| > 2 arccosh(5) = 4.585): units that pass almost no gradient back.
 "train_sample_eval" (eval-mode loss and accuracy on the probe batch) and "bn_var_ratio" (the
-dropout/BN variance shift of Li et al. 2019) are in bnexp.regularization_probes.
+dropout/BN variance shift of Li et al. 2019) are in bnexp.regularization_probes. "grad_norms" is
+||dL/dW_l||_F of every weight layer (conv blocks, hidden layers, output layer, in forward order),
+shape (num_hidden + 1,): the gradient of the mean cross-entropy on the probe batch in train mode
+(batch statistics of the whole probe batch), as the first SGD step would see it at step 0 (Yang
+et al. 2019 measure gradient explosion at initialization this way, per layer).
 """
 
 from __future__ import annotations
@@ -201,6 +205,16 @@ def saturation_probe(*, slope: float = SATURATION_SLOPE, mode: str = "eval") -> 
     return probe
 
 
+def grad_norms_probe(spec, params, norm_state, batch, hp, loss_fn) -> dict[str, Array]:
+    """{"grad_norms": (L,)} ||dL/dW_l||_F of every weight layer in forward order (conv, hidden,
+    output), L the mean loss on the probe batch in train mode; the running statistics the loss
+    returns are dropped, so the state is untouched."""
+    x, y = batch
+    g = jax.grad(lambda p: loss_fn(p, norm_state, x, y, mode="train")[0])(params)
+    ws = [layer["w"] for layer in (*g["conv"], *g["hidden"], g["out"])]
+    return {"grad_norms": jnp.stack([jnp.sqrt(jnp.sum(jnp.square(w))) for w in ws])}
+
+
 def train_eval_gap_probe(spec, params, norm_state, batch, hp, loss_fn):
     """{"train_acc_batch", "train_acc_eval"}: accuracy on the fixed probe batch of training images
     in train mode and in eval mode, on the same images.
@@ -255,6 +269,7 @@ PROBES: dict[str, Callable[..., ProbeFn]] = {
     "preact_stats_train": functools.partial(preact_stats_probe, mode="train", suffix="_train"),
     "weight_norms": lambda: weight_norms_probe,
     "saturation": saturation_probe,
+    "grad_norms": lambda: grad_norms_probe,
     # Santurkar et al. 2018 (bnexp.santurkar_probes)
     "ics": santurkar_probes.ics_probe,
     "landscape": santurkar_probes.landscape_probe,  # options lo, hi, num (the step-size grid)
