@@ -20,6 +20,11 @@ import sys
 
 _STARTING = True  # until main() runs: a signal has nothing to keep yet, so it just exits 130
 
+# One OpenBLAS thread (before numpy or scipy load it): XLA runs its own thread pools, and a
+# multithreaded OpenBLAS called from several device threads at once (LAPACK eigh in decorrelated
+# BN) was seen to deadlock in blas_thread_server (whitening quick preset, 2 host devices).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 
 def _stop_while_starting(signum, frame):  # noqa: ARG001
     """SIGTERM/SIGINT while the modules still load (no run directory exists yet): exit 130 with

@@ -83,8 +83,11 @@ def setup_process(dist: distributed.Settings | None = None) -> None:
     per core (sweep.configure_host_devices), joining a distributed job when asked (dist, see
     bnexp.distributed) and JAX's on-disk compilation cache. Idempotent; once JAX has started, the
     device count it has stays."""
+    import os
+
     from bnexp import sweep
 
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # see cli.py: before scipy loads LAPACK
     host_devices = sweep.configure_host_devices()
     if dist is not None:
         distributed.initialize(dist, host_devices)
