@@ -640,6 +640,21 @@ def main() -> None:
     _STARTING = False
     stopping.install()  # from here a signal stops at the next checkpoint (bnexp.stopping)
     try:
+        _main()
+    finally:
+        # The exit code is decided: a signal during the interpreter's shutdown (which resets
+        # Python's handlers to SIG_DFL and can take seconds tearing down XLA) would end the
+        # process as killed by SIGINT (-2) instead. Nothing is left to stop: ignore it.
+        with contextlib.suppress(ValueError):  # (not the main thread: an embedding caller)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _main() -> None:
+    """main() without its last step: every outcome is a sys.exit with its code."""
+    from bnexp import stopping
+
+    try:
         code = app(standalone_mode=False) or 0
         if code == 0 and stopping.pending():  # asked to stop, and nothing checked since
             code = 130

@@ -33,6 +33,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -287,24 +288,37 @@ def watchdog(on_lost: Callable[[str], None] | None = None) -> Iterator[None]:
         print(f"bnexp: error: {message}", file=sys.stderr, flush=True)
         os._exit(1)
 
+    def check() -> bool:
+        """One look at the job: False (after lost(), which exits) when a process is gone."""
+        try:
+            live = client.get_live_nodes(list(range(n)))
+        except Exception:  # the coordination service (process 0) is gone
+            lost(f"process {me}: lost the coordinator (process 0 died or was stopped)")
+            return False
+        gone = sorted(set(range(n)) - set(live))
+        if gone and not stop.is_set():
+            who = ", ".join(str(g) for g in gone)
+            lost(f"process {who} of {n} stopped responding (died or was killed)")
+            return False
+        return True
+
     def poll() -> None:
-        while not stop.wait(POLL_SECONDS):
-            try:
-                live = client.get_live_nodes(list(range(n)))
-            except Exception:  # the coordination service (process 0) is gone
-                lost(f"process {me}: lost the coordinator (process 0 died or was stopped)")
-                return
-            gone = sorted(set(range(n)) - set(live))
-            if gone and not stop.is_set():
-                who = ", ".join(str(g) for g in gone)
-                lost(f"process {who} of {n} stopped responding (died or was killed)")
-                return
+        while not stop.wait(POLL_SECONDS) and check():
+            pass
 
     thread = threading.Thread(target=poll, name="bnexp-watchdog", daemon=True)
     thread.start()
     try:
         yield
         barrier("done")  # everyone finished: from here a process leaving is not a fault
+    except Exception:
+        # A peer's death can surface first as a failed collective here (gloo: "Connection
+        # closed by peer"): wait out the heartbeat timeout for the coordinator's word, so that
+        # the user sees the same one line (and the run is marked interrupted) either way.
+        deadline = time.monotonic() + _STATE["settings"].heartbeat_seconds + 4 * POLL_SECONDS
+        while time.monotonic() < deadline and check():
+            time.sleep(POLL_SECONDS)
+        raise
     finally:
         stop.set()
         thread.join(timeout=2 * POLL_SECONDS)

@@ -114,9 +114,10 @@ def test_help_shows_no_value_for_flags():
 def test_registry_covers_every_experiment_with_presets():
     for name, exp in REGISTRY.items():
         assert set(exp.presets) == {"smoke", "quick", "paper"}, name
-        # batch-size trains for a number of epochs and depth evaluates 20 deep programs: their
-        # quick presets use the mnist-10k subset
-        want = "mnist-10k" if name in ("batch-size", "depth") else "mnist"
+        # batch-size trains for a number of epochs, depth evaluates 20 deep programs and
+        # regularization overfits a 1,000-image training subset: their quick presets use the
+        # mnist-10k subset
+        want = "mnist-10k" if name in ("batch-size", "depth", "regularization") else "mnist"
         assert exp.presets["quick"].dataset == want, name
 
 
