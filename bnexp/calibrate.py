@@ -57,6 +57,11 @@ ENV = "BNEXP_CALIBRATE"  # "0": no measurement, the cache-size model decides
 CACHE_FILE = "calibration.json"
 STEPS = 8  # steps per timed call
 REPS = 3  # timed calls per candidate (after one warm-up call); the best one counts
+# A group trains for at least this many steps before calibrating pays: the calibration compiles
+# every candidate (seconds each, minutes for deep models) to save a share of the training time,
+# so a short group (depth's 100 steps) takes the cache-size model's block instead. A ratio of
+# work, not a measured speed of any CPU.
+MIN_STEPS = 100 * STEPS * REPS
 
 
 def enabled() -> bool:
@@ -222,6 +227,7 @@ def choose_member_block(
     data: dict,
     cores: int = 1,
     measure: Callable[[int], float] | None = None,
+    total_steps: int | None = None,
 ) -> int:
     """Members per block on each device of ``mesh`` for a group of ``local_members`` per device
     (engine.run_group's members_per_block; 0: one block): the calibrated choice (module doc), or
@@ -232,8 +238,11 @@ def choose_member_block(
 
     plat = mesh.devices.flat[0].platform
     model = engine.member_block(cfg, local_members, plat, cores)
-    if not enabled() or plat != "cpu" or cfg.unrolled or local_members < 2:
+    short = total_steps is not None and total_steps < MIN_STEPS
+    if not enabled() or plat != "cpu" or cfg.unrolled or local_members < 2 or short:
         why = "calibration off" if not enabled() else "nothing to calibrate"
+        if enabled() and short and plat == "cpu" and not cfg.unrolled and local_members >= 2:
+            why = f"{total_steps} steps: too short to pay for timing candidates"
         LOG.info(
             "member blocks: %s (cache-size model, %s)", _blocks_text(model, local_members), why
         )

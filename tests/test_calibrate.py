@@ -110,6 +110,7 @@ def test_results_do_not_depend_on_the_calibrated_block_size(monkeypatch, tmp_pat
     """The same 6-member sweep with the calibration forced to pick blocks of 1, 2 or 4 (padded)
     or one block: every history equal to float32 rounding, a diverging member included."""
     monkeypatch.setenv(calibrate.ENV, "1")
+    monkeypatch.setattr(calibrate, "MIN_STEPS", 1)  # a 12-step sweep calibrates all the same
     lrs = (0.05, 0.2, 0.5, 1.0, 2.0, 1e7)
     trials = [
         Trial(

@@ -276,7 +276,7 @@ def plan_group(
             from bnexp import calibrate  # measured on this machine (issue 22); imports engine
 
             members_per_block = calibrate.choose_member_block(
-                cfg, local, mesh, member_hp, data, cores
+                cfg, local, mesh, member_hp, data, cores, total_steps=cfg.step.total_steps
             )
         else:
             members_per_block = member_block(cfg, local, platform, cores)
