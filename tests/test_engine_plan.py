@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import jax
-from _child import ROOT, child_env, cli
+from _child import ROOT, child_env, cli, command
 
 from bnexp import engine, train
 from bnexp.models import ModelSpec
@@ -108,3 +109,30 @@ def test_verbose_prints_one_plan_line_per_group_on_stderr(tmp_path):
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("plan: group ")]
     assert [ln.split(":")[1] for ln in lines] == [" group 1", " group 2"], p.stderr[-2000:]
     assert all("| first weight " in ln and "| XLA " in ln for ln in lines)
+
+
+def test_norms_with_pool_kernels_train_on_one_cpu_device():
+    """A decorrelated-BN group (jnp.linalg.eigh: a LAPACK kernel that splits its batch over XLA
+    CPU's thread pool and waits) trains on one device: on two host devices with two cores both
+    pool threads ran a program waiting in eigh and the process hung (norms.CPU_POOL_KERNELS)."""
+    code = (
+        "from bnexp import sweep; sweep.configure_host_devices(2)\n"
+        "import jax; from bnexp import engine, train; from bnexp.models import ModelSpec\n"
+        "for norm in ('decorrelated', 'batch'):\n"
+        "    spec = ModelSpec(widths=(16, 16, 10), norm=norm)\n"
+        "    cfg = engine.ProgramConfig(train.StepConfig(spec), 16)\n"
+        "    plan, mesh, _ = engine.plan_group(cfg, 4, engine.make_mesh(), members_per_block=0)\n"
+        "    print(jax.device_count(), plan.devices, mesh.devices.size, plan.line())\n"
+    )
+    p = subprocess.run(
+        command(sys.executable, "-c", code),
+        capture_output=True,
+        text=True,
+        env=child_env(BNEXP_HOST_DEVICES="2"),
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    dbn, bn = p.stdout.strip().splitlines()
+    assert dbn.split()[:3] == ["2", "1", "1"] and "one device: decorrelated" in dbn, dbn
+    assert bn.split()[:3] == ["2", "2", "2"] and "one device" not in bn, bn

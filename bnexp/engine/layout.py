@@ -226,6 +226,7 @@ class Plan:
     unrolled: bool  # loop-free blocks of block_steps steps (else one rolled loop per chunk)
     block_steps: int
     xla_options: tuple[tuple[str, str], ...]  # the steps program's XLA options
+    note: str = ""  # why the layout departs from the default, if it does
 
     def line(self) -> str:
         """One line: members and pieces | devices and blocks | squeezed | first-weight layout |
@@ -237,12 +238,21 @@ class Plan:
             blocks = "one block"
         steps = f"unrolled, {self.block_steps} per call" if self.unrolled else "rolled loop"
         xla = ", ".join(f"{k}={v}" for k, v in self.xla_options) or "defaults"
+        note = f" | {self.note}" if self.note else ""
         return (
             f"members {self.members} in {self.pieces} piece(s) of {self.padded_members} | "
             f"devices {self.devices} ({per_device} each, {blocks}) | "
             f"squeezed {'yes' if self.squeezed else 'no'} | first weight {self.first_weight} | "
-            f"steps {steps} | XLA {xla}"
+            f"steps {steps} | XLA {xla}{note}"
         )
+
+
+def pool_kernel_norms(spec: ModelSpec) -> list[str]:
+    """The model's norms whose CPU kernels share the devices' thread pool (norms.CPU_POOL_KERNELS)."""
+    from bnexp import norms
+
+    used = {spec.norm, spec.dense_norm or spec.norm}
+    return sorted(used & norms.CPU_POOL_KERNELS)
 
 
 def plan_group(
@@ -266,8 +276,20 @@ def plan_group(
 
     if n_members < mesh.devices.size and not distributed.active():
         mesh = make_mesh(list(mesh.devices.flat)[:n_members])
-    devices = int(mesh.devices.size)
     platform = mesh.devices.flat[0].platform
+    note = ""
+    pool = pool_kernel_norms(cfg.step.spec) if platform == "cpu" else []
+    if pool and mesh.devices.size > 1:
+        if distributed.active():
+            from bnexp.errors import UsageError
+
+            raise UsageError(
+                f"norm {pool[0]!r} cannot train on several CPU devices per process (its LAPACK "
+                "kernel can deadlock XLA's thread pool): set BNEXP_HOST_DEVICES=1"
+            )
+        mesh = make_mesh(list(mesh.devices.flat)[:1])
+        note = f"one device: {pool[0]} norm's LAPACK kernel shares the CPU thread pool"
+    devices = int(mesh.devices.size)
     n_pieces, size = pieces(n_members, max_members, devices)
     local = size // devices
     if members_per_block is None:
@@ -301,5 +323,6 @@ def plan_group(
         unrolled=cfg.unrolled,
         block_steps=cfg.block_steps,
         xla_options=tuple(sorted(compiler_options(spec, platform).items())),
+        note=note,
     )
     return plan, mesh, cfg

@@ -63,6 +63,7 @@ __all__ = [
     "names",
     "noisy_batch_norm",
     "population",
+    "CPU_POOL_KERNELS",
 ]
 
 _FACTORIES: dict[str, Callable[..., Norm]] = {
@@ -76,6 +77,16 @@ _FACTORIES: dict[str, Callable[..., Norm]] = {
     "decorrelated": decorrelated_batch_norm,
     "none": identity,
 }
+
+
+# Norms whose train step calls a LAPACK kernel (jnp.linalg.eigh) that on XLA CPU splits its batch
+# of matrices over the same intra-op thread pool the devices' programs run on, and then waits for
+# the pieces. With one program per host device and as many pool threads as cores, every thread can
+# end up waiting and none is left to run the pieces: the process hangs, idle (seen on 2 host
+# devices with 2 cores, `bnexp run whitening`, in jaxlib 0.10.2's lapack_ssyevd_ffi ->
+# jax::ParallelBatchMap -> BlockingCounter::Wait on both pool threads). The engine trains their
+# groups on one CPU device (bnexp.engine.layout.plan_group).
+CPU_POOL_KERNELS = frozenset({"decorrelated"})
 
 
 def names() -> list[str]:
