@@ -126,7 +126,14 @@ def test_conv_input_is_whitened_over_batch_and_space_with_the_common_call_shape(
     assert y.shape == x.shape and y.dtype == x.dtype and s is state
     f = np.asarray(y, np.float64).reshape(-1, 16)
     d = f - f.mean(0)
-    np.testing.assert_allclose(d.T @ d / f.shape[0], np.eye(16), atol=1e-4)
+    # float32: a covariance computed with relative error eps gives W Sigma W = I - W E W, and
+    # ||W E W|| <= eps ||Sigma|| / lambda_min = eps * kappa. This input (200 rows of 16 mixed
+    # features) has kappa ~6.2e3, so the bound is ~7e-4 (an Intel Xeon measured 1.004e-4, just
+    # past the 1e-4 this test used to assume); a per-feature BN leaves off-diagonals of ~0.3.
+    xs = np.asarray(x, np.float64).reshape(-1, 16)
+    lam = np.linalg.eigvalsh(np.cov(xs.T, bias=True))
+    tol = np.finfo(np.float32).eps * lam.max() / lam.min()
+    np.testing.assert_allclose(d.T @ d / f.shape[0], np.eye(16), atol=tol)
     y16, _ = norm.apply(params, state, x.astype(jnp.bfloat16), mode="batch")
     assert y16.dtype == jnp.bfloat16
 
