@@ -26,6 +26,7 @@ its key-value store carries the few facts they exchange, and its heartbeats tell
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -44,6 +45,10 @@ ENV = ("BNEXP_COORDINATOR", "BNEXP_NUM_PROCESSES", "BNEXP_PROCESS_ID")
 DEFAULT_HEARTBEAT_SECONDS = 30  # JAX's default is 100; a dead peer should not cost minutes
 WAIT_MS = 300_000  # how long a process waits for the others at a rendezvous (5 min)
 POLL_SECONDS = 0.5
+
+
+class Disagreement(RuntimeFailure):
+    """The processes differ in what must be identical (agree): every process raises it."""
 
 
 class DistributedError(RuntimeFailure):
@@ -145,6 +150,28 @@ def initialize(s: Settings, host_devices: int = 1) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DistributedError(f"could not join the {where}: {first}") from None
     _STATE["settings"] = s
+    atexit.register(_leave)  # runs before JAX's own shutdown (atexit is last in, first out)
+
+
+def _leave() -> None:
+    """Leave the job in order at exit. With recoverable tasks JAX's shutdown barrier no longer
+    holds the processes together, and a process still shutting down when process 0 (which hosts
+    the coordination service) is gone is aborted by JAX (SIGABRT, seen under load after a
+    mismatch). So the others shut down first, and process 0 waits (at most the heartbeat
+    timeout) until they have left before it does."""
+    import jax
+
+    if not is_main():
+        with contextlib.suppress(Exception):
+            jax.distributed.shutdown()
+        return
+    others = list(range(1, process_count()))
+    deadline = time.monotonic() + _STATE["settings"].heartbeat_seconds
+    with contextlib.suppress(Exception):  # the service answers until process 0 shuts it down
+        while others and time.monotonic() < deadline:
+            if set(_client().get_live_nodes(list(range(process_count())))) <= {0}:
+                break
+            time.sleep(POLL_SECONDS / 5)
 
 
 def check_collectives(implementation: str, host_devices: int) -> None:
@@ -214,23 +241,30 @@ def _next_key(name: str) -> str:
 
 def agree(name: str, facts: Mapping[str, str]) -> None:
     """Every process publishes ``facts`` (e.g. {"code": hash, "config": hash, "data": hash})
-    and checks every other process's: a difference raises DistributedError naming the fact and
+    and checks every other process's: a difference raises Disagreement naming the fact and
     the processes, on every process. No-op outside a distributed job."""
     if not active():
         return
     key, me, n = _next_key(name), process_index(), process_count()
     client = _client()
     client.key_value_set(f"{key}/{me}", json.dumps(dict(facts), sort_keys=True))
+    problem = None
     for other in range(n):
         if other == me:
             continue
         theirs = json.loads(client.blocking_key_value_get(f"{key}/{other}", WAIT_MS))
         differ = sorted(k for k in set(facts) | set(theirs) if facts.get(k) != theirs.get(k))
-        if differ:
-            raise DistributedError(
+        if differ and problem is None:
+            problem = (
                 f"process {me} and process {other} differ in {', '.join(differ)} ({name}); every "
                 "process must run the same bnexp version, command, config and data"
             )
+    # Everyone has read everyone's facts before anyone leaves: process 0 hosts the coordination
+    # service, and a peer still talking to it when it exits is aborted by JAX (SIGABRT, seen
+    # under load) instead of printing its own line and exiting 1.
+    client.wait_at_barrier(_next_key(f"{name}-checked"), WAIT_MS)
+    if problem is not None:
+        raise Disagreement(problem)
 
 
 def broadcast(name: str, value: Any) -> Any:
@@ -311,6 +345,8 @@ def watchdog(on_lost: Callable[[str], None] | None = None) -> Iterator[None]:
     try:
         yield
         barrier("done")  # everyone finished: from here a process leaving is not a fault
+    except Disagreement:  # every process raises it and leaves: a peer gone is no fault then
+        raise
     except Exception:
         # A peer's death can surface first as a failed collective here (gloo: "Connection
         # closed by peer"): wait out the heartbeat timeout for the coordinator's word, so that
