@@ -255,6 +255,23 @@ def pool_kernel_norms(spec: ModelSpec) -> list[str]:
     return sorted(used & norms.CPU_POOL_KERNELS)
 
 
+def _pool_kernel_mesh(spec: ModelSpec, mesh: Mesh, platform: str, dist: bool) -> tuple[Mesh, str]:
+    """One CPU device for a model with a norm in norms.CPU_POOL_KERNELS (and the plan's note why);
+    in a distributed job, where every process's devices must stay, a usage error instead."""
+    pool = pool_kernel_norms(spec) if platform == "cpu" else []
+    if not pool or mesh.devices.size == 1:
+        return mesh, ""
+    if dist:
+        from bnexp.errors import UsageError
+
+        raise UsageError(
+            f"norm {pool[0]!r} cannot train on several CPU devices per process (its LAPACK "
+            "kernel can deadlock XLA's thread pool): set BNEXP_HOST_DEVICES=1"
+        )
+    note = f"one device: {pool[0]} norm's LAPACK kernel shares the CPU thread pool"
+    return make_mesh(list(mesh.devices.flat)[:1]), note
+
+
 def plan_group(
     cfg: ProgramConfig,
     n_members: int,
@@ -277,18 +294,7 @@ def plan_group(
     if n_members < mesh.devices.size and not distributed.active():
         mesh = make_mesh(list(mesh.devices.flat)[:n_members])
     platform = mesh.devices.flat[0].platform
-    note = ""
-    pool = pool_kernel_norms(cfg.step.spec) if platform == "cpu" else []
-    if pool and mesh.devices.size > 1:
-        if distributed.active():
-            from bnexp.errors import UsageError
-
-            raise UsageError(
-                f"norm {pool[0]!r} cannot train on several CPU devices per process (its LAPACK "
-                "kernel can deadlock XLA's thread pool): set BNEXP_HOST_DEVICES=1"
-            )
-        mesh = make_mesh(list(mesh.devices.flat)[:1])
-        note = f"one device: {pool[0]} norm's LAPACK kernel shares the CPU thread pool"
+    mesh, note = _pool_kernel_mesh(cfg.step.spec, mesh, platform, distributed.active())
     devices = int(mesh.devices.size)
     n_pieces, size = pieces(n_members, max_members, devices)
     local = size // devices
