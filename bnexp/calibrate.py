@@ -200,7 +200,9 @@ def time_block(
     init = jax.jit(
         jax.vmap(functools.partial(train.init_carry, cfg.step), out_axes=axes), out_shardings=shard
     )
-    arrays = {k: data[k] for k in ("x_train", "y_train")}
+    # on this mesh: the group's data may live on more devices than the group's own mesh (a norm
+    # kept to one CPU device, engine.layout.plan_group), and jit refuses mixed device sets
+    arrays = {k: jax.device_put(data[k], repl) for k in ("x_train", "y_train")}
     n_train = int(arrays["y_train"].shape[0])
     rows = np.random.default_rng(0).integers(0, n_train, (size, steps, cfg.batch_size))
     idx = rows[0] if cfg.shared_batch else rows

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
+from _child import ROOT, child_env, command
 
 from bnexp import calibrate, engine, train
 from bnexp.models import ModelSpec
@@ -160,3 +163,34 @@ def test_verbose_says_what_the_engine_chose_one_line_per_group(tmp_path):
     lines = [x for x in p.stderr.splitlines() if x.startswith("bnexp: member blocks:")]
     assert len(lines) == 2, p.stderr[-2000:]  # lr-sweep's smoke preset: two groups
     assert all("cache-size model, calibration off" in x for x in lines)
+
+
+def test_time_block_on_a_smaller_mesh_than_the_data():
+    """A decorrelated-BN group trains on one of two CPU devices (engine.plan_group) while the
+    run's data are replicated over both: calibration must time it on its own mesh (this raised
+    "incompatible devices" in the whitening paper preset, the first group long enough to
+    calibrate)."""
+    code = (
+        "from bnexp import sweep; sweep.configure_host_devices(2)\n"
+        "import jax, numpy as np; from jax.sharding import NamedSharding, PartitionSpec\n"
+        "from bnexp import calibrate, engine, train; from bnexp.models import ModelSpec\n"
+        "spec = ModelSpec(widths=(16, 16, 10), norm='decorrelated')\n"
+        "cfg = engine.ProgramConfig(train.StepConfig(spec, 'sgd', 100), 8)\n"
+        "both = NamedSharding(engine.make_mesh(), PartitionSpec())\n"
+        "rng = np.random.default_rng(0)\n"
+        "data = {'x_train': jax.device_put(rng.random((64, 16), np.float32), both),\n"
+        "        'y_train': jax.device_put(rng.integers(0, 10, 64).astype(np.int32), both)}\n"
+        "hp = {'lr': 0.1, 'momentum': 0.0, 'init_scale': 1.0, 'seed': 0, 'norm_call': {}}\n"
+        "one = engine.make_mesh(jax.devices()[:1])\n"
+        "print(calibrate.time_block(cfg, 2, one, hp, data, steps=2, reps=1) > 0)\n"
+    )
+    p = subprocess.run(
+        command(sys.executable, "-c", code),
+        capture_output=True,
+        text=True,
+        env=child_env(BNEXP_HOST_DEVICES="2"),
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.strip() == "True"
