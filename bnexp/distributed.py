@@ -165,12 +165,10 @@ def _leave() -> None:
         with contextlib.suppress(Exception):
             jax.distributed.shutdown()
         return
-    others = list(range(1, process_count()))
+    everyone = list(range(process_count()))
     deadline = time.monotonic() + _STATE["settings"].heartbeat_seconds
     with contextlib.suppress(Exception):  # the service answers until process 0 shuts it down
-        while others and time.monotonic() < deadline:
-            if set(_client().get_live_nodes(list(range(process_count())))) <= {0}:
-                break
+        while time.monotonic() < deadline and set(_client().get_live_nodes(everyone)) - {0}:
             time.sleep(POLL_SECONDS / 5)
 
 

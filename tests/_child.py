@@ -13,6 +13,7 @@ about (and the suite turns warnings into errors).
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,6 +38,19 @@ def command(*argv: str, sigint: str = "default") -> list[str]:
 def cli(*args: str, sigint: str = "default") -> list[str]:
     """`python cli.py ARGS` with explicit signal dispositions."""
     return command(sys.executable, str(ROOT / "cli.py"), *args, sigint=sigint)
+
+
+def python_code(code: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    """``python -c code`` from the repository, stdout/stderr captured, with ``env`` added to the
+    test's environment (e.g. BNEXP_HOST_DEVICES="2" for a child with two host devices)."""
+    return subprocess.run(
+        command(sys.executable, "-c", code),
+        capture_output=True,
+        text=True,
+        env=child_env(**env),
+        cwd=ROOT,
+        timeout=timeout,
+    )
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
-from _child import ROOT, child_env, command
+from _child import python_code
 
 from bnexp import calibrate, engine, train
 from bnexp.models import ModelSpec
@@ -184,13 +182,6 @@ def test_time_block_on_a_smaller_mesh_than_the_data():
         "one = engine.make_mesh(jax.devices()[:1])\n"
         "print(calibrate.time_block(cfg, 2, one, hp, data, steps=2, reps=1) > 0)\n"
     )
-    p = subprocess.run(
-        command(sys.executable, "-c", code),
-        capture_output=True,
-        text=True,
-        env=child_env(BNEXP_HOST_DEVICES="2"),
-        cwd=ROOT,
-        timeout=300,
-    )
+    p = python_code(code, BNEXP_HOST_DEVICES="2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip() == "True"

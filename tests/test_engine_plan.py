@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import jax
-from _child import ROOT, child_env, cli, command
+from _child import ROOT, child_env, cli, python_code
 
 from bnexp import engine, train
 from bnexp.models import ModelSpec
@@ -124,14 +123,7 @@ def test_norms_with_pool_kernels_train_on_one_cpu_device():
         "    plan, mesh, _ = engine.plan_group(cfg, 4, engine.make_mesh(), members_per_block=0)\n"
         "    print(jax.device_count(), plan.devices, mesh.devices.size, plan.line())\n"
     )
-    p = subprocess.run(
-        command(sys.executable, "-c", code),
-        capture_output=True,
-        text=True,
-        env=child_env(BNEXP_HOST_DEVICES="2"),
-        cwd=ROOT,
-        timeout=300,
-    )
+    p = python_code(code, BNEXP_HOST_DEVICES="2")
     assert p.returncode == 0, p.stderr[-3000:]
     dbn, bn = p.stdout.strip().splitlines()
     assert dbn.split()[:3] == ["2", "1", "1"] and "one device: decorrelated" in dbn, dbn

@@ -251,8 +251,7 @@ def pool_kernel_norms(spec: ModelSpec) -> list[str]:
     """The model's norms whose CPU kernels share the devices' thread pool (norms.CPU_POOL_KERNELS)."""
     from bnexp import norms
 
-    used = {spec.norm, spec.dense_norm or spec.norm}
-    return sorted(used & norms.CPU_POOL_KERNELS)
+    return sorted({spec.norm_name(True), spec.norm_name(False)} & norms.CPU_POOL_KERNELS)
 
 
 def _pool_kernel_mesh(spec: ModelSpec, mesh: Mesh, platform: str, dist: bool) -> tuple[Mesh, str]:
