@@ -185,7 +185,15 @@ def init_carry(cfg: StepConfig, hp: HP | Mapping[str, Any]) -> Carry:
 
 
 def _finite(tree: Any) -> Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(tree)]))
+    """True when every element of every leaf is finite: ONE reduction over the leaves joined
+    end to end (XLA fuses the join into the reduction: nothing is copied). A reduction per leaf
+    is the same test, but XLA CPU compiles each as its own kernel and keeps the update apart
+    from it: a 40-layer BN MLP's steps program (122 leaves) took 10.5 s to compile that way and
+    4.0 s this way (bnexp run depth --preset quick, the 40-layer BN group)."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.bool_(True)
+    return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(v) for v in leaves])))
 
 
 def step_grads(

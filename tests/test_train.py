@@ -223,3 +223,26 @@ def test_chunk_of_n_traced_steps_equals_the_first_n_steps(ds, unroll):
         for a, b in pairs:
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert fixed._cache_size() == 1
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_a_non_finite_update_in_any_one_leaf_freezes_the_member(bad):
+    """The guard's finiteness test (train._finite, one reduction over every leaf joined) sees a
+    single bad element in any leaf, while the loss itself stays finite."""
+    cfg = StepConfig(SPEC, "sgd", total_steps=10)
+    carry = jax.vmap(functools.partial(train.init_carry, cfg))(_stack(_hp(0.1)))
+    apply = jax.vmap(functools.partial(train.apply_grads, cfg))
+    loss = jnp.ones((1,), jnp.float32)
+    grads = jax.tree.map(jnp.zeros_like, carry.state.params)
+    leaves, tree = jax.tree.flatten(grads)
+    assert train._finite(grads) and train._finite({})
+    for i in (0, len(leaves) // 2, len(leaves) - 1):
+        poisoned = list(leaves)
+        poisoned[i] = poisoned[i].reshape(-1).at[-1].set(bad).reshape(poisoned[i].shape)
+        g = jax.tree.unflatten(tree, poisoned)
+        assert not bool(train._finite(g))
+        new, out_loss = apply(carry, loss, carry.state.norm_state, g)
+        assert int(new.diverged_at[0]) == 1 and np.isnan(out_loss[0])
+        jax.tree.map(np.testing.assert_array_equal, new.state.params, carry.state.params)
+    healthy, out_loss = apply(carry, loss, carry.state.norm_state, grads)
+    assert int(healthy.diverged_at[0]) == 0 and float(out_loss[0]) == 1.0
