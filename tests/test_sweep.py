@@ -666,6 +666,30 @@ def test_one_steps_program_for_a_schedule_of_many_chunk_lengths():
     assert results[0].extra["eval_seconds"] > 0
 
 
+def test_a_group_evaluated_at_step_0_and_the_end_only_compiles_no_lite_point():
+    """Fewer than LITE_MIN_POINTS points before the last: every point is full (the whole test
+    set in both modes; step 0 then has a batch-statistics accuracy too) and no point_lite is
+    compiled; with more points the earlier ones are lite again (test_acc_batch NaN there)."""
+    assert engine.loop.LITE_MIN_POINTS == 2
+    engine.PROGRAMS.clear()
+    two = run_sweep(_trials((0.1, 0.5), steps=20, eval_every=20, eval_per_decade=0))
+    compiled = sorted(k[0] for k in engine.PROGRAMS.keys() if k[0] != "build")
+    assert compiled == ["init", "point", "steps"]
+    h = two[0].history
+    np.testing.assert_array_equal(h["step"], [0, 20])
+    assert np.isfinite(h["test_acc_batch"]).all()
+    engine.PROGRAMS.clear()
+    three = run_sweep(_trials((0.1, 0.5), steps=20, eval_every=10, eval_per_decade=0))
+    compiled = sorted(k[0] for k in engine.PROGRAMS.keys() if k[0] != "build")
+    assert compiled == ["init", "point", "point_lite", "steps"]
+    h3 = three[0].history
+    np.testing.assert_array_equal(h3["step"], [0, 10, 20])
+    assert np.isnan(h3["test_acc_batch"][:2]).all() and np.isfinite(h3["test_acc_batch"][2])
+    # the same training either way: the final point agrees exactly
+    for k in ("test_acc", "test_loss", "test_acc_batch"):
+        np.testing.assert_array_equal(h[k][-1], h3[k][-1], err_msg=k)
+
+
 def test_per_decade_0_is_step_0_and_the_linear_grid_and_groups_apart():
     trials = [*_trials((0.1,), eval_per_decade=0), *_trials((0.1,)), *_trials((0.2,), steps=25)]
     assert sweep.group_trials(trials) == [[0], [1], [2]]

@@ -15,7 +15,8 @@ What the extra points cost, and what was traded: a point that evaluates the whol
 (eval mode and batch-statistics mode) is, at quick scale, as much work as the 100 training steps
 between grid points. So only the last point is full (``point``: the whole test set in both modes;
 final accuracy, the main paired effect, and the train/eval gap read it); every earlier point,
-step 0 and the linear grid included, runs ``point_lite``: eval mode on a fixed random
+step 0 and the linear grid included, runs ``point_lite`` (unless there are fewer than
+LITE_MIN_POINTS of them: then every point is full and no point_lite is compiled): eval mode on a fixed random
 EVAL_SUBSET (2,000) of the test set (``eval_subset``: a seeded draw, since MNIST's test set is
 ordered and its first 5,000 images are the cleaner NIST half). test_acc/test_loss there are
 estimates from that subset (standard error ~0.7 points at 90% accuracy; both arms of a pair see
@@ -46,6 +47,12 @@ from bnexp import distributed
 from bnexp.engine.cache import Programs, build
 from bnexp.engine.layout import AXIS, Plan, ProgramConfig, plan_group
 from bnexp.train import Carry
+
+# A group with fewer points than this before the last evaluates them all with ``point`` (no
+# point_lite program): point_lite compiles in about the time point does (0.4-2.8 s a group on
+# the 2-core Xeon, bnexp run depth --preset quick, whose groups evaluate at step 0 and the end
+# only), while one more full point costs one batch-statistics pass over the test set more.
+LITE_MIN_POINTS = 2
 
 
 def eval_schedule(steps: int, eval_every: int, per_decade: int = 8) -> np.ndarray:
@@ -119,6 +126,8 @@ class _Host:
         self.repl = NamedSharding(self.mesh, PartitionSpec())
         self.lengths = np.diff(self.schedule).astype(int).tolist()
         self.full = self.schedule == self.schedule[-1]  # the whole test set: the last point only
+        if len(self.schedule) - 1 < LITE_MIN_POINTS:  # too few points to pay for point_lite
+            self.full[:] = True
         self.longest = self.cfg.block_steps if self.cfg.unrolled else max(self.lengths)
 
     def idx_shape(self, b: int) -> tuple[int, ...]:
@@ -172,7 +181,7 @@ class _Host:
         hp = jax.device_put(_stack_members(hps), self.member)
         progs = self.programs(p, hp)
         carry = progs.init(hp)
-        points = [self.evaluate(progs, carry, hp, len(self.schedule) == 1)]  # the initial model
+        points = [self.evaluate(progs, carry, hp, bool(self.full[0]))]  # the initial model
         start, lengths = 0, self.lengths
         upcoming = self.chunk_inputs(seeds, 0, lengths[0])
         for j, length in enumerate(lengths):
