@@ -18,7 +18,10 @@ measurements, in two layers:
        eta: L(theta - eta g) (loss band = [min, max] over the etas), ||g - grad L(theta - eta g)||_2
        (gradient predictiveness band = [min, max]) and the effective beta-smoothness
        max_eta ||g - grad L(theta - eta g)|| / ||eta g||. For the quadratic the difference is
-       eta H g, so beta = ||H g|| / ||g|| for every eta.
+       eta H g, so beta = ||H g|| / ||g|| for every eta. With per-leaf factors D (``scale``) it
+       also returns beta in the coordinates theta / D ("beta_relative"; the adapter takes
+       D = ||W|| for every hidden layer's weight, layer_scales: BN's scale-invariant weights
+       are then measured by their direction, the baseline's in the same relative units).
    ``scale_invariance(fn, w, scales)``  Ioffe & Szegedy Sec. 3.3: BN(aWu) = BN(Wu) and
        dL/d(aW) = (1/a) dL/dW. fn(w) -> (loss, output); for each a: the relative output change
        ||out(aw) - out(w)|| / ||out(w)||, the gradient ratio ||grad(aw)|| / ||grad(w)|| (1/a when
@@ -48,7 +51,8 @@ Output keys and shapes (E evaluation points are prepended by the engine); L = we
 (hidden + output), H = hidden layers, K = step sizes or scales:
 
     "ics":              ics_norm (L,), ics_cos (L,), ics_grad_norm (L,) = ||G_i||
-    "landscape":        loss_band (2,), grad_pred_band (2,), beta_smooth (), landscape_loss (K,),
+    "landscape":        loss_band (2,), grad_pred_band (2,), beta_smooth (), beta_relative (),
+                        landscape_loss (K,),
                         landscape_grad_diff (K,), landscape_grad_norm () = ||g||, loss_at () = L(theta)
     "scale_invariance": si_out_diff (H, K), si_grad_ratio (H, K), si_grad_err (H, K)
 """
@@ -148,22 +152,36 @@ def ics(
 
 
 def landscape(
-    loss_and_grad: Callable[[Tree], tuple[Array, Tree]], theta: Tree, g: Tree, etas: Array
+    loss_and_grad: Callable[[Tree], tuple[Array, Tree]],
+    theta: Tree,
+    g: Tree,
+    etas: Array,
+    scale: Tree | None = None,
 ) -> dict[str, Array]:
     """Loss landscape along the gradient (Santurkar et al. Fig. 4; see module doc).
 
     loss_and_grad(theta) -> (loss, grad); g = grad L(theta); etas (K,). Returns "loss" (K,)
     L(theta - eta g), "grad_diff" (K,) ||g - grad L(theta - eta g)||, "loss_band" (2,),
-    "grad_pred_band" (2,), "beta_smooth" () and "grad_norm" () = ||g||.
+    "grad_pred_band" (2,), "beta_smooth" () and "grad_norm" () = ||g||, and "beta_relative"
+    (): beta in coordinates where each leaf is divided by its factor D of ``scale`` (a pytree of
+    scalars like theta; None: all 1, so beta_relative = beta_smooth):
+    max_eta ||D (g - g')|| / ||eta D^-1 g||. With D = ||W|| for a weight W the loss only sees
+    through W / ||W|| (a scale-invariant layer), this is the beta of the loss as a function of
+    the direction u = W / ||W||: its gradient there is D g, the step moves u by eta D^-1 g. So
+    at a * W (steps a^2 * eta: the same path in u) it is the same, while the raw beta is
+    1 / a^2 of it (tests/test_probes.py).
     """
     etas = jnp.asarray(etas, jnp.float32)
     g_norm = tree_norm(g)
+    d = jax.tree.map(lambda _: jnp.float32(1.0), theta) if scale is None else scale
+    step_norm = tree_norm(jax.tree.map(lambda x, s: x / s, g, d))
 
-    def at(eta: Array) -> tuple[Array, Array]:
-        loss, g2 = loss_and_grad(jax.tree.map(lambda p, d: p - eta * d, theta, g))
-        return loss, tree_norm(tree_sub(g, g2))
+    def at(eta: Array) -> tuple[Array, Array, Array]:
+        loss, g2 = loss_and_grad(jax.tree.map(lambda p, v: p - eta * v, theta, g))
+        diff = tree_sub(g, g2)
+        return loss, tree_norm(diff), tree_norm(jax.tree.map(lambda x, s: x * s, diff, d))
 
-    losses, diffs = jax.lax.map(at, etas)
+    losses, diffs, scaled = jax.lax.map(at, etas)
     beta = jnp.max(diffs / jnp.maximum(etas * g_norm, TINY))
     return {
         "loss": losses,
@@ -171,6 +189,7 @@ def landscape(
         "loss_band": jnp.stack([losses.min(), losses.max()]),
         "grad_pred_band": jnp.stack([diffs.min(), diffs.max()]),
         "beta_smooth": beta,
+        "beta_relative": jnp.max(scaled / jnp.maximum(etas * step_norm, TINY)),
         "grad_norm": g_norm,
     }
 
@@ -224,6 +243,24 @@ def join_layers(layers: Sequence[Tree], template: dict) -> dict:
     return out
 
 
+def layer_scales(params: dict) -> dict:
+    """A pytree like params: ||W||_F for the weight W of every hidden layer (conv and dense),
+    1 for every other leaf (biases, the norms' own parameters, the output layer). As
+    landscape's ``scale`` this measures beta with each hidden layer's weight in units of its own
+    norm: for a layer followed by a scale-invariant norm (BN before its nonlinearity) that is
+    the beta of the loss as a function of the direction W / ||W||, unchanged when W is rescaled;
+    an unnormalized layer is measured in the same relative coordinates, so both arms of a
+    comparison use one metric."""
+    one = jnp.float32(1.0)
+    out = jax.tree.map(lambda _: one, params)
+    for group in ("conv", "hidden"):
+        out[group] = [
+            {**o, "w": jnp.linalg.norm(p["w"].reshape(-1))}
+            for o, p in zip(out[group], params[group], strict=True)
+        ]
+    return out
+
+
 def _train_loss(loss_fn: Callable, norm_state: Any, x: Array, y: Array) -> Callable[[Tree], Array]:
     """L(params) in train mode on (x, y); the new running statistics are dropped."""
     return lambda p: loss_fn(p, norm_state, x, y, mode="train")[0]
@@ -258,11 +295,12 @@ def landscape_probe(
     def probe(spec, params, norm_state, batch, hp, loss_fn):
         vg = jax.value_and_grad(_train_loss(loss_fn, norm_state, *batch))
         loss0, g = vg(params)
-        r = landscape(vg, params, g, hp["lr"] * jnp.asarray(factors))
+        r = landscape(vg, params, g, hp["lr"] * jnp.asarray(factors), layer_scales(params))
         return {
             "loss_band": r["loss_band"],
             "grad_pred_band": r["grad_pred_band"],
             "beta_smooth": r["beta_smooth"],
+            "beta_relative": r["beta_relative"],
             "landscape_loss": r["loss"],
             "landscape_grad_diff": r["grad_diff"],
             "landscape_grad_norm": r["grad_norm"],

@@ -28,7 +28,12 @@ SGD lr 0.1, batch 128, 15k steps.
 Caveat: beta is measured in raw parameter space, as in the paper. BN's pre-normalization weights
 are scale-invariant (L(aW) = L(W)), so their gradient scales as 1/||W|| and their curvature as
 1/||W||^2: as BN's weights grow in training, its raw-space beta falls without the function
-changing. Measuring early in training limits that growth; a scale-free beta is not computed here.
+changing. So the probe also measures a relative beta ("beta_relative",
+santurkar_probes.landscape): the same quotient with every hidden layer's weight in units of its
+own norm, max_eta ||D (g - g')|| / ||eta D^-1 g|| with D = ||W|| on the hidden weights and 1
+elsewhere. For BN that is the beta of the loss as a function of the directions W/||W||, which
+does not change when a layer's W is rescaled; the baseline is measured in the same coordinates,
+so both arms share one metric (at step 0, with the same initial weights, the same D).
 
 Rule (fixed before the runs that judge it; SCIENCE.md "BN's bands and beta-smoothness are lower
 than baseline's"), four per-seed log ratios BN / baseline, each reproduced when its 95% interval
@@ -132,6 +137,13 @@ JUDGED = (
 )
 
 
+# Reported beside the judged ones, not judged
+DIAGNOSTIC = (
+    ("relative beta", "beta_relative", lambda b: b, peak, "peak"),
+    ("relative beta", "beta_relative", lambda b: b, log_spread, "spread"),
+)
+
+
 def _per_seed(rs: list[TrialResult], key: str, per_point, stat) -> dict[int, float | None]:
     return {s: stat(v) for s, v in _seed_series(rs, key, per_point).items()}
 
@@ -139,7 +151,9 @@ def _per_seed(rs: list[TrialResult], key: str, per_point, stat) -> dict[int, flo
 def analyze(cfg: LandscapeConfig, results: list[TrialResult]) -> Analysis:
     by = common.arms(results)
     rows = []
-    for label, key, per_point, stat, what in JUDGED:
+    for label, key, per_point, stat, what in JUDGED + DIAGNOSTIC:
+        if key not in by["bn"][0].history:  # a run directory from before the measure existed
+            continue
         row: dict[str, Any] = {"measure": f"{label}, {what} over training", "key": key}
         vals = {}
         for tag, _ in ARMS:
@@ -154,7 +168,7 @@ def analyze(cfg: LandscapeConfig, results: list[TrialResult]) -> Analysis:
     table = Table(
         f"Loss landscape along the gradient (steps {cfg.step_min:g}..{cfg.step_max:g}, "
         f"{cfg.num_etas} points; seed mean of each seed's peak, or of its spread of log beta, "
-        "over training)",
+        f"over training; the first {len(JUDGED)} rows are judged, the others reported)",
         ["measure", "baseline", "bn", "BN lower"],
         rows,
     )
@@ -163,8 +177,9 @@ def analyze(cfg: LandscapeConfig, results: list[TrialResult]) -> Analysis:
         f"{r['measure']}: BN {santurkar.num(r['bn'])} vs baseline {santurkar.num(r['baseline'])}"
         for r in rows
     )
-    k = sum(bool(r["BN lower"]) for r in rows)
-    ev = f"BN lower (seed means) on {k} of {len(rows)}: " + ev
+    judged = rows[: len(JUDGED)]
+    k = sum(bool(r["BN lower"]) for r in judged)
+    ev = f"BN lower (seed means) on {k} of {len(judged)} judged: " + ev
     return Analysis([table, final], Verdict(CLAIM, conditions(cfg, by), ev))
 
 
@@ -234,6 +249,19 @@ def plot(cfg: LandscapeConfig, results: list[TrialResult], analysis: Analysis, o
             out / "beta_smoothness.png",
             ylabel="effective beta-smoothness",
             title="Effective beta-smoothness (Fig. 4c; band over seeds)",
+        ),
+        *(
+            [
+                plots.bands_over_steps(
+                    x,
+                    {t: santurkar.history(by[t], "beta_relative") for t, _ in ARMS},
+                    out / "beta_relative.png",
+                    ylabel="relative beta-smoothness",
+                    title="Beta with each hidden W in units of ||W|| (band over seeds)",
+                )
+            ]
+            if "beta_relative" in by["bn"][0].history
+            else []
         ),
         common.plot_curves(by, out / "learning_curves.png", title="Test accuracy"),
     ]

@@ -71,6 +71,48 @@ def test_landscape_matches_the_quadratic_closed_form():
     )
     np.testing.assert_allclose(r["beta_smooth"], beta, rtol=RTOL)
     np.testing.assert_allclose(r["grad_norm"], np.linalg.norm(g64), rtol=RTOL)
+    # no scale factors: the scale-free beta is the raw one
+    np.testing.assert_allclose(r["beta_relative"], r["beta_smooth"], rtol=RTOL)
+
+
+def test_scale_free_beta_is_unchanged_by_the_scale_of_a_scale_invariant_weight():
+    """L(w) = 1/2 ||A w/||w|| - c||^2 sees w only through its direction. At a*w with steps
+    a^2 * eta the probe walks the path a * (w - eta g) (the gradient there is g / a), so the
+    scale-free beta (D = ||w||) is the same exactly, while the raw beta falls as 1 / a^2: the
+    confound of the raw beta of BN's weights, whose norm grows in training."""
+    rng = np.random.default_rng(3)
+    a_mat, c = jnp.asarray(f32(rng.normal(size=(5, 6)))), jnp.asarray(f32(rng.normal(size=5)))
+
+    def loss(t):
+        return 0.5 * jnp.sum((a_mat @ (t["w"] / jnp.linalg.norm(t["w"])) - c) ** 2)
+
+    vg = jax.value_and_grad(loss)
+    w0 = 3.0 * f32(rng.normal(size=6))
+    etas = np.linspace(0.05, 0.4, 8)
+    sf, raw = {}, {}
+    for a in (1.0, 8.0):  # a power of 2: a * w0 is exact in float32
+        t = {"w": jnp.asarray(a * w0, jnp.float32)}
+        _, g = vg(t)
+        scale = {"w": jnp.linalg.norm(t["w"])}
+        r = santurkar.landscape(vg, t, g, jnp.asarray(a * a * etas, jnp.float32), scale)
+        sf[a], raw[a] = float(r["beta_relative"]), float(r["beta_smooth"])
+    np.testing.assert_allclose(sf[8.0], sf[1.0], rtol=RTOL)
+    np.testing.assert_allclose(raw[8.0], raw[1.0] / 64.0, rtol=RTOL)
+    # at ||w|| ~ 7 the two differ by ||w||^2 (the step and the gradient change both rescaled)
+    np.testing.assert_allclose(sf[1.0], raw[1.0] * float(np.sum(w0**2)), rtol=RTOL)
+
+
+def test_layer_scales_are_the_hidden_weights_norms_in_every_arm():
+    for norm in ("batch", "none"):
+        spec = ModelSpec(widths=(8, 6, 5, 3), norm=norm)
+        params, _ = models.init(jax.random.key(0), spec)
+        d = santurkar.layer_scales(params)
+        assert jax.tree.structure(d) == jax.tree.structure(params)
+        for layer, p in zip(d["hidden"], params["hidden"], strict=True):
+            np.testing.assert_allclose(layer["w"], np.linalg.norm(np.asarray(p["w"])), rtol=RTOL)
+            others = [v for k, v in layer.items() if k != "w"]
+            assert all(float(v) == 1.0 for v in jax.tree.leaves(others))
+        assert all(float(v) == 1.0 for v in jax.tree.leaves(d["out"]))  # the output layer: 1
 
 
 # ---- ICS: a deep linear network, gradients by hand ----------------------------------------
@@ -308,6 +350,7 @@ def test_probe_outputs_in_the_history(engine_runs):
         "loss_band": (e, 2),
         "grad_pred_band": (e, 2),
         "beta_smooth": (e,),
+        "beta_relative": (e,),
         "landscape_loss": (e, 8),
         "si_out_diff": (e, 2, 4),
         "si_grad_ratio": (e, 2, 4),
