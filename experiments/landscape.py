@@ -38,10 +38,14 @@ so both arms share one metric (at step 0, with the same initial weights, the sam
 Rule (fixed before the runs that judge it; SCIENCE.md "BN's bands and beta-smoothness are lower
 than baseline's"), four per-seed log ratios BN / baseline, each reproduced when its 95% interval
 lies below 1 (ratios within 10% either way are negligible): the peak over training of the loss
-band width (Fig. 4a), of the gradient predictiveness (the band's upper edge, Fig. 4b) and of beta
-(Fig. 4c), and the spread of beta over training (the standard deviation over evaluation points of
-log beta: BN flat, the baseline swinging, Fig. 4c). Peaks, not averages: the averages over
-training are dominated by the converged tail, which the figure's spikes are not.
+band width (Fig. 4a), of the gradient predictiveness (the band's upper edge, Fig. 4b) and of the
+relative beta (Fig. 4c), and the spread of the relative beta over training (the standard
+deviation over evaluation points of its log: BN flat, the baseline swinging, Fig. 4c). Peaks,
+not averages: the averages over training are dominated by the converged tail, which the
+figure's spikes are not. Changed on 2026-12-04 (its own commit): the two beta conditions judged
+the raw beta; they judge the relative one since, because a raw-space BN / baseline ratio below 1
+can come from the growth of BN's scale-invariant weights alone. The raw beta's peak and spread
+are still reported (the table's last rows), so the outcome under the earlier rule stays readable.
 """
 
 from __future__ import annotations
@@ -132,15 +136,16 @@ def log_spread(v: np.ndarray) -> float | None:
 JUDGED = (
     ("loss band width", "loss_band", metrics.band_width, peak, "peak"),
     ("gradient predictiveness", "grad_pred_band", lambda b: b[..., 1], peak, "peak"),
-    ("beta-smoothness", "beta_smooth", lambda b: b, peak, "peak"),
-    ("beta-smoothness", "beta_smooth", lambda b: b, log_spread, "spread"),
+    ("relative beta", "beta_relative", lambda b: b, peak, "peak"),
+    ("relative beta", "beta_relative", lambda b: b, log_spread, "spread"),
 )
 
 
-# Reported beside the judged ones, not judged
+# Reported beside the judged ones, not judged: the raw-space beta Santurkar et al. plot (the rule
+# judged it until 2026-12-04; see the module doc)
 DIAGNOSTIC = (
-    ("relative beta", "beta_relative", lambda b: b, peak, "peak"),
-    ("relative beta", "beta_relative", lambda b: b, log_spread, "spread"),
+    ("raw beta", "beta_smooth", lambda b: b, peak, "peak"),
+    ("raw beta", "beta_smooth", lambda b: b, log_spread, "spread"),
 )
 
 
@@ -189,10 +194,12 @@ LOWER_REASON = {
     "judged by its peak over early training, where the figure's baseline band is widest",
     ("gradient predictiveness", "peak"): "Fig. 4b: the gradient changes less along the gradient "
     "with BN (baseline spikes to ~250, BN mostly < ~50); judged by the peak, as the figure is read",
-    ("beta-smoothness", "peak"): "Fig. 4c: the effective beta-smoothness is lower with BN; judged "
-    "by its peak over training",
-    ("beta-smoothness", "spread"): "Fig. 4c: BN's beta is flat over training while the "
-    "baseline's swings; judged by the standard deviation over evaluation points of log beta",
+    ("relative beta", "peak"): "Fig. 4c: the effective beta-smoothness is lower with BN; judged "
+    "by its peak over training, with each hidden W in units of ||W|| (BN's weights are "
+    "scale-invariant: its raw beta falls as they grow, without the function changing)",
+    ("relative beta", "spread"): "Fig. 4c: BN's beta is flat over training while the "
+    "baseline's swings; judged by the standard deviation over evaluation points of log beta "
+    "(relative beta, as the peak)",
 }
 
 

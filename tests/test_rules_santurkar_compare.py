@@ -77,7 +77,8 @@ def _landscape(seed, tag, beta, width=0.5, grad=1.0):
     hist = {
         "step": STEPS[:e],
         "test_acc": np.full(e, 0.9),
-        "beta_smooth": beta,
+        "beta_relative": beta,
+        "beta_smooth": beta / 100.0,  # reported, not judged: any scale
         "loss_band": np.stack([np.zeros(e), np.full(e, width)], -1),
         "grad_pred_band": np.stack([np.zeros(e), np.full(e, grad)], -1),
     }
@@ -105,6 +106,18 @@ def test_landscape_judges_peaks_and_the_spread_of_log_beta():
     # a flat baseline and a swinging BN: the spread condition is not reproduced
     _, _, _, rev = landscape.conditions(cfg, {"baseline": bn, "bn": base})
     assert rev.outcome == "not reproduced"
+    # beta is judged in relative units: a raw beta that says the opposite changes nothing
+    for r in bn:
+        r.history["beta_smooth"] = 1e3 * np.asarray([1, np.e**2, 1, np.e**2], np.float64)
+    again = landscape.conditions(cfg, {"baseline": base, "bn": bn})
+    assert [c.outcome for c in again] == ["reproduced"] * 4
+    assert again[2].effect == pytest.approx(want)
+    rows = landscape.analyze(cfg, base + bn).tables[0].rows
+    assert [r["measure"] for r in rows][-2:] == [
+        "raw beta, peak over training",
+        "raw beta, spread over training",
+    ]
+    assert rows[-2]["bn"] == pytest.approx(1e3 * np.e**2)  # reported as measured
 
 
 def test_landscape_step_grid_is_absolute():
