@@ -184,15 +184,23 @@ def init_carry(cfg: StepConfig, hp: HP | Mapping[str, Any]) -> Carry:
     return Carry(state, jnp.full((), jnp.nan, jnp.float32), jnp.zeros((), jnp.int32))
 
 
+# Leaves up to which the guard tests each leaf on its own (below). XLA CPU compiles each per-leaf
+# test as a kernel of its own, and keeps the update apart from it: a 40-layer BN MLP's steps
+# program (122 leaves) took 10.5 s to compile that way and 4.0 s with ONE test over the leaves
+# joined end to end (bnexp run depth --preset quick, the 40-layer BN group, 2-core Xeon). But
+# the join is a copy of the whole update each step: on the paper MLP (10 leaves) it cost 4-8% of
+# the sweep's steps/s (5 members at batch 2 and 35 at batch 60; its compile gain was 0.25 s).
+# So models with few leaves test per leaf, deep ones (more than ~10 layers) join.
+FINITE_PER_LEAF_MAX = 32
+
+
 def _finite(tree: Any) -> Array:
-    """True when every element of every leaf is finite: ONE reduction over the leaves joined
-    end to end (XLA fuses the join into the reduction: nothing is copied). A reduction per leaf
-    is the same test, but XLA CPU compiles each as its own kernel and keeps the update apart
-    from it: a 40-layer BN MLP's steps program (122 leaves) took 10.5 s to compile that way and
-    4.0 s this way (bnexp run depth --preset quick, the 40-layer BN group)."""
+    """True when every element of every leaf is finite (see FINITE_PER_LEAF_MAX for how)."""
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.bool_(True)
+    if len(leaves) <= FINITE_PER_LEAF_MAX:
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in leaves]))
     return jnp.all(jnp.isfinite(jnp.concatenate([jnp.ravel(v) for v in leaves])))
 
 

@@ -227,8 +227,8 @@ def test_chunk_of_n_traced_steps_equals_the_first_n_steps(ds, unroll):
 
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
 def test_a_non_finite_update_in_any_one_leaf_freezes_the_member(bad):
-    """The guard's finiteness test (train._finite, one reduction over every leaf joined) sees a
-    single bad element in any leaf, while the loss itself stays finite."""
+    """The guard's finiteness test (train._finite) sees a single bad element in any leaf, while
+    the loss itself stays finite."""
     cfg = StepConfig(SPEC, "sgd", total_steps=10)
     carry = jax.vmap(functools.partial(train.init_carry, cfg))(_stack(_hp(0.1)))
     apply = jax.vmap(functools.partial(train.apply_grads, cfg))
@@ -236,6 +236,11 @@ def test_a_non_finite_update_in_any_one_leaf_freezes_the_member(bad):
     grads = jax.tree.map(jnp.zeros_like, carry.state.params)
     leaves, tree = jax.tree.flatten(grads)
     assert train._finite(grads) and train._finite({})
+    # both ways of testing (per leaf; joined, for models of many leaves) see every bad element
+    many = [jnp.zeros((3,))] * (train.FINITE_PER_LEAF_MAX + 1)
+    assert train._finite(many)
+    for i in (0, len(many) - 1):
+        assert not train._finite([*many[:i], jnp.asarray([0.0, bad, 0.0]), *many[i + 1 :]])
     for i in (0, len(leaves) // 2, len(leaves) - 1):
         poisoned = list(leaves)
         poisoned[i] = poisoned[i].reshape(-1).at[-1].set(bad).reshape(poisoned[i].shape)
