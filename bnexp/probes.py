@@ -284,13 +284,28 @@ PROBES: dict[str, Callable[..., ProbeFn]] = {
 
 ProbeSpec = tuple[str, tuple[tuple[str, Any], ...]]  # (name, options): static, hashable
 
+# Probes that read hp["test"], the point's own test rows: the engine computes them inside each
+# point's program. A group whose probes are all outside this set computes them in ONE program
+# shared by its full and lite points (bnexp.engine.cache), which compiles them once.
+READS_TEST = {"eval_mode", "precise_bn"}
 
-def register(name: str, factory: Callable[..., ProbeFn]) -> Callable[..., ProbeFn]:
+
+def reads_test(probe_specs: tuple[ProbeSpec, ...]) -> bool:
+    """Whether any of these probes reads the point's test rows (READS_TEST)."""
+    return any(name in READS_TEST for name, _ in probe_specs)
+
+
+def register(
+    name: str, factory: Callable[..., ProbeFn], *, reads_test: bool = True
+) -> Callable[..., ProbeFn]:
     """Add a probe factory to the registry (for code outside bnexp, at import time); a duplicate
-    name is an error."""
+    name is an error. reads_test=False declares that the probe never reads hp["test"] (its
+    outputs then do not depend on the point), so it may run in the points' shared program."""
     if name in PROBES:
         raise ValueError(f"probe {name!r} is already registered")
     PROBES[name] = factory
+    if reads_test:
+        READS_TEST.add(name)
     return factory
 
 

@@ -690,6 +690,40 @@ def test_a_group_evaluated_at_step_0_and_the_end_only_compiles_no_lite_point():
         np.testing.assert_array_equal(h[k][-1], h3[k][-1], err_msg=k)
 
 
+def test_probes_that_do_not_read_the_test_rows_compile_once_for_both_kinds_of_point():
+    """A group whose probes do not read hp["test"] computes them in one program shared by its
+    full and lite points (point_probes); a probe that may read them (here the same probe
+    registered again, undeclared) stays inside each point program. Same numbers either way,
+    a diverged member's probes NaN in both."""
+    from bnexp import probes
+
+    probes.register("ics_undeclared", probes.PROBES["ics"])
+    try:
+        assert probes.reads_test((("ics_undeclared", ()),)) and not probes.reads_test(
+            (("ics", ()),)
+        )
+        runs, names = {}, {}
+        for name in ("ics", "ics_undeclared"):
+            engine.PROGRAMS.clear()
+            before = dict(engine.PROGRAMS.traces)
+            runs[name] = run_sweep(_trials((0.2, 1e7), probes=(name,)))
+            names[name] = sorted(k[0] for k in engine.PROGRAMS.keys() if k[0] != "build")
+            traced = {k: engine.PROGRAMS.traces[k] - before.get(k, 0) for k in ("eval_probes",)}
+            assert traced == {"eval_probes": 1 if name == "ics" else 0}
+    finally:
+        probes.PROBES.pop("ics_undeclared")
+        probes.READS_TEST.discard("ics_undeclared")
+    assert names["ics"] == ["init", "point", "point_lite", "point_probes", "steps"]
+    assert names["ics_undeclared"] == ["init", "point", "point_lite", "steps"]
+    for a, b in zip(runs["ics"], runs["ics_undeclared"], strict=True):
+        assert a.history.keys() == b.history.keys() and a.diverged_at == b.diverged_at
+        for k in a.history:
+            np.testing.assert_allclose(a.history[k], b.history[k], rtol=1e-6, err_msg=k)
+    h = runs["ics"][1].history  # lr 1e7 diverges: its probes are NaN from then on
+    assert runs["ics"][1].diverged_at is not None and np.isnan(h["ics_norm"][-1]).all()
+    assert np.isfinite(runs["ics"][0].history["ics_norm"]).all()
+
+
 def test_per_decade_0_is_step_0_and_the_linear_grid_and_groups_apart():
     trials = [*_trials((0.1,), eval_per_decade=0), *_trials((0.1,)), *_trials((0.2,), steps=25)]
     assert sweep.group_trials(trials) == [[0], [1], [2]]

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from bnexp import train
+from bnexp import probes, train
 from bnexp.engine.layout import (
     AXIS,
     ProgramConfig,
@@ -202,19 +202,40 @@ def _compile(
     )
     steps, s = _steps_program(cache, cfg, t, carry, hp, data, length, idx_shape, before)
     spent += s
-    points = [None, None]
-    for full in (True, False) if lite else (True,):
+    # Probes that do not read the point's test rows run in one program for both kinds of point
+    # (compiled once, not inside each point program: a probe experiment's point_lite compiled
+    # about as long as its point, the probes being most of both).
+    shared = lite and bool(cfg.probes) and not probes.reads_test(cfg.probes)
+    args = (carry, _abstract(hp), _abstract(data))
+    shardings = (shard, member, repl)
+
+    def compiled(name: str, full: bool, part: str) -> Any:
+        nonlocal spent
         point_fn = jax.vmap(
-            functools.partial(member_point, cfg, full=full, traces=cache.traces),
+            functools.partial(member_point, cfg, full=full, traces=cache.traces, part=part),
             in_axes=(axes, 0, None),
         )
-        args = (carry, _abstract(hp), _abstract(data))
-        name = "point" if full else "point_lite"
-        shardings = (shard, member, repl)
         prog, s = cache.program(name, cfg, mesh, point_fn, args, shardings, member, before=before)
-        points[0 if full else 1] = prog
         spent += s
-    return Programs(init, steps, points[0], points[1], length, spent)
+        return prog
+
+    part = "eval" if shared else "all"
+    point = compiled("point", True, part)
+    point_lite = compiled("point_lite", False, part) if lite else None
+    if shared:
+        probe_prog = compiled("point_probes", False, "probes")
+        point, point_lite = _with_probes(point, probe_prog), _with_probes(point_lite, probe_prog)
+    return Programs(init, steps, point, point_lite, length, spent)
+
+
+def _with_probes(point: Any, probe_prog: Any) -> Callable[..., dict]:
+    """A point program and the shared probes program called as one: (carry, hp, data) ->
+    every metric."""
+
+    def call(carry: Any, hp: Any, data: dict) -> dict:
+        return {**point(carry, hp, data), **probe_prog(carry, hp, data)}
+
+    return call
 
 
 def _steps_program(

@@ -259,12 +259,14 @@ def member_point(
     full: bool = True,
     *,
     traces: Traces | None = None,
+    part: str = "all",
 ) -> dict[str, Array]:
     """One member's metrics at an evaluation point (NaN once diverged) and diverged_at.
     full=False (every point but the last, see run_group): eval mode on the fixed eval_subset of
     the test set only and no batch-statistics accuracy (the key is absent); probes run either way.
-    A model without norm layers has the same accuracy in both modes: measured once."""
-    _count(traces, "eval_point" if full else "eval_point_lite")
+    A model without norm layers has the same accuracy in both modes: measured once.
+    part: "all"; "eval" (everything but the probes) or "probes" (the probes only, NaN once
+    diverged), the two halves of a point whose probes run in a program of their own."""
     spec, st = cfg.step.spec, carry.state
     call = train.norm_call_at(cfg.step, hp, st.step)
     x_test, y_test = data["x_test"], data["y_test"]
@@ -272,6 +274,12 @@ def member_point(
         rows = eval_subset(int(x_test.shape[0]))
         if rows.size < x_test.shape[0]:
             x_test, y_test = x_test[rows], y_test[rows]
+    dead = carry.diverged_at > 0
+    if part == "probes":
+        _count(traces, "eval_probes")
+        out = _probe_metrics(cfg, carry, hp, data, call, (x_test, y_test))
+        return {k: jnp.where(dead, jnp.nan, v) for k, v in out.items()}
+    _count(traces, "eval_point" if full else "eval_point_lite")
     kw = {"norm_call": call, "unrolled": cfg.unrolled}
     acc, loss = train.evaluate(st.params, st.norm_state, x_test, y_test, spec, mode="eval", **kw)
     metrics = {"test_acc": acc, "test_loss": loss}
@@ -288,9 +296,8 @@ def member_point(
             batch_size=cfg.batch_size,
             **kw,
         )
-    if cfg.probes:
+    if cfg.probes and part == "all":
         metrics.update(_probe_metrics(cfg, carry, hp, data, call, (x_test, y_test)))
-    dead = carry.diverged_at > 0
     metrics = {k: jnp.where(dead, jnp.nan, v) for k, v in metrics.items()}
     metrics["diverged_at"] = carry.diverged_at
     return metrics
