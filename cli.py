@@ -343,6 +343,11 @@ def main() -> None:
         with contextlib.suppress(ValueError):  # (not the main thread: an embedding caller)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        # Compiles still queued (an interrupted group's, bnexp.engine.cache) are dropped: the
+        # interpreter's exit then waits only for the ones running, not for every queued one.
+        cache = sys.modules.get("bnexp.engine.cache")
+        if cache is not None:
+            cache.cancel_compiles()
 
 
 if __name__ == "__main__":

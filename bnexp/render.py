@@ -41,7 +41,8 @@ def outcome(exp: Any, outcome: Any) -> None:
     t = outcome.timing
     con.print(
         f"run directory: {outcome.run_dir}  (wall time {t['wall_time_seconds']:.1f} s, "
-        f"compile {t['compile_seconds']:.1f} s)"
+        f"compile {t['compile_seconds']:.1f} s waited, "
+        f"{t.get('compile_work_seconds', 0.0):.1f} s on the compile threads)"
     )
     for p in outcome.analysis.plots:
         con.print(f"plot: {p}")
@@ -165,6 +166,7 @@ def reproduce_doc(rep: Any, out: Any, preset: str, verdicts: dict) -> dict[str, 
                 "error": i.error,
                 "wall_time_seconds": rp.timing(i.run_dir).get("wall_time_seconds"),
                 "compile_seconds": rp.timing(i.run_dir).get("compile_seconds"),
+                "compile_work_seconds": rp.timing(i.run_dir).get("compile_work_seconds"),
             }
             for i in rep.items
         ],

@@ -41,8 +41,10 @@ CONTRACT (callers rely on these names):
   entry at an evaluation point >= diverged_at is NaN. Steps are numbered from 1; "initial loss"
   is the loss of step 1.
 - TrialResult.seconds is the member's share of its group's wall time (compilation included);
-  extra holds "compile_seconds" (the group's compile time, 0 when every program was already
-  compiled in this process), "group_seconds", "eval_seconds" (the group's wall time in its
+  extra holds "compile_seconds" (the group's wait for its programs to compile, 0 when every
+  program was already compiled in this process), "compile_work_seconds" (the compile threads'
+  time on them: more than the wait when they compiled side by side or while the group trained),
+  "group_seconds", "eval_seconds" (the group's wall time in its
   evaluation programs), "group", "members", "padded_members", "pieces",
   "member_block", "devices", "shared_batch", "unrolled", "block_steps".
 - Devices: the member axis is sharded over ``devices`` (default jax.devices()); a group with
@@ -300,6 +302,28 @@ def run_sweep(
     datasets = _Datasets(mesh)
     results: list[TrialResult | None] = [None] * len(trials)
     groups = group_trials(trials)
+
+    def prefetch(gi: int) -> None:
+        """Group gi's programs to the compile threads while the group before it trains (not in
+        a distributed job: its processes compile what they run, in the same order)."""
+        from bnexp import distributed
+
+        if gi >= len(groups) or distributed.active():
+            return
+        group = [trials[i] for i in groups[gi]]
+        arrays, _ = datasets.arrays(group)
+        engine.prefetch_group(
+            _program_config(group, unrolled, mesh.devices.flat[0].platform),
+            [_member_numbers(t) for t in group],
+            arrays,
+            steps=group[0].steps,
+            eval_every=group[0].eval_every,
+            per_decade=group[0].eval_per_decade,
+            mesh=mesh,
+            max_members=max_members,
+            members_per_block=member_block,
+        )
+
     for gi, ids in enumerate(groups):
         group = [trials[i] for i in ids]
         arrays, n_train = datasets.arrays(group)
@@ -334,6 +358,7 @@ def run_sweep(
             report=report,
             members_per_block=member_block,
             on_plan=None if on_plan is None else functools.partial(on_plan, gi),
+            on_started=functools.partial(prefetch, gi + 1),
         )
         group_results = _group_results(group, run, cfg, gi)
         for i, r in zip(ids, group_results, strict=True):
@@ -421,6 +446,7 @@ def _group_results(group: list[Trial], run: Any, cfg: Any, gi: int) -> list[Tria
     """One TrialResult per member of a finished engine.GroupRun, its timings in ``extra``."""
     extra = {
         "compile_seconds": run.compile_seconds,
+        "compile_work_seconds": run.compile_work_seconds,
         "group_seconds": run.seconds,
         "eval_seconds": run.eval_seconds,
         "group": gi,

@@ -218,6 +218,7 @@ def write_index(rep: Reproduction) -> Path:
                 "verdict": summary.get("verdict"),
                 "wall_time_seconds": summary.get("timing", {}).get("wall_time_seconds"),
                 "compile_seconds": summary.get("timing", {}).get("compile_seconds"),
+                "compile_work_seconds": summary.get("timing", {}).get("compile_work_seconds"),
             }
         )
     doc = {

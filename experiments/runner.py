@@ -216,7 +216,7 @@ def _run_locked(
     a distributed job's process other than 0, which trains and keeps nothing)."""
     saved: dict[str, TrialResult] = {}
     todo = list(trials)
-    timing = {"compile_seconds": 0.0, "eval_seconds": 0.0}
+    timing = {"compile_seconds": 0.0, "compile_work_seconds": 0.0, "eval_seconds": 0.0}
 
     def on_group_done(group: list[TrialResult]) -> None:
         if run_dir is not None:  # saved first: an interrupt keeps a finished group
@@ -224,9 +224,8 @@ def _run_locked(
         for r in group:
             saved[results.trial_id(r.trial)] = r
         _raise_if_stopped()
-        timing["compile_seconds"] += max(
-            (r.extra.get("compile_seconds", 0.0) for r in group), default=0.0
-        )
+        for key in ("compile_seconds", "compile_work_seconds"):  # waited, compile threads'
+            timing[key] += max((r.extra.get(key, 0.0) for r in group), default=0.0)
         timing["eval_seconds"] += max(  # in evaluation programs (engine.GroupRun)
             (r.extra.get("eval_seconds", 0.0) for r in group), default=0.0
         )
@@ -295,6 +294,7 @@ _TIMING_KEYS = (
     "wall_time_seconds",
     "train_time_seconds",
     "compile_seconds",
+    "compile_work_seconds",
     "eval_seconds",
     "trials_run_now",
     "trials_resumed",

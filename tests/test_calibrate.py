@@ -185,3 +185,46 @@ def test_time_block_on_a_smaller_mesh_than_the_data():
     p = python_code(code, BNEXP_HOST_DEVICES="2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert p.stdout.strip() == "True"
+
+
+def test_a_calibration_is_never_timed_beside_another_group(monkeypatch, tmp_path, caplog):
+    """run_sweep compiles the next group while one trains (engine.prefetch_group), but a plan
+    that needs a calibration not yet cached stops that prefetch: the timing runs in the
+    group's own run, after the group before it is done, and is logged once per group."""
+    monkeypatch.setenv(calibrate.ENV, "1")
+    monkeypatch.setattr(calibrate, "MIN_STEPS", 1)
+    monkeypatch.setattr(calibrate, "candidates", lambda fit, local: [2, 6])
+    monkeypatch.setattr(calibrate, "_cache_path", lambda: tmp_path / "calibration.json")
+    caplog.set_level(logging.INFO, logger="bnexp.calibrate")
+    training, timed = [], []
+
+    def time_block(cfg, mb, **_):
+        timed.append((cfg.batch_size, mb, list(training)))
+        return 1.0 if mb == 2 else 2.0
+
+    monkeypatch.setattr(calibrate, "time_block", time_block)
+
+    def progress(e):
+        if e.phase == "training" and e.group not in training:
+            training.append(e.group)
+        elif e.phase == "done":
+            training.remove(e.group)
+
+    trials = [
+        Trial(
+            model=SPEC,
+            dataset="synthetic",
+            data_options=DATA,
+            batch_size=b,
+            steps=12,
+            eval_every=6,
+            lr=lr,
+        )
+        for b in (16, 8)
+        for lr in (0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+    ]
+    got = run_sweep(trials, devices=jax.devices()[:1], progress=progress)
+    assert timed == [(16, 2, []), (16, 6, []), (8, 2, []), (8, 6, [])]
+    assert [r.extra["member_block"] for r in got] == [2] * 12
+    lines = [r.getMessage() for r in caplog.records if "member blocks" in r.getMessage()]
+    assert len(lines) == 2 and all("timed now" in x for x in lines), lines

@@ -204,3 +204,31 @@ def test_sigkill_leaves_a_stale_run_that_resume_continues(reference, tmp_path):
     assert (run_dir / ".lock").read_text() != str(proc.pid)  # taken over by the resume
     run = results.load_run(run_dir)
     assert run.status == "complete" and len(run.trials) == TOTAL_TRIALS and not run.broken
+
+
+def test_an_interrupt_while_programs_compile_exits_130_at_once(tmp_path):
+    """Programs compile on threads beside the host loop (bnexp.engine.cache): SIGINT while they
+    compile (a cold compilation cache) ends the run with exit 130 and its one line, the queued
+    compiles dropped, not a crash in the interpreter's exit or a wait for every compile."""
+    proc = subprocess.Popen(
+        cli(*RUN, "--out", str(tmp_path / "runs"), "--no-plots"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(BNEXP_DATA_DIR=str(tmp_path / "cold")),
+        cwd=ROOT,
+    )
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "compiling" in line:
+            break
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    what = f"exit {proc.returncode}, stderr {''.join(lines)[-600:] + stderr[-1200:]!r}"
+    assert proc.returncode == 130, what
+    assert "Traceback" not in stderr and "FATAL" not in stderr, what
+    assert time.monotonic() - t0 < 60, what
+    assert "--resume" in stderr.strip().splitlines()[-1], what

@@ -65,13 +65,14 @@ def test_one_trace_per_group_and_no_retrace_for_new_numbers(lr_sweep):
     assert [r.trial.lr for r in results] == list(LRS)  # input order
     assert results[0].extra["pieces"] == 2 and results[0].extra["padded_members"] == 3
     assert results[0].extra["compile_seconds"] > 0
+    assert results[0].extra["compile_work_seconds"] > 0  # the compile threads' time
     before = dict(engine.PROGRAMS.traces)
     events = []
     again = run_sweep(
         _trials((0.3, 0.4, 0.6), seed=5, init_scale=2.0), max_members=4, progress=events.append
     )
     assert dict(engine.PROGRAMS.traces) == before  # new numbers, same shapes: nothing traced
-    assert again[0].extra["compile_seconds"] == 0.0
+    assert again[0].extra["compile_seconds"] == again[0].extra["compile_work_seconds"] == 0.0
     assert "compiling" not in {e.phase for e in events}
     finals = [r.final_test_accuracy for r in again]
     assert len(set(finals)) > 1 or len({float(r.history["train_loss"][-1]) for r in again}) > 1
@@ -815,3 +816,171 @@ def test_program_cache_is_bounded_least_recently_used_first():
     assert len(cache) == 2
     cache.clear()
     assert len(cache) == 0 and cache.get(("a",)) is None
+
+
+def _watch_programs(monkeypatch, wrap):
+    """engine.PROGRAMS.program with each program's function replaced by wrap(name, fn)."""
+    original = engine.PROGRAMS.program
+
+    def program(name, cfg, mesh, fn, *args, **kwargs):
+        return original(name, cfg, mesh, wrap(name, fn), *args, **kwargs)
+
+    monkeypatch.setattr(engine.PROGRAMS, "program", program)
+
+
+def test_build_returns_at_once_and_compiles_in_the_order_programs_are_needed(monkeypatch):
+    """build hands back Deferred programs without waiting; one compile thread takes them in the
+    host loop's order (init, steps, point_lite, the shared probes program, point)."""
+    from bnexp.engine import cache as cache_mod
+
+    engine.PROGRAMS.clear()
+    order, hold = [], __import__("threading").Event()
+
+    def wrap(name, fn):
+        def traced(*a):
+            order.append(name)  # tracing runs on the compile thread
+            return fn(*a)
+
+        return traced
+
+    _watch_programs(monkeypatch, wrap)
+    pool = __import__("concurrent.futures").futures.ThreadPoolExecutor(1)
+    monkeypatch.setattr(cache_mod, "_POOL", [pool])
+    pool.submit(hold.wait, 120)  # the one thread is busy: nothing of build's can start
+    trial = dataclasses.replace(BASE, probes=("percentiles",))
+    cfg = sweep._program_config([trial], None, "cpu")
+    mesh = engine.make_mesh(jax.devices()[:1])
+    d = data.load("synthetic", layout="flat", **dict(DATA))
+    arrays = jax.device_put({k: getattr(d, k) for k in ("x_train", "y_train", "x_test", "y_test")})
+    hp = {
+        "lr": np.float32([0.1]),
+        "momentum": np.float32([0.0]),
+        "init_scale": np.float32([1.0]),
+        "seed": np.int32([0]),
+        "norm_call": {},
+    }
+    progs = engine.build(cfg, mesh, jax.device_put(hp), arrays, 10, lambda b: (b, 16))
+    assert order == [] and not any(d.done() for d in progs.compiled)
+    assert [d.name for d in progs.compiled] == [
+        "init",
+        "steps",
+        "point_lite",
+        "point_probes",
+        "point",
+    ]
+    hold.set()
+    assert progs.work_seconds() > 0
+    assert order == ["init", "steps", "point_lite", "point_probes", "point"]
+    assert all(d.done() for d in progs.compiled)
+    pool.shutdown()
+
+
+def test_the_last_point_compiles_while_the_group_trains(monkeypatch):
+    """The whole-test-set point is needed only at the last evaluation: its compile waits here
+    until the group has trained a chunk, which it could not if the loop waited for it first."""
+    import threading
+
+    engine.PROGRAMS.clear()
+    trained, seen = threading.Event(), []
+
+    def wrap(name, fn):
+        if name != "point":
+            return fn
+
+        def traced(*a):
+            seen.append(trained.wait(120))  # on the compile thread
+            return fn(*a)
+
+        return traced
+
+    _watch_programs(monkeypatch, wrap)
+
+    def progress(e):
+        if e.phase == "training":
+            trained.set()
+
+    r = run_sweep(_trials((0.1,)), progress=progress)[0]
+    assert seen == [True]  # released by training, not by the timeout
+    assert r.history["test_acc"].shape == (len(POINTS),)
+    assert r.extra["compile_work_seconds"] > 0
+
+
+def test_a_failed_compile_raises_at_use_and_is_compiled_again_next_time(monkeypatch):
+    engine.PROGRAMS.clear()
+    fail = [True]
+
+    def wrap(name, fn):
+        if name != "point_lite":
+            return fn
+
+        def traced(*a):
+            if fail[0]:
+                fail[0] = False
+                raise RuntimeError("compile failed")
+            return fn(*a)
+
+        return traced
+
+    _watch_programs(monkeypatch, wrap)
+    with pytest.raises(RuntimeError, match="compile failed"):
+        run_sweep(_trials((0.1,)))
+    assert not any(k[0] in ("point_lite", "build") for k in engine.PROGRAMS.keys())  # forgotten
+    assert any(k[0] == "steps" for k in engine.PROGRAMS.keys())  # what compiled is kept
+    r = run_sweep(_trials((0.1,)))[0]
+    assert np.isfinite(r.history["test_acc"]).all()
+
+
+def test_the_next_group_compiles_while_this_one_trains(monkeypatch):
+    """run_sweep submits group 2's programs once group 1's first steps are dispatched
+    (engine.prefetch_group): group 2's steps program is traced before group 1 is done, its
+    compile threads' time is counted in group 2 (not group 1), and the numbers are those of a
+    run without the prefetch."""
+    engine.PROGRAMS.clear()
+    done, traced = [], []
+
+    def wrap(name, fn):
+        if name != "steps":
+            return fn
+
+        def steps(*a):
+            traced.append(len(done))  # groups done when this steps program was traced
+            return fn(*a)
+
+        return steps
+
+    trials = _trials((0.1, 0.2)) + _trials((0.1, 0.2), batch_size=8)
+    _watch_programs(monkeypatch, wrap)
+    got = run_sweep(trials, on_group_done=done.append)
+    assert traced == [0, 0]
+    assert [r.extra["group"] for r in got] == [0, 0, 1, 1]
+    assert all(r.extra["compile_work_seconds"] > 0 for r in got)
+    monkeypatch.undo()
+    engine.PROGRAMS.clear()
+    monkeypatch.setattr(engine, "prefetch_group", lambda *a, **k: False)
+    alone = run_sweep(trials)
+    for a, b in zip(got, alone, strict=True):
+        _same(a, b, exact=True)
+
+
+def test_a_prefetch_that_fails_leaves_the_group_to_itself(monkeypatch):
+    """A prefetch only saves time: its error is dropped, and the group's own run raises it."""
+    engine.PROGRAMS.clear()
+    calls = []
+
+    def wrap(name, fn):
+        if name != "steps":
+            return fn
+
+        def steps(*a):
+            calls.append(name)
+            if len(calls) == 2:  # group 2's steps, traced by the prefetch only
+                raise RuntimeError("no memory for this compile")
+            return fn(*a)
+
+        return steps
+
+    trials = _trials((0.1,)) + _trials((0.1,), batch_size=8)
+    _watch_programs(monkeypatch, wrap)
+    got = run_sweep(trials)
+    assert len(calls) == 3  # group 1, group 2's failed prefetch, group 2 again in its own run
+    assert all(np.isfinite(r.history["test_acc"]).all() for r in got)

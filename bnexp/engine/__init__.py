@@ -8,8 +8,10 @@ One group = trials that differ only in numbers. Reading order:
 * bnexp.engine.steps: the step programs (init, steps, point, point_lite), functions of the
   member axis (``jax.vmap`` of bnexp.train's single-member code).
 * bnexp.engine.cache: compiling them (``build``) into the explicit program cache
-  (``ProgramCache``; the process-wide one is ``PROGRAMS``, which also counts traces).
-* bnexp.engine.loop: the host loop (``run_group``): evaluation points, pieces, chunks.
+  (``ProgramCache``; the process-wide one is ``PROGRAMS``, which also counts traces), on
+  compile threads beside the host loop (``Deferred`` programs).
+* bnexp.engine.loop: the host loop (``run_group``): evaluation points, pieces, chunks; and
+  ``prefetch_group``, the next group's programs compiling while one trains.
 
 Every name other code used from the former single module is importable from here
 (``from bnexp import engine; engine.run_group(...)``).
@@ -34,7 +36,7 @@ from bnexp.engine.layout import (
     pieces,
     plan_group,
 )
-from bnexp.engine.loop import GroupRun, chunk_lengths, eval_schedule, run_group
+from bnexp.engine.loop import GroupRun, chunk_lengths, eval_schedule, prefetch_group, run_group
 from bnexp.engine.steps import (
     EVAL_SUBSET,
     EVAL_SUBSET_SEED,
@@ -79,5 +81,6 @@ __all__ = [
     "member_point",
     "pieces",
     "plan_group",
+    "prefetch_group",
     "run_group",
 ]

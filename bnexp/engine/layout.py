@@ -36,7 +36,7 @@ import dataclasses
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -280,13 +280,15 @@ def plan_group(
     members_per_block: int | None = None,
     member_hp: Any = None,
     data: dict | None = None,
+    measure: Callable[[int], float] | None = None,
 ) -> tuple[Plan, Mesh, ProgramConfig]:
     """The group's Plan, its mesh (the first n_members devices when there are fewer members
     than devices: padding would only compete with them for the same cores) and its
     ProgramConfig with member_block set. members_per_block: None for the choice measured on
     this machine (bnexp.calibrate, timing member_hp's program on data; the cache-size model
     member_block where it is off or without them), 0 for no blocks; each device's members are
-    padded to whole blocks. A distributed job keeps every process's devices (a process with
+    padded to whole blocks; ``measure`` replaces the calibration's timing
+    (calibrate.choose_member_block). A distributed job keeps every process's devices (a process with
     none in a program could not take part in gathering its results)."""
     from bnexp import distributed
 
@@ -303,7 +305,7 @@ def plan_group(
             from bnexp import calibrate  # measured on this machine (issue 22); imports engine
 
             members_per_block = calibrate.choose_member_block(
-                cfg, local, mesh, member_hp, data, cores, total_steps=cfg.step.total_steps
+                cfg, local, mesh, member_hp, data, cores, measure, cfg.step.total_steps
             )
         else:
             members_per_block = member_block(cfg, local, platform, cores)

@@ -29,6 +29,11 @@ this: compare quick (3000 steps, eval_every 100, 2 groups of 5 seeds; 30 -> 55 -
 50% -> 53% -> 19% (group time 13.4 s); lr-sweep quick (2000 steps, 2 groups of 35 members;
 20 -> 44 -> 44 points) 47% -> 50% -> 17%. A lite point costs ~1/9 of a full one (compare:
 15 vs 131 ms; lr-sweep: 0.22 vs 1.7 s).
+
+Compiling: build (bnexp.engine.cache) returns programs that compile on threads while this loop
+goes on; the loop waits for each at its first use (init, then steps, then the step-0 point), so
+the programs of a piece compile side by side and the last point's compiles while the piece
+trains. GroupRun.compile_seconds is the loop's wait; compile_work_seconds the threads' time.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from bnexp import distributed
-from bnexp.engine.cache import Programs, build
+from bnexp.engine.cache import PROGRAMS, Programs, build, ready, speculative
 from bnexp.engine.layout import AXIS, Plan, ProgramConfig, plan_group
 from bnexp.train import Carry
 
@@ -85,7 +90,7 @@ class GroupRun:
 
     histories: list[dict[str, np.ndarray]]
     diverged_at: list[int]
-    compile_seconds: float
+    compile_seconds: float  # the host loop's wait for programs still compiling
     seconds: float
     eval_seconds: float  # wall time in the point programs (each timed to its results)
     padded_members: int
@@ -94,6 +99,7 @@ class GroupRun:
     member_block: int  # members per block on a device (0: none; see blocked_steps)
 
     plan: Plan | None = None  # the layout the group ran with (plan_group)
+    compile_work_seconds: float = 0.0  # the compile threads' time on the group's programs
 
 
 def _stack_members(hps: list[Any]) -> Any:
@@ -118,7 +124,9 @@ class _Host:
     size: int  # members per piece (padding included)
     report: Callable[[int, int, str], None] | None
     total: int  # steps over all pieces (progress)
+    on_started: Callable[[], None] | None = None  # once, when the first steps are dispatched
     compile_seconds: float = 0.0
+    compile_work_seconds: float = 0.0
     eval_seconds: float = 0.0
 
     def __post_init__(self) -> None:
@@ -142,11 +150,9 @@ class _Host:
                 self.report(p * steps, self.total, "compiling")
 
         lite = not bool(self.full.all())
-        progs = build(
+        return build(
             self.cfg, self.mesh, hp, self.data, self.longest, self.idx_shape, compiling, lite=lite
         )
-        self.compile_seconds += progs.compile_seconds
-        return progs
 
     def chunk_inputs(self, seeds: list[int], start: int, length: int) -> list[tuple]:
         """(idx, n on the device, n) per call of the steps program for the chunk of ``length``
@@ -169,15 +175,25 @@ class _Host:
         return calls
 
     def evaluate(self, progs: Programs, carry: Carry, hp: Any, full: bool) -> dict:
+        program = ready(progs.point if full else progs.point_lite)  # a compile wait is not eval
         t0 = time.perf_counter()
-        out = (progs.point if full else progs.point_lite)(carry, hp, self.data)
+        out = program(carry, hp, self.data)
         out = distributed.to_host(out)  # a distributed job's shards gathered from every process
         self.eval_seconds += time.perf_counter() - t0
         return out
 
     def piece(self, p: int, hps: list[Any], seeds: list[int]) -> list[dict]:
         """Train piece p (its members' numbers ``hps`` and data seeds, padding included): the
-        metrics at every evaluation point, train_loss included."""
+        metrics at every evaluation point, train_loss included. The programs compile on the
+        pool (bnexp.engine.cache) while this loop goes on; its waits for them are the piece's
+        compile_seconds."""
+        waited = PROGRAMS.wait_seconds
+        try:
+            return self._piece(p, hps, seeds)
+        finally:
+            self.compile_seconds += PROGRAMS.wait_seconds - waited
+
+    def _piece(self, p: int, hps: list[Any], seeds: list[int]) -> list[dict]:
         hp = jax.device_put(_stack_members(hps), self.member)
         progs = self.programs(p, hp)
         carry = progs.init(hp)
@@ -189,6 +205,9 @@ class _Host:
             for idx, n_dev, n in upcoming:
                 carry, loss = progs.steps(carry, hp, idx, n_dev, self.data)
                 losses.append((loss, n))
+            if self.on_started is not None:  # the device trains: the host may prepare more
+                started, self.on_started = self.on_started, None
+                started()
             start += length
             if j + 1 < len(lengths):  # host work for the next chunk overlaps the device's
                 upcoming = self.chunk_inputs(seeds, start, lengths[j + 1])
@@ -201,6 +220,7 @@ class _Host:
             points.append(metrics)
             if self.report is not None:
                 self.report(p * int(self.schedule[-1]) + start, self.total, "training")
+        self.compile_work_seconds += progs.work_seconds()
         return points
 
 
@@ -219,6 +239,101 @@ def _histories(points: list[dict], schedule: np.ndarray, real: int) -> tuple[lis
     return histories, diverged
 
 
+def _setup(
+    cfg: ProgramConfig,
+    hps: list[Any],
+    data: dict[str, Any],
+    batch_indices: Callable[[int, int, int], np.ndarray],
+    steps: int,
+    eval_every: int,
+    mesh: Mesh,
+    per_decade: int,
+    max_members: int,
+    report: Callable[[int, int, str], None] | None,
+    members_per_block: int | None,
+    measure: Callable[[int], float] | None = None,
+) -> tuple[Plan, _Host]:
+    """A group's plan (layout.plan_group) and its host loop, the data on the group's mesh."""
+    plan, mesh, cfg = plan_group(
+        cfg,
+        len(hps),
+        mesh,
+        max_members=max_members,
+        members_per_block=members_per_block,
+        member_hp=hps[0],
+        data=data,
+        measure=measure,
+    )
+    data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
+    schedule = eval_schedule(steps, eval_every, per_decade)
+    host = _Host(
+        cfg, mesh, data, batch_indices, schedule, plan.padded_members, report, steps * plan.pieces
+    )
+    return plan, host
+
+
+def _piece_members(p: int, n: int, plan: Plan) -> tuple[list[int], list[int]]:
+    """Piece p's real members (indices into the group) and its members with padding."""
+    per_piece = math.ceil(n / plan.pieces)
+    real = list(range(p * per_piece, min(n, (p + 1) * per_piece)))
+    return real, real + [real[-1]] * (plan.padded_members - len(real))  # padding: dropped after
+
+
+class NotTimedYet(Exception):
+    """A prefetch's plan would time a calibration (bnexp.calibrate): never beside a training
+    group, so the group's own run_group does it, and the prefetch stops."""
+
+
+def _refuse_to_time(members_per_block: int) -> float:
+    raise NotTimedYet(members_per_block)
+
+
+def prefetch_group(
+    cfg: ProgramConfig,
+    hps: list[Any],
+    data: dict[str, Any],
+    *,
+    steps: int,
+    eval_every: int,
+    mesh: Mesh,
+    per_decade: int = 8,
+    max_members: int = 64,
+    members_per_block: int | None = None,
+) -> bool:
+    """Submit a group's programs to the compile threads (bnexp.engine.cache) while another group
+    trains, so that its run_group (same arguments) finds them compiling or compiled: True if
+    submitted. Nothing is timed (a calibration not yet cached stops it: NotTimedYet), nothing
+    is printed or reported, and a failure is left to the group's own run (a failed compile is
+    tried again there: cache.speculative)."""
+    import logging
+
+    log = logging.getLogger("bnexp.calibrate")
+    quiet, log.disabled = log.disabled, True  # the group's own plan says what it chose
+    try:
+        plan, host = _setup(
+            cfg,
+            hps,
+            data,
+            lambda s, t, n: np.zeros((n, cfg.batch_size), np.int32),
+            steps,
+            eval_every,
+            mesh,
+            per_decade,
+            max_members,
+            None,
+            members_per_block,
+            measure=_refuse_to_time,
+        )
+        _, ids = _piece_members(0, len(hps), plan)
+        with speculative():  # a compile that fails is tried again by the group's own run
+            host.programs(0, jax.device_put(_stack_members([hps[i] for i in ids]), host.member))
+        return True
+    except Exception:  # noqa: BLE001 - a prefetch only saves time; the group's run raises
+        return False
+    finally:
+        log.disabled = quiet
+
+
 def run_group(
     cfg: ProgramConfig,
     hps: list[Any],
@@ -234,6 +349,7 @@ def run_group(
     report: Callable[[int, int, str], None] | None = None,
     members_per_block: int | None = None,
     on_plan: Callable[[Plan], None] | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> GroupRun:
     """Train all members of one group; report(step_done, total, phase) as it goes.
 
@@ -244,33 +360,32 @@ def run_group(
     doc). The layout is the group's Plan (layout.plan_group: pieces of at most max_members,
     devices, member blocks), passed to on_plan(plan) before anything compiles; progress counts
     steps over all pieces (total = steps x pieces). members_per_block: members per block on a
-    device (None: member_block's choice; 0: no blocks).
+    device (None: member_block's choice; 0: no blocks). on_started() is called once, when the
+    first steps have been dispatched to the devices (run_sweep prefetches the next group then).
     """
     t_start = time.perf_counter()
-    plan, mesh, cfg = plan_group(
+    plan, host = _setup(
         cfg,
-        len(hps),
+        hps,
+        data,
+        batch_indices,
+        steps,
+        eval_every,
         mesh,
-        max_members=max_members,
-        members_per_block=members_per_block,
-        member_hp=hps[0],
-        data=data,
+        per_decade,
+        max_members,
+        report,
+        members_per_block,
     )
     if on_plan is not None:
         on_plan(plan)
-    data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
-    schedule = eval_schedule(steps, eval_every, per_decade)
-    host = _Host(
-        cfg, mesh, data, batch_indices, schedule, plan.padded_members, report, steps * plan.pieces
-    )
-    per_piece = math.ceil(len(hps) / plan.pieces)
+    host.on_started = on_started
     histories: list[dict[str, np.ndarray]] = []
     diverged: list[int] = []
     for p in range(plan.pieces):
-        real = list(range(p * per_piece, min(len(hps), (p + 1) * per_piece)))
-        ids = real + [real[-1]] * (plan.padded_members - len(real))  # padding: dropped after
+        real, ids = _piece_members(p, len(hps), plan)
         points = host.piece(p, [hps[i] for i in ids], [data_seeds[i] for i in ids])
-        h, d = _histories(points, schedule, len(real))
+        h, d = _histories(points, host.schedule, len(real))
         histories += h
         diverged += d
     return GroupRun(
@@ -282,6 +397,7 @@ def run_group(
         plan.padded_members,
         plan.pieces,
         plan.devices,
-        cfg.member_block,
+        host.cfg.member_block,
         plan,
+        host.compile_work_seconds,
     )
