@@ -984,3 +984,29 @@ def test_a_prefetch_that_fails_leaves_the_group_to_itself(monkeypatch):
     got = run_sweep(trials)
     assert len(calls) == 3  # group 1, group 2's failed prefetch, group 2 again in its own run
     assert all(np.isfinite(r.history["test_acc"]).all() for r in got)
+
+
+def test_programs_dropped_from_the_queue_compile_where_they_are_needed(monkeypatch):
+    """cli.main drops queued compiles at exit (engine.cache.cancel_compiles); a process that
+    runs on (an embedding caller) compiles a dropped program when it first needs it."""
+    import concurrent.futures
+    import threading
+
+    from bnexp.engine import cache as cache_mod
+
+    engine.PROGRAMS.clear()
+    hold = threading.Event()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    monkeypatch.setattr(cache_mod, "_POOL", [pool])
+    pool.submit(hold.wait, 120)
+    out = []
+    runner = threading.Thread(target=lambda: out.append(run_sweep(_trials((0.1,)))[0]))
+    runner.start()
+    while not engine.PROGRAMS.keys():  # the group has submitted its programs
+        runner.join(0.01)
+    cache_mod.cancel_compiles()
+    hold.set()
+    runner.join(300)
+    assert out and np.isfinite(out[0].history["test_acc"]).all()
+    alone = run_sweep(_trials((0.1,)))[0]  # the same programs, from the cache
+    _same(out[0], alone, exact=True)

@@ -147,8 +147,7 @@ class ProgramCache:
             finally:
                 self.add_time(wait=time.perf_counter() - t0)
         self.put(key, deferred)
-        if _SPECULATIVE[0]:  # a prefetch's: compiled again at its use should it fail
-            deferred.retry = work
+        deferred.work, deferred.again = work, _SPECULATIVE[0]  # a prefetch's: again on failure
         deferred.future = _pool().submit(work)
         return deferred
 
@@ -205,14 +204,16 @@ def speculative() -> Iterator[None]:
 class Deferred:
     """A program compiling on the pool. Calling it, ``ready()`` or reading an attribute of the
     compiled program waits for the compile (the wait added to the cache's wait_seconds) and
-    raises its error if it failed (the cache then forgets it)."""
+    raises its error if it failed (the cache then forgets it). One dropped from the queue
+    (cancel_compiles) compiles in the thread that needs it."""
 
     def __init__(self, cache: ProgramCache, key: tuple, name: str) -> None:
         self._cache, self.key, self.name = cache, key, name
         self.future: concurrent.futures.Future | None = None
         self.seconds = 0.0  # the compile thread's time on it, once done
         self.counted, self.counting = False, threading.Lock()  # in a group's work seconds
-        self.retry: Callable[[], Any] | None = None  # speculative(): the compile to run again
+        self.work: Callable[[], Any] | None = None  # the compile (run here if it was dropped)
+        self.again = False  # speculative(): compiled again here should it fail on the pool
 
     def done(self) -> bool:
         return self.future is not None and self.future.done()
@@ -227,15 +228,18 @@ class Deferred:
                 self._cache.add_time(wait=time.perf_counter() - t0)
         try:
             return self.future.result()
+        except concurrent.futures.CancelledError:  # dropped by cancel_compiles: compile here
+            pass
         except Exception:
-            if self.retry is None:
+            if not self.again:
                 self._cache.discard(self)
                 raise
-        retry, self.retry = self.retry, None
+            self.again = False
         t0 = time.perf_counter()
         future: concurrent.futures.Future = concurrent.futures.Future()
         try:
-            future.set_result(retry())
+            assert self.work is not None
+            future.set_result(self.work())
         except Exception as e:
             future.set_exception(e)
         finally:
