@@ -145,14 +145,20 @@ class _Host:
     def programs(self, p: int, hp: Any) -> Programs:
         steps = int(self.schedule[-1])
 
+        reported = []
+
         def compiling() -> None:
-            if self.report is not None:
+            if self.report is not None and not reported:
+                reported.append(True)
                 self.report(p * steps, self.total, "compiling")
 
         lite = not bool(self.full.all())
-        return build(
+        progs = build(
             self.cfg, self.mesh, hp, self.data, self.longest, self.idx_shape, compiling, lite=lite
         )
+        if any(not d.done() for d in progs.compiled):  # a prefetch's, still compiling
+            compiling()
+        return progs
 
     def chunk_inputs(self, seeds: list[int], start: int, length: int) -> list[tuple]:
         """(idx, n on the device, n) per call of the steps program for the chunk of ``length``
