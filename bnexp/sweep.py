@@ -8,8 +8,8 @@ CONTRACT (callers rely on these names):
               unrolled=None, member_block=None) -> list[TrialResult]
 
 - Static fields (model, dataset, data_options, batch_size, steps, eval_every, eval_per_decade,
-  optimizer, probes, probe_batch_size, the *names* in norm_call, divergence_factor) form the
-  group signature (trials of different evaluation schedules never share a group): one
+  optimizer, probes, probe_batch_size, the *names* in norm_call, divergence_factor, timed) form
+  the group signature (trials of different evaluation schedules never share a group): one
   compiled program per group (bnexp.engine). A group runs in pieces of at most max_members members
   (PERF.md: past ~64 members per program the working set outgrows the CPU caches), each padded to a
   multiple of the device count; all pieces share the program. On a CPU each device trains its
@@ -110,6 +110,9 @@ class Trial:
     tag: str = ""  # free label (arm name); not part of the signature
     data_options: tuple[tuple[str, Any], ...] = ()  # static options for data.load (synthetic sizes)
     probe_batch_size: int = 1000  # examples in the fixed probe batch (capped at the train set)
+    # Its group's training time is a measurement (experiments.whitening): every program of the
+    # group compiles before it trains, and no other group compiles beside it (no prefetch).
+    timed: bool = False
 
 
 @dataclass
@@ -157,6 +160,7 @@ def signature(trial: Trial) -> tuple:
         trial.probe_batch_size,
         tuple(name for name, _ in trial.norm_call),
         trial.divergence_factor,
+        trial.timed,
     )
 
 
@@ -308,7 +312,7 @@ def run_sweep(
         a distributed job: its processes compile what they run, in the same order)."""
         from bnexp import distributed
 
-        if gi >= len(groups) or distributed.active():
+        if gi >= len(groups) or distributed.active() or trials[groups[gi - 1][0]].timed:
             return
         group = [trials[i] for i in groups[gi]]
         arrays, _ = datasets.arrays(group)
@@ -359,6 +363,7 @@ def run_sweep(
             members_per_block=member_block,
             on_plan=None if on_plan is None else functools.partial(on_plan, gi),
             on_started=functools.partial(prefetch, gi + 1),
+            compile_first=t0.timed,
         )
         group_results = _group_results(group, run, cfg, gi)
         for i, r in zip(ids, group_results, strict=True):

@@ -20,13 +20,13 @@ elsewhere hits both alike), each `timing_steps` steps; a repeat's time per step 
 wall time minus its compile and evaluation time (sweep.TrialResult.extra: group_seconds,
 compile_seconds, eval_seconds) over its steps. Repeat r trains timing_steps + r steps: the engine
 groups trials by static signature, so a distinct step count is what puts each repeat in a group
-of its own (the programs are the same; the persistent compile cache serves the repeats). Repeat
+of its own (the programs are the same; the persistent compile cache serves the repeats), and
+``timed`` (sweep.Trial.timed) has every program of the group compiled before it trains and no
+other group's compiled beside it (the engine otherwise compiles beside the host loop). Repeat
 0 of each arm is a warm-up and is not counted. What remains per group besides the steps (the
-initial state, batch-index work, the placement of the data, the last point's program fetched
-from that cache on a compile thread while the steps run: bnexp.engine.cache) is a few
-milliseconds to tenths of a second, the same for both arms: it pulls the ratio towards 1,
-against the claim. It is a property of this machine and its load, not of the method: the
-verdict says so.
+initial state, batch-index work, the placement of the data) is a few milliseconds to tenths of a
+second, the same for both arms: it pulls the ratio towards 1, against the claim. It is a property
+of this machine and its load, not of the method: the verdict says so.
 
 The rule (fixed before the quick preset was run):
 1. accuracy: at the a-priori learning rate `judge_lr` (0.5, the project's lr for this MLP; no
@@ -131,6 +131,7 @@ def trials(cfg: WhiteningConfig):
                     steps=cfg.timing_steps + r,  # its own group (see the module docstring)
                     eval_every=cfg.timing_steps,
                     eval_per_decade=0,
+                    timed=True,  # no compile beside its steps (sweep.Trial.timed)
                 )
             )
     return out

@@ -1010,3 +1010,28 @@ def test_programs_dropped_from_the_queue_compile_where_they_are_needed(monkeypat
     assert out and np.isfinite(out[0].history["test_acc"]).all()
     alone = run_sweep(_trials((0.1,)))[0]  # the same programs, from the cache
     _same(out[0], alone, exact=True)
+
+
+def test_a_timed_group_compiles_everything_first_and_nothing_beside_it(monkeypatch):
+    """Trial.timed (experiments.whitening's step timing): the last point's program is compiled
+    before the group trains, and the next group is not prefetched while it trains."""
+    engine.PROGRAMS.clear()
+    events, traced = [], []
+
+    def wrap(name, fn):
+        def traced_fn(*a):
+            traced.append((name, [e.phase for e in events].count("training")))
+            return fn(*a)
+
+        return traced_fn
+
+    _watch_programs(monkeypatch, wrap)
+    trials = _trials((0.1,), timed=True) + _trials((0.1,), batch_size=8)
+    got = run_sweep(trials, progress=events.append)
+    assert [r.extra["group"] for r in got] == [0, 1]
+    first = [n for n, trained in traced if trained == 0]
+    assert first.count("point") == 1 and first.count("steps") == 1  # group 0's, before it trained
+    group1 = [e for e in events if e.group == 1]
+    assert [n for n, _ in traced].count("steps") == 2
+    assert [t for n, t in traced if n == "steps"][1] >= 1  # group 1's, after group 0 trained
+    assert group1[0].phase == "compiling"  # not prefetched: it compiles when its turn comes

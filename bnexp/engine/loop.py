@@ -125,6 +125,7 @@ class _Host:
     report: Callable[[int, int, str], None] | None
     total: int  # steps over all pieces (progress)
     on_started: Callable[[], None] | None = None  # once, when the first steps are dispatched
+    compile_first: bool = False  # every program compiled before the piece trains
     compile_seconds: float = 0.0
     compile_work_seconds: float = 0.0
     eval_seconds: float = 0.0
@@ -202,6 +203,9 @@ class _Host:
     def _piece(self, p: int, hps: list[Any], seeds: list[int]) -> list[dict]:
         hp = jax.device_put(_stack_members(hps), self.member)
         progs = self.programs(p, hp)
+        if self.compile_first:  # no compile shares the machine with the piece's training
+            for prog in (progs.init, progs.steps, progs.point, progs.point_lite):
+                ready(prog)
         carry = progs.init(hp)
         points = [self.evaluate(progs, carry, hp, bool(self.full[0]))]  # the initial model
         start, lengths = 0, self.lengths
@@ -356,6 +360,7 @@ def run_group(
     members_per_block: int | None = None,
     on_plan: Callable[[Plan], None] | None = None,
     on_started: Callable[[], None] | None = None,
+    compile_first: bool = False,
 ) -> GroupRun:
     """Train all members of one group; report(step_done, total, phase) as it goes.
 
@@ -368,6 +373,8 @@ def run_group(
     steps over all pieces (total = steps x pieces). members_per_block: members per block on a
     device (None: member_block's choice; 0: no blocks). on_started() is called once, when the
     first steps have been dispatched to the devices (run_sweep prefetches the next group then).
+    compile_first: every program of a piece compiled before it trains (a group whose training
+    time is measured: sweep.Trial.timed).
     """
     t_start = time.perf_counter()
     plan, host = _setup(
@@ -385,7 +392,7 @@ def run_group(
     )
     if on_plan is not None:
         on_plan(plan)
-    host.on_started = on_started
+    host.on_started, host.compile_first = on_started, compile_first
     histories: list[dict[str, np.ndarray]] = []
     diverged: list[int] = []
     for p in range(plan.pieces):
