@@ -146,10 +146,9 @@ class ProgramCache:
                 return self.put(key, work())
             finally:
                 self.add_time(wait=time.perf_counter() - t0)
-        self.put(key, deferred)
         deferred.work, deferred.again = work, _SPECULATIVE[0]  # a prefetch's: again on failure
-        deferred.future = _pool().submit(work)
-        return deferred
+        deferred.future = _submit(work)
+        return self.put(key, deferred)
 
 
 PROGRAMS = ProgramCache()
@@ -163,20 +162,21 @@ _BACKGROUND = [True]
 _SPECULATIVE = [False]
 
 
-def _pool() -> concurrent.futures.ThreadPoolExecutor:
+def _submit(work: Callable[[], Any]) -> concurrent.futures.Future:
+    """``work`` queued on the compile pool (made on first use; again after cancel_compiles,
+    which holds the same lock, so a submission never meets a pool being shut down)."""
     with PROGRAMS.lock:
         if not _POOL:
             _POOL.append(concurrent.futures.ThreadPoolExecutor(COMPILE_THREADS, "bnexp-compile"))
-        return _POOL[0]
+        return _POOL[0].submit(work)
 
 
 def cancel_compiles() -> None:
     """Drop the compiles not yet started (an interrupted run: the process then exits after the
     running ones, at most a program's compile time, instead of after every queued one)."""
-    with PROGRAMS.lock:
-        pool = _POOL.pop() if _POOL else None
-    if pool is not None:
-        pool.shutdown(wait=False, cancel_futures=True)
+    with PROGRAMS.lock:  # (shutdown without waiting: the running compiles finish on their own)
+        if _POOL:
+            _POOL.pop().shutdown(wait=False, cancel_futures=True)
 
 
 @contextlib.contextmanager
