@@ -1043,3 +1043,19 @@ def test_a_timed_group_compiles_everything_first_and_nothing_beside_it(monkeypat
     assert [n for n, _ in traced].count("steps") == 2
     assert [t for n, t in traced if n == "steps"][1] >= 1  # group 1's, after group 0 trained
     assert group1[0].phase == "compiling"  # not prefetched: it compiles when its turn comes
+
+
+def test_compiles_in_the_callers_thread_give_the_same_numbers():
+    """engine.cache.background(False) (for a caller whose JAX config contexts are thread-local)
+    compiles in the calling thread: plain programs in the cache, the same numbers."""
+    from bnexp.engine import cache as cache_mod
+
+    engine.PROGRAMS.clear()
+    with cache_mod.background(False):
+        here = run_sweep(_trials((0.1,)))[0]
+    assert not any(
+        isinstance(engine.PROGRAMS.get(k), cache_mod.Deferred) for k in engine.PROGRAMS.keys()
+    )
+    assert here.extra["compile_seconds"] > 0
+    engine.PROGRAMS.clear()
+    _same(here, run_sweep(_trials((0.1,)))[0], exact=True)
