@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from bnexp import data, engine, models, probes, sweep, train
+from bnexp.engine.layout import AXIS
 from bnexp.models import ModelSpec
 from bnexp.sweep import Trial, run_sweep
 
@@ -1018,6 +1019,48 @@ def test_programs_dropped_from_the_queue_compile_where_they_are_needed(monkeypat
     assert np.isfinite(out[0].history["test_acc"]).all()
     alone = run_sweep(_trials((0.1,)))[0]  # the same programs, from the cache
     _same(out[0], alone, exact=True)
+
+
+def _blocked_in_wait(thread, function: str) -> bool:
+    """Whether ``thread`` is blocked in a wait (threading's Condition.wait) called from
+    ``function``."""
+    frame, names = sys._current_frames().get(thread.ident), []
+    while frame is not None:
+        names.append(frame.f_code.co_name)
+        frame = frame.f_back
+    return bool(names) and names[0] == "wait" and function in names
+
+
+def test_a_wait_begun_before_the_queue_is_dropped_wakes_and_compiles_here(monkeypatch):
+    """A thread already waiting for a queued program when cancel_compiles drops the queue
+    compiles it itself (concurrent.futures.wait is never woken by shutdown(cancel_futures=True):
+    a runner waiting for its init program hung in a CI run of the test above)."""
+    import concurrent.futures
+    import threading
+
+    from bnexp.engine import cache as cache_mod
+
+    hold = threading.Event()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    monkeypatch.setattr(cache_mod, "_POOL", [pool])
+    pool.submit(hold.wait, 120)
+    cache = cache_mod.ProgramCache()
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), (AXIS,))
+    repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    x = jax.ShapeDtypeStruct((3,), np.float32, sharding=repl)
+    prog = cache.program("double", "cfg", mesh, lambda a: 2 * a, (x,), (repl,), repl)
+    assert isinstance(prog, cache_mod.Deferred) and not prog.done()
+    out = []
+    waiting = threading.Thread(target=lambda: out.append(prog.ready()), daemon=True)
+    waiting.start()
+    while not _blocked_in_wait(waiting, "ready"):  # the thread waits inside ready()
+        waiting.join(0.01)
+    cache_mod.cancel_compiles()
+    hold.set()
+    waiting.join(60)
+    assert not waiting.is_alive() and len(out) == 1
+    assert prog.future.result() is out[0]  # compiled in the waiting thread
+    np.testing.assert_array_equal(np.asarray(prog(jnp.arange(3.0))), [0.0, 2.0, 4.0])
 
 
 def test_a_timed_group_compiles_everything_first_and_nothing_beside_it(monkeypatch):

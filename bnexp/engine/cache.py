@@ -222,8 +222,13 @@ class Deferred:
         assert self.future is not None
         if not self.future.done():
             t0 = time.perf_counter()
+            # Future.exception() waits on the future's own condition, which cancel() notifies.
+            # (Not concurrent.futures.wait: its waiter is told of a cancel only by a worker that
+            # dequeues the item, and shutdown(cancel_futures=True) empties the queue first, so a
+            # wait begun before cancel_compiles never woke: the hang of the dropped-compiles test.)
             try:
-                concurrent.futures.wait([self.future])
+                with contextlib.suppress(concurrent.futures.CancelledError):
+                    self.future.exception()
             finally:
                 self._cache.add_time(wait=time.perf_counter() - t0)
         try:
