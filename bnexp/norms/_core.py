@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -246,3 +247,65 @@ def momentum_options(rate: float | None, conv: str, running_var: str, eps: float
     if eps < 0:
         raise NormOptionError(f"eps must be >= 0, got {eps}")
     return {"rate": rate, "convention": conv, "running_var": running_var, "eps": eps}
+
+
+def batch_normalize(
+    xf: Array, params: Params, axes: tuple[int, ...], eps: float
+) -> tuple[Array, Moments]:
+    """scale * (x - mean) / sqrt(var + eps) + bias over ``axes``, and the moments, with BN's
+    closed-form gradient instead of the derivative of each step of ``moments``. Per channel,
+    with x^ = (x - mean) / sqrt(var + eps), g the cotangent of the output and n the count:
+        dL/dbias = sum g,   dL/dscale = sum g x^,
+        dL/dx = scale (g - dL/dbias / n - x^ dL/dscale / n) / sqrt(var + eps),
+    so the two sums over the batch serve the parameters' gradients and the input's (XLA does
+    not see that sum(scale g) is scale sum(g): autodiff through ``moments`` and ``affine``
+    reduced over the batch seven times a layer, this five). Cotangents of the returned mean
+    (its delta: g_mean / n) and variance (2 g_var (x - mean) / n) are added when those are
+    differentiated (never in training: the running statistics are outside the gradient).
+    Values equal ``affine(params, moments(...).center(x) * rsqrt(var + eps))``. No mask, no
+    named axis (``moments`` handles those). Forward-mode differentiation (jvp) is not defined
+    for it, as for models.dense_wgrad."""
+    y, delta, var, count, shift = _batch_normalize(xf, params["scale"], params["bias"], axes, eps)
+    return y, Moments(shift, delta, var, count)
+
+
+def _normalized(xf: Array, scale: Array, bias: Array, axes: tuple[int, ...], eps: float) -> tuple:
+    st = moments(xf, axes)
+    inv = jax.lax.rsqrt(st.var + eps)
+    xhat = st.center(xf) * inv
+    y = affine({"scale": scale, "bias": bias}, xhat)
+    return (y, st.delta, st.var, st.count, st.shift), (xhat, inv, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _batch_normalize(
+    xf: Array, scale: Array, bias: Array, axes: tuple[int, ...], eps: float
+) -> tuple:
+    return _normalized(xf, scale, bias, axes, eps)[0]
+
+
+def _batch_normalize_fwd(xf: Any, scale: Any, bias: Any, axes: tuple[int, ...], eps: float):
+    return _normalized(xf.value, scale.value, bias.value, axes, eps)
+
+
+def _batch_normalize_bwd(axes: tuple[int, ...], eps: float, res: tuple, g: tuple) -> tuple:
+    from jax.custom_derivatives import SymbolicZero
+
+    xhat, inv, scale = res
+    gy, gdelta, gvar = g[:3]
+    n = math.prod(xhat.shape[a] for a in axes)
+    if isinstance(gy, SymbolicZero):
+        dx, dscale, dbias = jnp.zeros_like(xhat), jnp.zeros_like(scale), jnp.zeros_like(scale)
+    else:
+        dbias = jnp.sum(gy, axes, keepdims=True)
+        dscale = jnp.sum(gy * xhat, axes, keepdims=True)
+        dx = (gy - dbias / n - xhat * (dscale / n)) * (per_channel(scale, xhat.ndim) * inv)
+        dbias, dscale = dbias.reshape(scale.shape), dscale.reshape(scale.shape)
+    if not isinstance(gdelta, SymbolicZero):
+        dx = dx + gdelta / n
+    if not isinstance(gvar, SymbolicZero):
+        dx = dx + gvar * (2.0 / n) * xhat / inv
+    return dx, dscale, dbias
+
+
+_batch_normalize.defvjp(_batch_normalize_fwd, _batch_normalize_bwd, symbolic_zeros=True)

@@ -17,6 +17,7 @@ from bnexp.norms._core import (
     State,
     affine,
     affine_init,
+    batch_normalize,
     check_input,
     check_mode,
     check_train_count,
@@ -78,6 +79,10 @@ def batch_norm(
     Eval mode: y = scale * (x - mean) / sqrt(var + eps) + bias; the state is returned unchanged.
     Before any training step mean = 0, var = 1.
 
+    Gradient (train/batch modes, no mask, no named axis): the closed form of Ioffe & Szegedy
+    Sec. 3 (``_core.batch_normalize``: two sums a channel shared by dx, dscale and dbias);
+    with a mask or a named axis, autodiff through the moments.
+
     Momentum (see ``resolve_rate``): ``momentum=0.1`` is PyTorch's rate (default); ``None`` is
     PyTorch's cumulative average; ``convention="flax"`` reads ``momentum`` as the decay (default
     0.99) and stores the biased variance unless ``running_var`` says otherwise; ``decay=`` is the
@@ -111,8 +116,14 @@ def batch_norm(
             var = per_channel(state["var"], x.ndim)
             y = affine(params, (xf - per_channel(state["mean"], x.ndim)) * jax.lax.rsqrt(var + eps))
             return y.astype(x.dtype), state
-        xf, st = batch_stats("batch_norm", x, mask, mode, axis_name, axis_index_groups)
-        y = affine(params, st.center(xf) * jax.lax.rsqrt(st.var + eps))
+        if mask is None and axis_name is None:  # BN's closed-form gradient (batch_normalize)
+            axes = tuple(range(x.ndim - 1))
+            if mode == "train":
+                check_train_count(static_count(x, axes, None, None, None), "batch_norm")
+            y, st = batch_normalize(x.astype(compute_dtype(x)), params, axes, eps)
+        else:
+            xf, st = batch_stats("batch_norm", x, mask, mode, axis_name, axis_index_groups)
+            y = affine(params, st.center(xf) * jax.lax.rsqrt(st.var + eps))
         new_state = state
         if mode == "train":
             new_state = update_running(
