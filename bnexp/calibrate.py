@@ -264,9 +264,10 @@ def choose_member_block(
     choice, seconds, measured = calibrated(
         machine_key(devices), shape_key(cfg), cands, local_members, measure
     )
-    timings = ", ".join(f"{mb} {1e6 * s:.1f}" for mb, s in sorted(seconds.items()))
+    timings = ", ".join(_timing_text(mb, s, local_members) for mb, s in sorted(seconds.items()))
     LOG.info(
-        "member blocks: %s on each of %d device(s) (%s; us per member-step by block size: %s)",
+        "member blocks: %s on each of %d device(s) (%s; us per member-step by block size, "
+        "what padding to whole blocks adds in brackets: %s)",
         _blocks_text(0 if choice >= local_members else choice, local_members),
         len(devices),
         "from the cached calibration"
@@ -276,6 +277,16 @@ def choose_member_block(
         timings,
     )
     return 0 if choice >= local_members else choice
+
+
+def _timing_text(mb: int, seconds: float, local_members: int) -> str:
+    """``mb``'s time per member-step, and where its blocks pad the members (``pick`` counts the
+    padded slots), the time per real member-step it stands for."""
+    text = f"{mb} {1e6 * seconds:.1f}"
+    slots = padded(mb, local_members)
+    if slots != local_members:
+        text += f" [{1e6 * seconds * slots / local_members:.1f} for {slots} slots]"
+    return text
 
 
 def _blocks_text(mb: int, local_members: int) -> str:

@@ -103,6 +103,13 @@ def test_choose_member_block_uses_the_model_when_off_and_logs(monkeypatch, caplo
     # 12 members per device: candidates 2, 4, 8 (cached above) and one block of 12, fastest
     got = calibrate.choose_member_block(cfg, 12, mesh, HP, {}, measure={12: 0.5}.__getitem__)
     assert got == 0 and "one block of 12" in caplog.records[-1].getMessage()
+    # 3 members: blocks of 2 are faster per member-step (1.0 vs 1.2 us) but pad 3 members to 4
+    # slots (1.33 us per real member-step), so one block of 3 wins; the line shows both figures
+    monkeypatch.setattr(calibrate, "_cache_path", lambda: tmp_path / "fresh.json")
+    got = calibrate.choose_member_block(cfg, 3, mesh, HP, {}, measure={2: 1e-6, 3: 1.2e-6}.get)
+    assert got == 0
+    line = caplog.records[-1].getMessage()
+    assert "one block of 3" in line and "2 1.0 [1.3 for 4 slots], 3 1.2)" in line
     assert calibrate.choose_member_block(cfg, 1, mesh, HP, {}, measure=boom) == 0  # nothing to do
 
 
