@@ -109,10 +109,16 @@ def padded(mb: int, local_members: int) -> int:
     return -(-local_members // mb) * mb
 
 
+def real_cost(mb: int, seconds: float, local_members: int) -> float:
+    """Seconds per real member-step of blocks of ``mb`` timed at ``seconds`` per member-step: the
+    padded slots of the last block are paid for too."""
+    return seconds * padded(mb, local_members) / local_members
+
+
 def pick(seconds: dict[int, float], local_members: int) -> int:
     """The block size with the least time per real member-step (padding counted); ties go to the
     larger block (fewer blocks)."""
-    cost = {mb: s * padded(mb, local_members) / local_members for mb, s in seconds.items()}
+    cost = {mb: real_cost(mb, s, local_members) for mb, s in seconds.items()}
     return min(cost, key=lambda mb: (cost[mb], -mb))
 
 
@@ -267,7 +273,7 @@ def choose_member_block(
     timings = ", ".join(_timing_text(mb, s, local_members) for mb, s in sorted(seconds.items()))
     LOG.info(
         "member blocks: %s on each of %d device(s) (%s; us per member-step by block size, "
-        "what padding to whole blocks adds in brackets: %s)",
+        "per real member-step in brackets where blocks pad the members: %s)",
         _blocks_text(0 if choice >= local_members else choice, local_members),
         len(devices),
         "from the cached calibration"
@@ -280,12 +286,12 @@ def choose_member_block(
 
 
 def _timing_text(mb: int, seconds: float, local_members: int) -> str:
-    """``mb``'s time per member-step, and where its blocks pad the members (``pick`` counts the
-    padded slots), the time per real member-step it stands for."""
+    """``mb``'s time per member-step, and where its blocks pad the members, the time per real
+    member-step that ``pick`` compares."""
     text = f"{mb} {1e6 * seconds:.1f}"
     slots = padded(mb, local_members)
     if slots != local_members:
-        text += f" [{1e6 * seconds * slots / local_members:.1f} for {slots} slots]"
+        text += f" [{1e6 * real_cost(mb, seconds, local_members):.1f} for {slots} slots]"
     return text
 
 
@@ -302,6 +308,7 @@ __all__ = [
     "enabled",
     "machine_key",
     "pick",
+    "real_cost",
     "shape_key",
     "time_block",
 ]
